@@ -1,0 +1,26 @@
+"""keras-bn: see why a deep Keras network will not train.
+
+Builders with normalization placed before the activation, diagnostics callbacks for
+TensorBoard, Adam clipping presets, BN folding and the classic experiments as recipes.
+
+Usage::
+
+    import keras_bn
+    model = keras_bn.build_dense((784,), [32, 32], 10)
+"""
+
+from keras_bn import _backend  # noqa: F401  (checks that a Keras backend is installed)
+from keras_bn.activations import Maxout
+from keras_bn.builders import build_conv, build_dense
+from keras_bn.layers import ConvBlock, DenseBlock
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvBlock",
+    "DenseBlock",
+    "Maxout",
+    "__version__",
+    "build_conv",
+    "build_dense",
+]

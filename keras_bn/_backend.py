@@ -1,0 +1,11 @@
+"""Fail early, with the install command, when no TensorFlow backend is installed."""
+
+import importlib.util
+import os
+
+if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" and importlib.util.find_spec("tensorflow") is None:
+    raise ImportError(
+        "keras-bn runs Keras 3 on TensorFlow, which is not installed. "
+        "Install it with `pip install keras-bn[cpu]` (CPU, small download) or "
+        "`pip install keras-bn[gpu]` (NVIDIA GPU, tensorflow[and-cuda])."
+    )

@@ -1,0 +1,202 @@
+"""build_dense and build_conv: the networks of the classic experiments from one call.
+
+Both check every option before any layer exists, then lay the blocks out flat in a plain
+Functional ``keras.Model`` with structured names (``block1_dense``, ``block1_bn``,
+``block1_relu``, ..., ``logits``, ``predictions``), so ``model.summary()`` reads like the
+paper, the diagnostics callbacks see every layer and `fold_batchnorm` can fold every BN.
+
+Usage::
+
+    model = keras_bn.build_dense((784,), [32, 32], 10)          # the SEEDS §5 reference MLP
+    cnn = keras_bn.build_conv((28, 28, 1), [32, 64], 10, norm="group")
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_bn._validation import check_choice, check_int_list, check_positive_int, check_shape
+from keras_bn.layers import DATA_FORMATS, PADDINGS, block_layers, check_block_options
+from keras_bn.activations import width_multiplier
+
+OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", None)
+POOLINGS = ("max", "avg", None)
+HEADS = ("avg", "max", "flatten")
+
+
+def _check_common(num_classes, output_activation, block_options, channels):
+    check_positive_int("num_classes", num_classes)
+    check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+    for width in channels:
+        check_block_options(channels=width * width_multiplier(block_options["activation"], block_options["act_kwargs"]), **block_options)
+
+
+def _head(x, num_classes: int, output_activation: str | None, initializer="glorot_uniform"):
+    x = keras.layers.Dense(num_classes, kernel_initializer=initializer, name="logits")(x)
+    if output_activation is not None:
+        # float32 so that mixed-precision models keep a float32 softmax, as Keras recommends.
+        x = keras.layers.Activation(output_activation, dtype="float32", name="predictions")(x)
+    return x
+
+
+def _apply(layers, x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def build_dense(
+    input_shape,
+    units,
+    num_classes: int,
+    *,
+    activation="relu",
+    norm="batch",
+    norm_position: str = "before",
+    initializer="auto",
+    bias_initializer="zeros",
+    dropout: float = 0.0,
+    norm_kwargs: dict | None = None,
+    act_kwargs: dict | None = None,
+    use_bias: bool | None = None,
+    output_activation: str | None = "softmax",
+    name: str = "dense_net",
+) -> keras.Model:
+    """A multilayer perceptron: one `DenseBlock` per entry of `units`, then the classifier.
+
+    ``build_dense((784,), [32, 32], 10)`` is the reference MLP of SEEDS §5: Dense -> BN ->
+    ReLU twice, then Dense(10) (``logits``) and a float32 softmax (``predictions``; pass
+    ``output_activation=None`` for logits only). Inputs of rank > 1 are flattened first.
+
+    Args:
+        input_shape: shape of one sample, e.g. ``(784,)`` or ``(28, 28)``.
+        units: hidden widths, e.g. ``[100, 100, 100]``.
+        num_classes: outputs of the last Dense layer.
+        activation, norm, norm_position, initializer, bias_initializer, dropout, norm_kwargs,
+            act_kwargs, use_bias: as `keras_bn.DenseBlock`, for every hidden block.
+        output_activation: "softmax", "sigmoid" or None (logits).
+        name: the model's name.
+
+    Returns:
+        An uncompiled ``keras.Model``.
+
+    Example::
+
+        model = keras_bn.build_dense((784,), [100] * 3, 10, activation="sigmoid", initializer=0.01)
+    """
+    input_shape = check_shape("input_shape", input_shape, ranks=(1, 2, 3))
+    units = check_int_list("units", units)
+    block_options = dict(
+        activation=activation, norm=norm, norm_position=norm_position, initializer=initializer,
+        bias_initializer=bias_initializer, dropout=dropout, norm_kwargs=norm_kwargs,
+        act_kwargs=act_kwargs, use_bias=use_bias,
+    )
+    _check_common(num_classes, output_activation, block_options, units)
+
+    inputs = keras.Input(shape=input_shape, name="inputs")
+    x = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+    for i, width in enumerate(units, start=1):
+        x = _apply(block_layers(width, name=f"block{i}", **block_options), x)
+    outputs = _head(x, num_classes, output_activation)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_conv(
+    input_shape,
+    filters,
+    num_classes: int,
+    *,
+    kernel_size: int = 3,
+    strides: int = 1,
+    padding: str = "same",
+    pooling: str | None = "max",
+    head: str = "avg",
+    dense_units=(),
+    activation="relu",
+    norm="batch",
+    norm_position: str = "before",
+    initializer="auto",
+    bias_initializer="zeros",
+    dropout: float = 0.0,
+    norm_kwargs: dict | None = None,
+    act_kwargs: dict | None = None,
+    use_bias: bool | None = None,
+    data_format: str = "channels_last",
+    output_activation: str | None = "softmax",
+    name: str = "conv_net",
+) -> keras.Model:
+    """A small image classifier: one `ConvBlock` per entry of `filters`, each followed by
+    2x2 `pooling`, then a `head` (global "avg"/"max" pooling or "flatten"), `dense_units`
+    DenseBlocks and the classifier.
+
+    BatchNorm on conv features normalizes each channel over N, H and W (SEEDS §5).
+    A 2-D `input_shape` (H, W) gets a channel axis added.
+
+    Raises ValueError before any layer is made when a kernel is larger than the feature map
+    it meets, or pooling would shrink a map below 1x1.
+
+    Example::
+
+        cnn = keras_bn.build_conv((28, 28, 1), [32, 64], 10, dense_units=[128], dropout=0.25)
+    """
+    input_shape = check_shape("input_shape", input_shape, ranks=(2, 3))
+    filters = check_int_list("filters", filters)
+    dense_units = check_int_list("dense_units", dense_units, allow_empty=True)
+    kernel_size = check_positive_int("kernel_size", kernel_size)
+    strides = check_positive_int("strides", strides)
+    check_choice("padding", padding, PADDINGS)
+    check_choice("pooling", pooling, POOLINGS)
+    check_choice("head", head, HEADS)
+    check_choice("data_format", data_format, DATA_FORMATS)
+    block_options = dict(
+        activation=activation, norm=norm, norm_position=norm_position, initializer=initializer,
+        bias_initializer=bias_initializer, dropout=dropout, norm_kwargs=norm_kwargs,
+        act_kwargs=act_kwargs, use_bias=use_bias,
+    )
+    _check_common(num_classes, output_activation, block_options, filters + dense_units)
+
+    if len(input_shape) == 2:
+        spatial = list(input_shape)
+        reshaped = (1, *input_shape) if data_format == "channels_first" else (*input_shape, 1)
+    else:
+        spatial = list(input_shape[1:] if data_format == "channels_first" else input_shape[:2])
+        reshaped = None
+    for i in range(1, len(filters) + 1):
+        if kernel_size > min(spatial):
+            raise ValueError(
+                f"`kernel_size` ({kernel_size}) is larger than the {spatial[0]}x{spatial[1]} "
+                f"feature map that block{i} receives; use a smaller kernel, fewer blocks or "
+                f"pooling=None. Received: kernel_size={kernel_size}, input_shape={tuple(input_shape)}"
+            )
+        size = [(s - kernel_size) // strides + 1 if padding == "valid" else -(-s // strides) for s in spatial]
+        if pooling is not None:
+            size = [s // 2 for s in size]
+        if min(size) < 1:
+            raise ValueError(
+                f"block{i} would shrink the feature map below 1x1 (from {spatial[0]}x{spatial[1]}); "
+                f"use fewer `filters` entries, strides=1 or pooling=None. "
+                f"Received: filters={filters}, input_shape={tuple(input_shape)}"
+            )
+        spatial = size
+
+    inputs = keras.Input(shape=input_shape, name="inputs")
+    x = keras.layers.Reshape(reshaped, name="add_channel")(inputs) if reshaped else inputs
+    pool_cls = {"max": keras.layers.MaxPooling2D, "avg": keras.layers.AveragePooling2D}
+    for i, width in enumerate(filters, start=1):
+        x = _apply(
+            block_layers(width, name=f"block{i}", rank=2, kernel_size=kernel_size, strides=strides,
+                         padding=padding, data_format=data_format, **block_options),
+            x,
+        )
+        if pooling is not None:
+            x = pool_cls[pooling](2, data_format=data_format, name=f"block{i}_pool")(x)
+    if head == "flatten":
+        x = keras.layers.Flatten(data_format=data_format, name="flatten")(x)
+    else:
+        global_cls = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}[head]
+        x = global_cls(data_format=data_format, name=f"global_{head}_pool")(x)
+    offset = len(filters)
+    for j, width in enumerate(dense_units, start=offset + 1):
+        x = _apply(block_layers(width, name=f"block{j}", **block_options), x)
+    outputs = _head(x, num_classes, output_activation)
+    return keras.Model(inputs, outputs, name=name)
