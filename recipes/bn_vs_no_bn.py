@@ -1,0 +1,104 @@
+"""BN vs no BN: the reference experiment of SEEDS §5, trained side by side.
+
+The 784-32-32-10 MLP, Dense -> BN -> ReLU twice then Dense(10), against the same network
+without BN: the same initial kernels, optimizer and data order; per-epoch train loss and test
+accuracy of both, seconds per epoch, a PNG of the curves and a TensorBoard run for each.
+
+Usage::
+
+    keras-bn run bn_vs_no_bn --quick
+    python -m keras_bn.recipes.bn_vs_no_bn --epochs 5 --data-dir ../shared/data/fashion-mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from keras_bn.recipes import _common
+
+NAME = "bn_vs_no_bn"
+DESCRIPTION = "The 784-32-32-10 MLP with and without BatchNorm, same init and data order, side by side."
+RUNS = {"no_bn": None, "with_bn": "batch"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--units", type=int, nargs="+", default=[32, 32], help="hidden widths (default 32 32)")
+
+
+def build_models(input_dim: int, units: list[int], num_classes: int) -> dict:
+    """The two MLPs, the BN one given the no-BN one's initial kernels."""
+    import keras_bn
+
+    models = {run: keras_bn.build_dense((input_dim,), units, num_classes, norm=norm, name=run)
+              for run, norm in RUNS.items()}
+    reference = models["no_bn"]
+    for layer in models["with_bn"].layers:
+        if layer.name.endswith("_dense") or layer.name == "logits":
+            layer.kernel.assign(reference.get_layer(layer.name).kernel)
+    return models
+
+
+def run(args: argparse.Namespace) -> dict:
+    import keras
+
+    data = _common.load_data(args, flatten=True)
+    epochs = args.epochs or (2 if args.quick else 5)
+    models = build_models(data.x_train.shape[1], args.units, data.num_classes)
+    history = {run: {"loss": [], "test_accuracy": [], "seconds": []} for run in RUNS}
+    callbacks = {}
+    for run, model in models.items():
+        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        timer = _common.EpochTimer()
+        board = keras.callbacks.TensorBoard(str(_common.run_dir(args, NAME, run)))
+        callbacks[run] = (timer, board)
+
+    rng = np.random.default_rng(args.seed)
+    print(f"training {', '.join(RUNS)} for {epochs} epochs on {len(data.x_train)} images")
+    for epoch in range(epochs):
+        order = rng.permutation(len(data.x_train))  # one data order shared by both models
+        for run, model in models.items():
+            fit = model.fit(data.x_train[order], data.y_train[order], batch_size=args.batch_size,
+                            epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
+                            validation_data=(data.x_test, data.y_test), callbacks=list(callbacks[run]))
+            history[run]["loss"].append(float(fit.history["loss"][-1]))
+            history[run]["test_accuracy"].append(float(fit.history["val_accuracy"][-1]))
+            history[run]["seconds"].append(callbacks[run][0].seconds[-1])
+        print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
+            f"{run} loss {history[run]['loss'][-1]:.4f} acc {history[run]['test_accuracy'][-1]:.4f}" for run in RUNS))
+
+    columns = ["epoch"] + [f"{run} {q}" for q in ("train loss", "test acc") for run in RUNS]
+    rows = [[e + 1] + [history[r][k][e] for k in ("loss", "test_accuracy") for r in RUNS] for e in range(epochs)]
+    print(_common.format_table(columns, rows))
+    summary = [[run, history[run]["test_accuracy"][-1], float(np.median(history[run]["seconds"]))] for run in RUNS]
+    print(_common.format_table(["model", "final test acc", "s/epoch (median)"], summary))
+    _plot(history, _common.recipe_dir(args, NAME) / f"{NAME}.png", data.name)
+    return {"epochs": epochs, "dataset": data.name, "history": history}
+
+
+def _plot(history: dict, path, dataset: str):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for run, curves in history.items():
+        epochs = range(1, len(curves["loss"]) + 1)
+        axes[0].plot(epochs, curves["loss"], marker="o", label=run)
+        axes[1].plot(epochs, curves["test_accuracy"], marker="o", label=run)
+    axes[0].set(title=f"train loss ({dataset})", xlabel="epoch")
+    axes[1].set(title="test accuracy", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _common.save_figure(fig, path)
+
+
+def main(argv=None) -> dict:
+    return _common.main(NAME, DESCRIPTION, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    main()
