@@ -1,9 +1,19 @@
 """The classic experiments as runnable recipes (installed as ``keras_bn.recipes``).
 
-Each module has ``DESCRIPTION``, ``main(argv)`` and ``run(args)``; `RECIPES` maps the names
-that ``keras-bn run NAME`` takes to their modules, imported only when run.
+Each module has ``DESCRIPTION``, ``main(argv)`` and ``run(args)``. `RECIPES` lists the names
+that ``keras-bn run NAME`` takes; a module is imported only when it is listed or run.
 """
 
-RECIPES = {
-    "bn_vs_no_bn": "keras_bn.recipes.bn_vs_no_bn",
-}
+import importlib
+
+RECIPES = (
+    "bn_vs_no_bn",
+)
+
+
+def get_recipe(name: str):
+    """The recipe module called `name`; ValueError listing the recipes for an unknown one."""
+    from keras_bn._validation import check_choice
+
+    check_choice("recipe", name, RECIPES)
+    return importlib.import_module(f"keras_bn.recipes.{name}")

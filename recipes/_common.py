@@ -11,15 +11,20 @@ its measurements. `main` below turns that into a script::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 
 QUICK_TRAIN_SAMPLES = 2000
 QUICK_TEST_SAMPLES = 500
+# |tanh| above this counts as saturated (the lecture's threshold); for sigmoid, |2a - 1| above it.
+SATURATION_THRESHOLD = 0.97
 
 
 def base_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -87,6 +92,11 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in text])
 
 
+def dash_nan(value: object) -> object:
+    """`value`, or "-" for a NaN (a statistic that does not apply), for `format_table`."""
+    return "-" if isinstance(value, float) and math.isnan(value) else value
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Records the seconds of each training epoch in `.seconds`."""
 
@@ -99,6 +109,133 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+
+
+def training_callbacks(path: Path, probe=None, every: int = 100) -> list:
+    """The TensorBoard logging of every recipe's training runs, chosen in this one place.
+
+    ``keras_bn.callbacks.diagnostics`` (gradient norms, activation statistics on `probe`,
+    update ratios) when that package provides it, else Keras' own TensorBoard callback.
+
+    Example::
+
+        model.fit(x, y, callbacks=_common.training_callbacks(run_dir(args, NAME, "with_bn"), x_test[:256]))
+    """
+    try:
+        from keras_bn.callbacks import diagnostics
+    except ImportError:
+        return [keras.callbacks.TensorBoard(str(path))]
+    callbacks = diagnostics(str(path), probe=probe, every=every)
+    return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+
+
+def train_for_steps(model: keras.Model, data, *, steps: int, batch_size: int, eval_every: int,
+                    seed: int, callbacks: Sequence = (), label: str = "") -> dict:
+    """Fit `model` (compiled with an accuracy metric) for `steps` batches of a seeded shuffle.
+
+    Each Keras "epoch" is `eval_every` steps, after which the test set is evaluated, so
+    TensorBoard's epoch axis counts evaluations. Training stops at a non-finite loss.
+
+    Returns:
+        ``{"step": [...], "loss": [...], "test_accuracy": [...], "seconds": float,
+        "diverged": bool}``, one list entry per evaluation.
+
+    Example::
+
+        history = train_for_steps(model, data, steps=1000, batch_size=60, eval_every=100, seed=0)
+    """
+    import tensorflow as tf
+
+    dataset = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
+               .shuffle(len(data.x_train), seed=seed).repeat().batch(batch_size, drop_remainder=True))
+    eval_every = min(eval_every, steps)
+    start = time.perf_counter()
+    fit = model.fit(dataset, steps_per_epoch=eval_every, epochs=steps // eval_every, verbose=0, shuffle=False,
+                    validation_data=(data.x_test, data.y_test), validation_batch_size=500,
+                    callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks])
+    losses = [float(v) for v in fit.history["loss"]]
+    history = {
+        "step": [eval_every * (i + 1) for i in range(len(losses))],
+        "loss": losses,
+        "test_accuracy": [float(v) for v in fit.history.get("val_accuracy", [])],
+        "seconds": time.perf_counter() - start,
+        "diverged": not np.all(np.isfinite(losses)),
+    }
+    if len(history["test_accuracy"]) < len(losses):  # TerminateOnNaN skipped the last evaluation
+        history["test_accuracy"].append(float("nan"))
+    if label:
+        print(f"  {label}: {len(losses) * eval_every} steps in {history['seconds']:.1f} s, "
+              f"loss {losses[-1]:.4f}, test acc {history['test_accuracy'][-1]:.4f}"
+              + (" (diverged)" if history["diverged"] else ""))
+    return history
+
+
+def layer_outputs(model: keras.Model, names: Sequence[str], x: np.ndarray, training: bool = False) -> dict:
+    """The outputs of the layers `names` of a Functional `model` on `x`, as numpy arrays."""
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
+    outputs = probe(x, training=training)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return {n: keras.ops.convert_to_numpy(o) for n, o in zip(names, outputs)}
+
+
+def activation_layer_names(model: keras.Model, activation) -> list[str]:
+    """The names of the hidden activation layers of a keras-bn builder model, first to last."""
+    from keras_bn.activations import activation_name
+
+    suffix = f"_{activation_name(activation)}"
+    return [layer.name for layer in model.layers if layer.name.startswith("block") and layer.name.endswith(suffix)]
+
+
+def activation_stats(values: np.ndarray, family: str | None) -> dict:
+    """Mean, std, saturated and dead fractions of one layer's activations (last axis = units).
+
+    ``saturated``: share of values with ``|a| > 0.97`` for tanh, ``|2a - 1| > 0.97`` for
+    sigmoid (the same point of the curve), NaN for other families. ``dead``: share of units
+    that output <= 0 for every sample (and position) of `values`, for the ReLU family; NaN
+    otherwise. `family` is what ``keras_bn.activations.activation_family`` returns.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    saturated = dead = float("nan")
+    if family == "tanh":
+        saturated = float(np.mean(np.abs(values) > SATURATION_THRESHOLD))
+    elif family == "sigmoid":
+        saturated = float(np.mean(np.abs(2 * values - 1) > SATURATION_THRESHOLD))
+    elif family == "relu":
+        dead = float(np.mean(np.all(values.reshape(-1, values.shape[-1]) <= 0, axis=0)))
+    return {"mean": float(values.mean()), "std": float(values.std()), "saturated": saturated, "dead": dead}
+
+
+def kernel_gradient_norms(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict:
+    """The L2 norm of the loss gradient for each Dense/Conv kernel, on one batch in training mode.
+
+    The cross-entropy of the model's softmax output, as ``fit`` would use it; BatchNorm's
+    moving statistics are restored afterwards, so the model is left as it was.
+    """
+    import tensorflow as tf
+
+    layers = [layer for layer in model.layers if getattr(layer, "kernel", None) is not None]
+    with kept_state(model), tf.GradientTape() as tape:
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x, training=True)))
+    grads = tape.gradient(loss, [layer.kernel for layer in layers])
+    return {layer.name: float(tf.norm(g)) for layer, g in zip(layers, grads)}
+
+
+@contextlib.contextmanager
+def kept_state(model: keras.Model):
+    """Restore `model`'s non-trainable variables (BatchNorm's moving statistics) on exit,
+    so that calls with ``training=True`` outside ``fit`` leave no trace.
+
+    Example::
+
+        with kept_state(model):
+            train_mode_probs = model(x_batch, training=True)
+    """
+    saved = [v.numpy() for v in model.non_trainable_variables]
+    try:
+        yield model
+    finally:
+        for variable, value in zip(model.non_trainable_variables, saved):
+            variable.assign(value)
 
 
 def save_figure(fig, path: Path) -> Path:

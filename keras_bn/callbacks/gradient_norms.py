@@ -1,0 +1,247 @@
+"""GradientNorms: the L2 norms of the gradients the optimizer applied in the real training step.
+
+**Where the gradients are read.** At train begin the callback wraps the optimizer's
+``apply(grads, variables)`` on the instance (no subclass; restored at train end or when a
+step raises) and rebuilds ``model.train_function`` so the wrapped step is traced. Every
+step, inside the compiled step, the wrapper stores each variable's sum of squares
+``sum(square(g))`` (``keras.ops.norm`` fails on conv kernels) before and after clipping in two
+small ``tf.Variable`` vectors and counts clipped and non-finite steps. That costs a few
+reductions, no host transfer; the host reads the vectors only every `every` steps.
+
+Why ``apply``: it is public, it is the one call every Keras 3 train step makes with exactly
+the gradients of that step (no second backward pass on a probe batch, unlike W&B's
+log_gradients or keract), and it sees the gradient *before* clipping, so both the pre-clip
+norm and the applied norm are known: the applied norm follows exactly from Keras' rules
+(``clipnorm``: each variable's norm becomes ``min(n, c)``; ``global_clipnorm``: every norm is
+scaled by ``min(1, c / global)``; ``clipvalue``: computed from the clipped values). The loss
+scale of mixed precision is divided out, as ``apply`` itself does.
+
+**Aggregation point and tf.distribute.** Under a distribution strategy ``apply`` runs once per
+replica with that replica's share, *before* the all-reduce; the aggregated gradient exists
+only inside the TF optimizer's private ``_backend_update_step`` / ``_all_reduce_sum_gradients``.
+Everything here is therefore routed through one small class, `ApplyTap`: it decides where
+gradients are observed (``install``/``remove``) and hands them to ``record``. A tap that
+observes after aggregation (the distributed-training issue) replaces only ``install``; the
+statistics, the cadence and the tags stay as they are. On one device both points see the
+same gradients.
+
+Usage::
+
+    model.fit(x, y, callbacks=[keras_bn.callbacks.GradientNorms("logs/run1", every=100)])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_bn.callbacks._base import DiagnosticCallback
+from keras_bn.callbacks._layers import group_norms, variable_groups
+from keras_bn.callbacks._writer import RunWriters
+
+GLOBAL = "global"
+
+
+def clipping_mode(optimizer) -> str | None:
+    """"clipnorm", "global_clipnorm", "clipvalue" or None: how `optimizer` clips gradients."""
+    for mode in ("clipnorm", "global_clipnorm", "clipvalue"):
+        value = getattr(optimizer, mode, None)
+        if value is not None and value > 0:
+            return mode
+    return None
+
+
+def _base_optimizer(optimizer):
+    """The optimizer whose ``apply`` sees unscaled gradients (LossScaleOptimizer's inner one)."""
+    return getattr(optimizer, "inner_optimizer", None) or optimizer
+
+
+class ApplyTap:
+    """Records per-variable gradient statistics each time ``optimizer.apply`` runs.
+
+    Statistics (``tf.Variable``s, read by the host at its own cadence):
+    ``preclip_sumsq`` / ``applied_sumsq`` (one entry per variable of `variables`, in order),
+    ``steps``, ``clipped_steps`` and ``nonfinite_steps`` (running counts).
+    """
+
+    def __init__(self, optimizer, variables):
+        import tensorflow as tf
+
+        self._tf = tf
+        self.optimizer = optimizer
+        self.mode = clipping_mode(optimizer)
+        self._position = {id(v): i for i, v in enumerate(variables)}
+        size = len(self._position)
+        self.preclip_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_preclip_sumsq")
+        self.applied_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_applied_sumsq")
+        counter = dict(initial_value=tf.constant(0, tf.int64), trainable=False)
+        self.steps = tf.Variable(**counter, name="keras_bn_steps")
+        self.clipped_steps = tf.Variable(**counter, name="keras_bn_clipped_steps")
+        self.nonfinite_steps = tf.Variable(**counter, name="keras_bn_nonfinite_steps")
+        self._installed = False
+
+    # --- where the gradients are observed -----------------------------------------------
+    def install(self) -> None:
+        """Wrap ``optimizer.apply`` on the instance."""
+        if self._installed:
+            return
+        original_apply = self.optimizer.apply
+
+        def apply(grads, trainable_variables=None):
+            variables = trainable_variables if trainable_variables is not None else self.optimizer._trainable_variables
+            self.record(list(grads), list(variables))
+            return original_apply(grads, trainable_variables)
+
+        self.optimizer.apply = apply
+        self._installed = True
+
+    def remove(self) -> None:
+        """Undo `install`."""
+        if self._installed:
+            del self.optimizer.apply
+            self._installed = False
+
+    # --- what is recorded -----------------------------------------------------------------
+    def _sumsq(self, grad):
+        tf = self._tf
+        values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
+        return tf.reduce_sum(tf.square(tf.cast(values, tf.float32)))
+
+    def record(self, grads, variables) -> None:
+        """Store this step's per-variable sums of squares (before and after clipping)."""
+        tf = self._tf
+        zero = tf.constant(0.0)
+        preclip = [zero] * len(self._position)
+        clip_values = []
+        for grad, variable in zip(grads, variables):
+            index = self._position.get(id(variable))
+            if grad is None or index is None:
+                continue
+            preclip[index] = self._sumsq(grad)
+            if self.mode == "clipvalue":
+                clip_values.append((index, grad))
+        preclip = tf.stack(preclip)
+        scale = getattr(self.optimizer, "loss_scale_factor", None)
+        if scale is not None:
+            preclip = preclip / float(scale) ** 2
+        global_sumsq = tf.reduce_sum(preclip)
+        applied, clipped = self._applied(preclip, global_sumsq, clip_values)
+        self.preclip_sumsq.assign(preclip)
+        self.applied_sumsq.assign(applied)
+        self.steps.assign_add(1)
+        self.clipped_steps.assign_add(tf.cast(clipped, tf.int64))
+        self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(tf.math.is_finite(global_sumsq)), tf.int64))
+
+    def _applied(self, preclip, global_sumsq, clip_values):
+        """Sums of squares after Keras' clipping, and whether clipping engaged this step."""
+        tf = self._tf
+        if self.mode == "clipnorm":
+            limit = float(self.optimizer.clipnorm) ** 2
+            return tf.minimum(preclip, limit), tf.reduce_any(preclip > limit)
+        if self.mode == "global_clipnorm":
+            limit = float(self.optimizer.global_clipnorm)
+            norm = tf.sqrt(global_sumsq)
+            factor = limit * tf.minimum(1.0 / norm, 1.0 / limit)
+            return preclip * tf.square(factor), norm > limit
+        if self.mode == "clipvalue":
+            limit = float(self.optimizer.clipvalue)
+            applied = tf.unstack(preclip) if clip_values else []
+            engaged = tf.constant(False)
+            for index, grad in clip_values:
+                values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
+                applied[index] = self._sumsq(tf.clip_by_value(values, -limit, limit))
+                engaged = tf.logical_or(engaged, tf.reduce_max(tf.abs(values)) > limit)
+            return (tf.stack(applied) if applied else preclip), engaged
+        return preclip, tf.constant(False)
+
+    def read(self) -> dict:
+        """The current statistics as NumPy values (one host transfer)."""
+        return {
+            "preclip_sumsq": self.preclip_sumsq.numpy(),
+            "applied_sumsq": self.applied_sumsq.numpy(),
+            "steps": int(self.steps.numpy()),
+            "clipped_steps": int(self.clipped_steps.numpy()),
+            "nonfinite_steps": int(self.nonfinite_steps.numpy()),
+        }
+
+
+class GradientNorms(DiagnosticCallback):
+    """Logs per-layer and global L2 norms of the applied gradients every `every` steps.
+
+    Tags (train run): ``grad_norm/<layer>`` and ``grad_global/norm`` (applied gradients);
+    when the optimizer clips also ``grad_norm_preclip/<layer>``, ``grad_global/norm_preclip``
+    and ``grad_global/clip_fraction`` (share of the steps since the last log where clipping
+    engaged); ``nonfinite/grad_steps`` (steps since the last log whose gradients held NaN or
+    Inf); at epoch end the image ``figures/grad_norms``. The logged value is that of the last
+    step before the log (a sample, not a mean).
+
+    Args:
+        log_dir: the TensorBoard run directory (``<log_dir>/train`` is written).
+        every: log every this many optimizer steps (and at each epoch end).
+        figures: draw the per-layer bar chart at each epoch end.
+        writers: shared `RunWriters` (the `diagnostics` preset passes one).
+
+    Example::
+
+        cb = keras_bn.callbacks.GradientNorms("logs/run1", every=100)
+        model.fit(x, y, epochs=3, callbacks=[cb])
+    """
+
+    def __init__(self, log_dir, every: int = 100, *, figures: bool = True, writers: RunWriters | None = None):
+        super().__init__(log_dir, every, writers=writers)
+        if not isinstance(figures, bool):
+            raise TypeError(f"`figures` must be True or False. Received: figures={figures!r}")
+        self.figures = figures
+        self._tap = None
+        self._last = {"steps": 0, "clipped_steps": 0, "nonfinite_steps": 0}
+        self.latest_norms: dict[str, float] = {}
+
+    def _attach(self):
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError("GradientNorms needs a compiled model; call `model.compile(optimizer=...)` first.")
+        self._layer_names, self._groups = variable_groups(self.model)
+        self._tap = ApplyTap(_base_optimizer(optimizer), self.model.trainable_variables)
+        self._tap.install()
+        self.model.make_train_function(force=True)  # trace the step with the tap in place
+        self._last = {"steps": 0, "clipped_steps": 0, "nonfinite_steps": 0}
+        charts = {"gradient norm per layer": r"grad_norm/.*"}
+        if self._tap.mode is not None:
+            charts["gradient norm before clipping per layer"] = r"grad_norm_preclip/.*"
+        self.writers.add_charts(charts)
+
+    def _detach(self):
+        if self._tap is not None:
+            self._tap.remove()
+            self._tap = None
+            self.model.train_function = None  # the next fit traces a clean step
+
+    def _log_step(self, step):
+        if self._tap is None:
+            return
+        stats = self._tap.read()
+        count = len(self._layer_names)
+        applied = group_norms(stats["applied_sumsq"], self._groups, count)
+        scalars = {f"grad_norm/{name}": value for name, value in zip(self._layer_names, applied)}
+        scalars[f"grad_{GLOBAL}/norm"] = float(np.sqrt(np.sum(stats["applied_sumsq"], dtype=np.float64)))
+        window = max(stats["steps"] - self._last["steps"], 1)
+        if self._tap.mode is not None:
+            preclip = group_norms(stats["preclip_sumsq"], self._groups, count)
+            scalars.update({f"grad_norm_preclip/{n}": v for n, v in zip(self._layer_names, preclip)})
+            scalars[f"grad_{GLOBAL}/norm_preclip"] = float(np.sqrt(np.sum(stats["preclip_sumsq"], dtype=np.float64)))
+            scalars[f"grad_{GLOBAL}/clip_fraction"] = (stats["clipped_steps"] - self._last["clipped_steps"]) / window
+        scalars["nonfinite/grad_steps"] = stats["nonfinite_steps"] - self._last["nonfinite_steps"]
+        self._last = stats
+        self.latest_norms = dict(zip(self._layer_names, applied.tolist()))
+        with self.writers.writing("train", step) as write:
+            write.scalars(scalars)
+
+    def _log_epoch(self, epoch, step, logs):
+        if self.figures and self.latest_norms:
+            from keras_bn.callbacks.figures import layer_bar_chart
+
+            image = layer_bar_chart(self.latest_norms, ylabel="gradient L2 norm", title=f"step {step}")
+            with self.writers.writing("train", step) as write:
+                write.image("figures/grad_norms", image)
+
+    def get_config(self):
+        return {**super().get_config(), "figures": self.figures}

@@ -1,0 +1,50 @@
+"""MetricsLogger: loss and metrics in the same tags as ``keras.callbacks.TensorBoard``.
+
+``epoch_<metric>`` in ``<log_dir>/train`` and ``<log_dir>/validation`` (step = epoch) and
+``epoch_learning_rate``, plus ``batch_<metric>`` (the running epoch mean, as Keras logs it)
+every `every` optimizer steps. It never overrides ``on_train_batch_end``, so unlike Keras'
+callback it keeps asynchronous dispatch (and costs nothing between logs); with it the
+diagnostics preset replaces Keras' TensorBoard callback.
+
+Usage::
+
+    model.fit(x, y, validation_data=(xv, yv), callbacks=[keras_bn.callbacks.MetricsLogger("logs/run1")])
+"""
+
+from __future__ import annotations
+
+from keras_bn.callbacks._base import DiagnosticCallback
+
+
+class MetricsLogger(DiagnosticCallback):
+    """Writes ``batch_<metric>`` every `every` steps and ``epoch_<metric>`` at each epoch end.
+
+    Args:
+        log_dir: the TensorBoard run directory.
+        every: batch-level cadence in optimizer steps.
+        writers: shared `RunWriters` (the `diagnostics` preset passes one).
+
+    Example::
+
+        cb = keras_bn.callbacks.MetricsLogger("logs/run1", every=100)
+    """
+
+    def _log_step(self, step):
+        metrics = self.model.get_metrics_result()
+        if metrics:
+            with self.writers.writing("train", step) as write:
+                write.scalars({f"batch_{name}": value for name, value in metrics.items()})
+
+    def _log_epoch(self, epoch, step, logs):
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        validation = {k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")}
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and "learning_rate" not in train:
+            try:
+                train["learning_rate"] = float(optimizer.learning_rate.numpy())
+            except (AttributeError, TypeError, ValueError):
+                pass
+        for run, values in (("train", train), ("validation", validation)):
+            if values:
+                with self.writers.writing(run, epoch) as write:
+                    write.scalars({f"epoch_{name}": value for name, value in values.items()})

@@ -1,0 +1,75 @@
+"""diagnostics(): every keras-bn diagnostics callback in one call, one TensorBoard run.
+
+Usage::
+
+    cbs = keras_bn.callbacks.diagnostics("logs/bn_vs_no_bn/with_bn", probe=x_val[:256], every=100)
+    model.fit(x, y, validation_data=(x_val, y_val), epochs=5, callbacks=cbs)
+"""
+
+from __future__ import annotations
+
+from keras_bn._validation import check_positive_int
+from keras_bn.callbacks._base import check_log_dir
+from keras_bn.callbacks._writer import RunWriters
+from keras_bn.callbacks.activation_stats import ActivationStats
+from keras_bn.callbacks.gradient_norms import GradientNorms
+from keras_bn.callbacks.metrics_logger import MetricsLogger
+from keras_bn.callbacks.update_ratio import UpdateRatio
+
+
+def diagnostics(
+    log_dir,
+    probe=None,
+    every: int = 100,
+    *,
+    layers=None,
+    figures: bool = True,
+    update_ratio: bool = True,
+    metrics: bool = True,
+    **activation_options,
+) -> list:
+    """The diagnostics callbacks for `model.fit`, sharing one set of writers in `log_dir`.
+
+    Returns ``[MetricsLogger, GradientNorms, UpdateRatio, ActivationStats]`` (the last only
+    when a `probe` is given; `metrics=False` / `update_ratio=False` leave those out). With
+    `metrics` on, it replaces ``keras.callbacks.TensorBoard`` (same run layout and
+    ``epoch_*`` tags) at a fraction of its cost. The tags are listed in `keras_bn.callbacks`.
+
+    Args:
+        log_dir: the run directory (``<log_dir>/train``, ``<log_dir>/validation``).
+        probe: inputs for the activation statistics, e.g. ``x_val[:256]``; None skips them.
+        every: cadence of every per-step quantity, in optimizer steps (all also log at
+            each epoch end).
+        layers: layers watched by `ActivationStats` (None: every activation layer).
+        figures: draw the activation-histogram grid and gradient-norm chart each epoch.
+        update_ratio: include `UpdateRatio`.
+        metrics: include `MetricsLogger` (loss and metrics).
+        **activation_options: passed to `ActivationStats` (``bins``, ``tanh_threshold``,
+            ``sigmoid_band``, ``max_probe_samples``).
+
+    Example::
+
+        model.fit(x, y, epochs=3, callbacks=keras_bn.callbacks.diagnostics("logs/run1", probe=x[:256]))
+    """
+    log_dir = check_log_dir(log_dir)
+    every = check_positive_int("every", every)
+    for name, flag in (("figures", figures), ("update_ratio", update_ratio), ("metrics", metrics)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be True or False. Received: {name}={flag!r}")
+    writers = RunWriters(log_dir)
+    callbacks = []
+    if metrics:
+        callbacks.append(MetricsLogger(log_dir, every, writers=writers))
+    callbacks.append(GradientNorms(log_dir, every, figures=figures, writers=writers))
+    if update_ratio:
+        callbacks.append(UpdateRatio(log_dir, every, writers=writers))
+    if probe is not None:
+        callbacks.append(
+            ActivationStats(log_dir, probe, every, layers=layers, figures=figures, writers=writers, **activation_options)
+        )
+    elif layers is not None or activation_options:
+        given = sorted(activation_options) + (["layers"] if layers is not None else [])
+        raise ValueError(
+            f"Activation options ({', '.join(given)}) need a `probe` batch. Received: probe=None"
+        )
+    return callbacks

@@ -1,0 +1,98 @@
+"""UpdateRatio: ||W_after - W_before|| / ||W_before|| per layer for one real training step.
+
+CS231n's babysitting rule (SEEDS §7): the ratio of the update's size to the weights' size
+should be **around 1e-3**; much lower means the learning rate is too small, much higher
+(1e-1 and up) that it is too large. The ratio is measured on the weights themselves, so it is
+the true ratio for any optimizer (Adam's step is not ``lr * grad``).
+
+How: when a multiple of `every` steps is reached, the callback keeps a device copy of the
+trainable weights; at the next batch (one ``train_function`` call later, i.e. one step, or
+``steps_per_execution`` steps) or at the epoch end it compares them with the current weights in
+one compiled reduction and logs only per-layer numbers. No other step is touched.
+
+Usage::
+
+    cb = keras_bn.callbacks.UpdateRatio("logs/run1", every=100)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_bn.callbacks._base import DiagnosticCallback
+from keras_bn.callbacks._layers import group_norms, variable_groups
+from keras_bn.callbacks._writer import RunWriters
+
+GUIDE_LINE = 1e-3  # CS231n: update / weight magnitude should be around this
+
+
+class UpdateRatio(DiagnosticCallback):
+    """Logs ``update_ratio/<layer>`` = ||dW|| / ||W|| of one training step every `every` steps.
+
+    Args:
+        log_dir: the TensorBoard run directory (``<log_dir>/train`` is written).
+        every: measure the step after every this many optimizer steps.
+        writers: shared `RunWriters` (the `diagnostics` preset passes one).
+
+    Example::
+
+        model.fit(x, y, callbacks=[keras_bn.callbacks.UpdateRatio("logs/run1", every=50)])
+    """
+
+    def __init__(self, log_dir, every: int = 100, *, writers: RunWriters | None = None):
+        super().__init__(log_dir, every, writers=writers)
+        self._before = None
+        self._reduce = None
+
+    def _attach(self):
+        import tensorflow as tf
+
+        self._variables = list(self.model.trainable_variables)
+        self._layer_names, self._groups = variable_groups(self.model)
+        self._before = None
+
+        @tf.function(reduce_retracing=True)
+        def reduce(before, after):
+            diff = [tf.reduce_sum(tf.square(tf.cast(a - b, tf.float32))) for a, b in zip(after, before)]
+            base = [tf.reduce_sum(tf.square(tf.cast(b, tf.float32))) for b in before]
+            return tf.stack(diff), tf.stack(base)
+
+        self._reduce = reduce
+        self.writers.add_charts({"update / weight ratio per layer (guide line 1e-3)": r"update_ratio/.*"})
+
+    def _detach(self):
+        self._before = None
+
+    def _snapshot(self):
+        import tensorflow as tf
+
+        return [tf.identity(v.value) for v in self._variables]
+
+    def _finish(self, step):
+        """Log the ratio of the step since the snapshot, if one is pending."""
+        if self._before is None:
+            return
+        diff, base = self._reduce(self._before, [v.value for v in self._variables])
+        self._before = None
+        count = len(self._layer_names)
+        update = group_norms(diff.numpy(), self._groups, count)
+        weight = group_norms(base.numpy(), self._groups, count)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = update / weight
+        with self.writers.writing("train", step) as write:
+            write.scalars({f"update_ratio/{n}": r for n, r in zip(self._layer_names, ratios)})
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._before is not None:
+            self._run_safely(self._finish, self._steps_at_epoch_start + batch)
+        super().on_train_batch_begin(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._before is not None:
+            self._run_safely(self._finish, self._optimizer_step())
+        super().on_epoch_end(epoch, logs)
+        self._before = None  # a snapshot taken at the epoch end would span the next epoch's start
+
+    def _log_step(self, step):
+        if self._reduce is not None:
+            self._before = self._snapshot()

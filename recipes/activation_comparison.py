@@ -1,0 +1,135 @@
+"""Activation functions compared in a deep MLP (SEEDS §1-§2), each with and without BatchNorm.
+
+For sigmoid, tanh, relu, leaky_relu, prelu, elu, selu, gelu and maxout, a ``--depth``-layer
+MLP (initializer "auto": Glorot for sigmoid/tanh, He for the ReLU family, LeCun normal for
+SELU) with and without BN, trained with Adam from the same data order. Measured: the
+per-layer kernel gradient norm on one batch at step 0 and after training (the ratio
+first hidden layer / last hidden layer: far below 1 means the gradient vanishes towards the
+input), the dead-unit (ReLU family) and saturated (sigmoid/tanh) fractions of the hidden
+layers after training, test accuracy after the budget, and seconds per epoch.
+
+Usage::
+
+    keras-bn run activation_comparison --quick
+    python -m keras_bn.recipes.activation_comparison --activations sigmoid relu --depth 10
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from keras_bn.recipes import _common
+
+NAME = "activation_comparison"
+DESCRIPTION = "A deep MLP with each activation (sigmoid ... maxout), with and without BN: gradients, dead/saturated units, accuracy."
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "maxout")
+NORMS = {"no_bn": None, "bn": "batch"}
+GRAD_BATCH = 256
+PROBE_SAMPLES = 512
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--activations", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS,
+                        metavar="NAME", help=f"activations to compare (default all: {' '.join(ACTIVATIONS)})")
+    parser.add_argument("--depth", type=int, default=8, help="hidden layers (default 8)")
+    parser.add_argument("--units", type=int, default=None, help="hidden width (default 128; quick 32)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+
+
+def gradient_ratio(norms: dict, depth: int) -> float:
+    """First hidden kernel's gradient norm over the last hidden kernel's."""
+    return norms["block1_dense"] / norms[f"block{depth}_dense"]
+
+
+def hidden_stats(model, activation, x) -> dict:
+    """Dead and saturated fractions averaged over the hidden layers, on `x`."""
+    from keras_bn.activations import activation_family
+
+    names = _common.activation_layer_names(model, activation)
+    outputs = _common.layer_outputs(model, names, x)
+    stats = [_common.activation_stats(outputs[n], activation_family(model.get_layer(n))) for n in names]
+    return {key: float(np.mean([s[key] for s in stats])) for key in ("dead", "saturated")}
+
+
+def run_one(args, data, activation: str, norm_key: str, units: int, epochs: int) -> dict:
+    """Build, measure at step 0, train and measure again one (activation, norm) pair."""
+    import keras
+
+    import keras_bn
+
+    run = f"{activation}_{norm_key}"
+    model = keras_bn.build_dense((data.x_train.shape[1],), [units] * args.depth, data.num_classes,
+                                 activation=activation, norm=NORMS[norm_key], name=run)
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    grad_x, grad_y = data.x_train[:GRAD_BATCH], data.y_train[:GRAD_BATCH]
+    norms_start = _common.kernel_gradient_norms(model, grad_x, grad_y)
+    timer = _common.EpochTimer()
+    steps_per_epoch = len(data.x_train) // args.batch_size
+    callbacks = [timer, *_common.training_callbacks(_common.run_dir(args, NAME, run), probe=data.x_test[:256])]
+    history = _common.train_for_steps(model, data, steps=epochs * steps_per_epoch, batch_size=args.batch_size,
+                                      eval_every=steps_per_epoch, seed=args.seed, callbacks=callbacks, label=run)
+    norms_end = _common.kernel_gradient_norms(model, grad_x, grad_y)
+    hidden = [f"block{i}_dense" for i in range(1, args.depth + 1)]
+    return {
+        "grad_norms_start": [norms_start[n] for n in hidden],
+        "grad_ratio_start": gradient_ratio(norms_start, args.depth),
+        "grad_ratio_end": gradient_ratio(norms_end, args.depth),
+        **hidden_stats(model, activation, data.x_test[:PROBE_SAMPLES]),
+        "test_accuracy": history["test_accuracy"][-1],
+        "seconds_per_epoch": float(np.median(timer.seconds)),
+        "history": history,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    data = _common.load_data(args, flatten=True)
+    units = args.units or (32 if args.quick else 128)
+    epochs = args.epochs or (1 if args.quick else 3)
+    print(f"training {args.depth} x {units} MLPs, {len(args.activations)} activations x {len(NORMS)}, "
+          f"Adam lr {args.learning_rate}, {epochs} epoch(s) on {len(data.x_train)} images")
+    results = {(act, norm): run_one(args, data, act, norm, units, epochs)
+               for act in args.activations for norm in NORMS}
+    columns = ["activation", "norm", "grad 1st/last (step 0)", "grad 1st/last (end)", "dead units",
+               "saturated", "test acc", "s/epoch"]
+    rows = [[act, norm, r["grad_ratio_start"], r["grad_ratio_end"], _common.dash_nan(r["dead"]),
+             _common.dash_nan(r["saturated"]), r["test_accuracy"], r["seconds_per_epoch"]]
+            for (act, norm), r in results.items()]
+    print(_common.format_table(columns, rows))
+    _plot(results, args.depth, _common.recipe_dir(args, NAME) / f"{NAME}.png", data.name)
+    return {"epochs": epochs, "units": units, "dataset": data.name,
+            "runs": {f"{act}_{norm}": r for (act, norm), r in results.items()}}
+
+
+def _plot(results: dict, depth: int, path, dataset: str):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    layers = range(1, depth + 1)
+    activations = list(dict.fromkeys(act for act, _ in results))
+    for i, act in enumerate(activations):
+        for ax, norm in zip(axes[:2], NORMS):
+            ax.plot(layers, results[(act, norm)]["grad_norms_start"], marker="o", color=f"C{i}", label=act)
+    for ax, norm in zip(axes[:2], NORMS):
+        ax.set(title=f"kernel gradient norm at step 0, {norm}", xlabel="hidden layer", yscale="log")
+        ax.legend(fontsize=7)
+    x = np.arange(len(activations))
+    for j, norm in enumerate(NORMS):
+        axes[2].bar(x + 0.4 * j - 0.2, [results[(a, norm)]["test_accuracy"] for a in activations], 0.4, label=norm)
+    axes[2].set_xticks(x, activations, rotation=45, fontsize=8)
+    axes[2].set(title=f"test accuracy after the budget ({dataset})", ylim=(0, 1))
+    axes[2].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    _common.save_figure(fig, path)
+
+
+def main(argv=None) -> dict:
+    return _common.main(NAME, DESCRIPTION, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""Tests for keras_bn.callbacks: event files are read back with TensorBoard's own loader."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorboard.backend.event_processing import event_file_loader  # noqa: E402
+from tensorboard.util import tensor_util  # noqa: E402
+
+import keras_bn  # noqa: E402
+from keras_bn import callbacks as kbc  # noqa: E402
+
+# A diagnostic that fails only warns ("keras_bn ..."): in these tests that is an error.
+pytestmark = pytest.mark.filterwarnings("error:keras_bn:RuntimeWarning")
+
+LOSS = "sparse_categorical_crossentropy"
+
+
+# --- helpers ---------------------------------------------------------------------------
+def read_run(run_dir):
+    """``{tag: [(step, ndarray), ...]}`` and ``{tag: plugin}`` from every event file of a run."""
+    values, plugins = defaultdict(list), {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        for event in event_file_loader.EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name:
+                    plugins[value.tag] = value.metadata.plugin_data.plugin_name
+                values[value.tag].append((event.step, tensor_util.make_ndarray(value.tensor)))
+    return dict(values), plugins
+
+
+def scalar(values, tag, step=None):
+    """The scalar logged under `tag` at `step` (the last one if None)."""
+    entries = values[tag] if step is None else [e for e in values[tag] if e[0] == step]
+    assert entries, f"no {tag} at step {step}"
+    return float(entries[-1][1])
+
+
+def fit(model, x, y, callbacks, **kwargs):
+    kwargs = {"batch_size": len(x), "epochs": 1, "verbose": 0, "shuffle": False, **kwargs}
+    return model.fit(x, y, callbacks=callbacks, **kwargs)
+
+
+def small_conv_net():
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(3, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+def tape_layer_norms(model, x, y):
+    """Per-layer gradient norms (by variable) from an independent GradientTape pass."""
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    owner = {id(v): layer.name for layer in model.layers for v in layer.trainable_variables}
+    per_variable = [(owner[id(v)], float(tf.reduce_sum(tf.square(g)))) for v, g in zip(model.trainable_variables, grads)]
+    return per_variable
+
+
+def layer_norms(per_variable, transform=lambda sumsq: sumsq):
+    totals = defaultdict(float)
+    for layer, sumsq in per_variable:
+        totals[layer] += transform(sumsq)
+    return {layer: np.sqrt(total) for layer, total in totals.items()}
+
+
+# --- gradient norms --------------------------------------------------------------------
+@pytest.mark.parametrize("clip", [None, "clipnorm", "global_clipnorm"])
+def test_gradient_norms_equal_gradient_tape(tmp_path, clip):
+    keras.utils.set_random_seed(1)
+    model = small_conv_net()
+    limit = 0.05
+    model.compile(keras.optimizers.SGD(0.1, **({clip: limit} if clip else {})), LOSS)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 6, 6, 2)).astype("float32"), rng.integers(0, 3, 16)
+    # Independent pass on a copy of the same weights (fit changes them).
+    reference = small_conv_net()
+    reference.set_weights(model.get_weights())
+    per_variable = tape_layer_norms(reference, x, y)
+    preclip = layer_norms(per_variable)
+    global_norm = np.sqrt(sum(s for _, s in per_variable))
+    if clip == "clipnorm":
+        applied = layer_norms(per_variable, lambda s: min(s, limit**2))
+    elif clip == "global_clipnorm":
+        applied = {k: v * min(1.0, limit / global_norm) for k, v in preclip.items()}
+    else:
+        applied = preclip
+
+    callback = kbc.GradientNorms(str(tmp_path), every=1, figures=False)
+    fit(model, x, y, [callback])
+    values, _ = read_run(str(tmp_path / "train"))
+
+    for layer in ("conv", "bn", "predictions"):
+        assert scalar(values, f"grad_norm/{layer}", 1) == pytest.approx(applied[layer], rel=1e-5)
+    expected_global = np.sqrt(sum(v**2 for v in applied.values()))
+    assert scalar(values, "grad_global/norm", 1) == pytest.approx(expected_global, rel=1e-5)
+    assert scalar(values, "nonfinite/grad_steps", 1) == 0
+    if clip is None:
+        assert not any(t.startswith("grad_norm_preclip/") for t in values)
+        assert "grad_global/clip_fraction" not in values
+    else:
+        for layer in ("conv", "bn", "predictions"):
+            assert scalar(values, f"grad_norm_preclip/{layer}", 1) == pytest.approx(preclip[layer], rel=1e-5)
+        assert scalar(values, "grad_global/norm_preclip", 1) == pytest.approx(global_norm, rel=1e-5)
+        assert global_norm > limit  # so clipping engaged on the one step
+        assert scalar(values, "grad_global/clip_fraction", 1) == 1.0
+    # The optimizer is restored and the writers closed after fit.
+    assert "apply" not in vars(model.optimizer)
+    assert callback.writers._writers == {}
+
+
+def test_clip_fraction_counts_only_clipped_steps(tmp_path):
+    """A huge clipnorm never engages: fraction 0 over a window of 4 steps."""
+    model = small_conv_net()
+    model.compile(keras.optimizers.SGD(0.01, clipnorm=1e6), LOSS)
+    x, y = np.random.default_rng(1).normal(size=(32, 6, 6, 2)).astype("float32"), np.arange(32) % 3
+    fit(model, x, y, [kbc.GradientNorms(str(tmp_path), every=4, figures=False)], batch_size=8)
+    values, _ = read_run(str(tmp_path / "train"))
+    assert [s for s, _ in values["grad_global/clip_fraction"]] == [4]
+    assert scalar(values, "grad_global/clip_fraction") == 0.0
+
+
+def deep_sigmoid_norms(tmp_path, norm):
+    keras.utils.set_random_seed(3)
+    model = keras_bn.build_dense((32,), [32] * 6, 4, activation="sigmoid", norm=norm)
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    x = np.random.default_rng(3).normal(size=(64, 32)).astype("float32")
+    y = np.arange(64) % 4
+    fit(model, x, y, [kbc.GradientNorms(str(tmp_path), every=1, figures=False)], batch_size=32)
+    values, _ = read_run(str(tmp_path / "train"))
+    return [scalar(values, f"grad_norm/block{i}_dense") for i in range(1, 7)]
+
+
+def test_deep_sigmoid_gradients_vanish_toward_input_but_not_with_bn(tmp_path):
+    plain = deep_sigmoid_norms(tmp_path / "plain", None)
+    with_bn = deep_sigmoid_norms(tmp_path / "bn", "batch")
+    # Without BN each sigmoid layer shrinks the gradient (derivative <= 0.25).
+    assert plain[0] < 0.05 * plain[-1]
+    assert all(a < b for a, b in zip(plain, plain[1:]))
+    # With BN the first layer's gradient stays within a generous factor of the last one's.
+    assert with_bn[0] > 0.2 * with_bn[-1]
+
+
+# --- activation statistics -----------------------------------------------------------------
+def probe_test_model():
+    inputs = keras.Input((4,), name="inputs")
+    dead = keras.layers.Dense(8, activation="relu", bias_initializer=keras.initializers.Constant(-100.0), name="dead")(inputs)
+    alive = keras.layers.Dense(8, activation="relu", bias_initializer=keras.initializers.Constant(100.0), name="alive")(inputs)
+    big = keras.layers.Dense(8, name="big", kernel_initializer=keras.initializers.Constant(1000.0))(inputs)
+    saturated = keras.layers.Activation("tanh", name="saturated")(big)
+    pre = keras.layers.Dense(5, name="pre")(inputs)
+    squashed = keras.layers.Activation("sigmoid", name="squashed")(pre)
+    merged = keras.layers.Concatenate(name="merge")([dead, alive, saturated, squashed])
+    outputs = keras.layers.Dense(2, activation="softmax", name="predictions")(merged)
+    return keras.Model(inputs, outputs)
+
+
+def test_dead_relu_saturated_tanh_and_sigmoid_percentiles(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = probe_test_model()
+    model.compile(keras.optimizers.SGD(0.0), LOSS)  # lr 0: the weights stay as built
+    rng = np.random.default_rng(0)
+    probe = rng.uniform(-1, 1, size=(64, 4)).astype("float32")
+    x, y = probe[:16], np.arange(16) % 2
+    callback = kbc.ActivationStats(str(tmp_path), probe, every=1, figures=False)
+    fit(model, x, y, [callback])
+    values, plugins = read_run(str(tmp_path / "train"))
+
+    assert scalar(values, "dead_fraction/dead") == 1.0
+    assert scalar(values, "zero_fraction/dead") == 1.0
+    assert scalar(values, "dead_fraction/alive") == 0.0
+    assert scalar(values, "zero_fraction/alive") == 0.0
+    assert scalar(values, "saturation/saturated") > 0.95
+    # Watched by default: the activation outputs, not the linear layers feeding them.
+    watched = {t.split("/", 1)[1] for t in values if t.startswith("activation_std/")}
+    assert watched == {"dead", "alive", "saturated", "squashed"}
+    # Mean/std/percentiles against NumPy on the same probe and weights.
+    pre_out = keras.Model(model.inputs, model.get_layer("pre").output).predict(probe, verbose=0)
+    alive_out = keras.Model(model.inputs, model.get_layer("alive").output).predict(probe, verbose=0)
+    assert scalar(values, "activation_mean/alive") == pytest.approx(alive_out.mean(), rel=1e-5)
+    assert scalar(values, "activation_std/alive") == pytest.approx(alive_out.std(), rel=1e-4)
+    unit = np.sort(pre_out[:, 0])
+    for q in (15, 50, 85):
+        expected = unit[int(round(q / 100 * (len(unit) - 1)))]
+        assert scalar(values, f"preact/squashed/p{q}") == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    sigmoid_out = 1 / (1 + np.exp(-pre_out))
+    expected_saturation = np.mean((sigmoid_out < 0.03) | (sigmoid_out > 0.97))
+    assert scalar(values, "saturation/squashed") == pytest.approx(expected_saturation, abs=1e-6)
+    # Histograms hold every probe value of the layer.
+    assert plugins["activation_hist/alive"] == "histograms"
+    histogram = values["activation_hist/alive"][-1][1]
+    assert histogram.shape == (30, 3) and histogram[:, 2].sum() == alive_out.size
+
+
+def test_nested_sequential_layers_are_watched_by_path(tmp_path):
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(6, name="d"), keras.layers.ReLU(name="r")], name="inner"
+    )
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(2, activation="softmax", name="head")(inner(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile("sgd", LOSS)
+    probe = np.random.default_rng(2).normal(size=(32, 4)).astype("float32")
+    fit(model, probe[:8], np.arange(8) % 2, [kbc.ActivationStats(str(tmp_path), probe, every=1, layers=["inner/r"], figures=False)])
+    values, _ = read_run(str(tmp_path / "train"))
+    expected = keras.Model(inner.inputs, inner.get_layer("r").output).predict(probe, verbose=0)
+    assert scalar(values, "activation_mean/inner/r") == pytest.approx(expected.mean(), rel=1e-5)
+    assert scalar(values, "zero_fraction/inner/r") == pytest.approx(np.mean(expected <= 0), abs=1e-6)
+
+
+# --- update ratio --------------------------------------------------------------------------
+def test_update_ratio_is_the_true_ratio_of_one_step(tmp_path):
+    keras.utils.set_random_seed(4)
+    model = keras_bn.build_dense((5,), [4], 3, norm=None)
+    lr = 0.5
+    model.compile(keras.optimizers.SGD(lr), LOSS)
+    rng = np.random.default_rng(4)
+    xb, yb = rng.normal(size=(8, 5)).astype("float32"), np.arange(8) % 3
+    # Replay the two SGD steps by hand: the callback measures the second one.
+    reference = keras_bn.build_dense((5,), [4], 3, norm=None)
+    reference.set_weights(model.get_weights())
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    ratios = {}
+    for step in range(2):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, reference(xb, training=True))
+        grads = tape.gradient(loss, reference.trainable_variables)
+        if step == 1:
+            for layer in ("block1_dense", "logits"):
+                pairs = [(g, v) for g, v in zip(grads, reference.trainable_variables) if v in reference.get_layer(layer).trainable_variables]
+                update = np.sqrt(sum(float(tf.reduce_sum(tf.square(lr * g))) for g, _ in pairs))
+                weight = np.sqrt(sum(float(tf.reduce_sum(tf.square(v))) for _, v in pairs))
+                ratios[layer] = update / weight
+        for g, v in zip(grads, reference.trainable_variables):
+            v.assign_sub(lr * g)
+    fit(model, np.concatenate([xb, xb]), np.concatenate([yb, yb]), [kbc.UpdateRatio(str(tmp_path), every=1)], batch_size=8)
+    values, _ = read_run(str(tmp_path / "train"))
+    for layer, expected in ratios.items():
+        assert scalar(values, f"update_ratio/{layer}", 2) == pytest.approx(expected, rel=1e-4)
+
+
+# --- non-finite values -----------------------------------------------------------------------
+def test_nonfinite_gradients_and_activations_are_counted_not_fatal(tmp_path):
+    model = keras_bn.build_dense((4,), [6], 2, norm=None)
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    x = np.ones((8, 4), "float32")
+    x[0, 0] = np.nan  # NaN loss -> NaN gradients -> NaN weights after the first step
+    probe = np.ones((5, 4), "float32")
+    probe[1, 2] = np.inf
+    callbacks = kbc.diagnostics(str(tmp_path), probe=probe, every=1)
+    history = fit(model, x, np.arange(8) % 2, callbacks, batch_size=4, epochs=2)
+    assert len(history.history["loss"]) == 2  # the callbacks did not stop training
+    values, plugins = read_run(str(tmp_path / "train"))
+    assert scalar(values, "nonfinite/grad_steps", 2) == 1  # step 1 had the NaN sample
+    assert scalar(values, "nonfinite/grad_steps", 4) == 1  # every step after: NaN weights
+    assert np.isnan(scalar(values, "grad_norm/block1_dense", 1))
+    # Probe: at step 1 the weights are finite; the Inf sample makes its 6 outputs non-finite.
+    hist_steps = {s for s, _ in values["activation_hist/block1_relu"]}
+    assert scalar(values, "nonfinite/activations/block1_relu", 1) > 0
+    assert scalar(values, "nonfinite/activations/block1_relu", 4) == 5 * 6  # all NaN now
+    for step, histogram in values["activation_hist/block1_relu"]:
+        assert np.isfinite(histogram).all()
+    assert hist_steps == {1, 2, 3, 4}
+    assert plugins["figures/grad_norms"] == "images"
+
+    # Keras' TerminateOnNaN still stops it.
+    model2 = keras_bn.build_dense((4,), [6], 2, norm=None)
+    model2.compile(keras.optimizers.SGD(0.1), LOSS)
+    history = fit(model2, x, np.arange(8) % 2, kbc.diagnostics(str(tmp_path / "b"), every=1) + [keras.callbacks.TerminateOnNaN()], batch_size=4, epochs=2)
+    assert len(history.history["loss"]) < 2 or np.isnan(history.history["loss"][0])
+
+
+# --- the preset: exact tag set, runs, failure ----------------------------------------------------
+def expected_tags(layers_with_weights, activations, family, clipping):
+    scalars = {"batch_loss", "batch_accuracy", "epoch_loss", "epoch_accuracy", "epoch_learning_rate",
+               "grad_global/norm", "nonfinite/grad_steps"}
+    scalars |= {f"{q}/{l}" for l in layers_with_weights for q in ("grad_norm", "update_ratio")}
+    if clipping:
+        scalars |= {f"grad_norm_preclip/{l}" for l in layers_with_weights}
+        scalars |= {"grad_global/norm_preclip", "grad_global/clip_fraction"}
+    for a in activations:
+        scalars |= {f"activation_mean/{a}", f"activation_std/{a}", f"nonfinite/activations/{a}"}
+        if family == "relu":
+            scalars |= {f"dead_fraction/{a}", f"zero_fraction/{a}"}
+        else:
+            scalars |= {f"saturation/{a}"} | {f"preact/{a}/p{q}" for q in (15, 50, 85)}
+    histograms = {f"activation_hist/{a}" for a in activations}
+    images = {"figures/activation_histograms", "figures/grad_norms"}
+    return scalars, histograms, images
+
+
+@pytest.mark.parametrize("activation, clipping", [("relu", True), ("tanh", False)])
+def test_preset_writes_exactly_the_documented_tags(tmp_path, activation, clipping):
+    model = keras_bn.build_dense((6,), [5, 5], 3, activation=activation)
+    optimizer = keras.optimizers.Adam(1e-3, global_clipnorm=1.0) if clipping else keras.optimizers.Adam(1e-3)
+    model.compile(optimizer, LOSS, metrics=["accuracy"])
+    x = np.random.default_rng(5).normal(size=(24, 6)).astype("float32")
+    y = np.arange(24) % 3
+    fit(model, x, y, kbc.diagnostics(str(tmp_path), probe=x[:8], every=2), batch_size=8, validation_data=(x, y))
+    values, plugins = read_run(str(tmp_path / "train"))
+    with_weights = ["block1_dense", "block1_bn", "block2_dense", "block2_bn", "logits"]
+    acts = [f"block1_{activation}", f"block2_{activation}"]
+    scalars, histograms, images = expected_tags(with_weights, acts, activation, clipping)
+    by_plugin = defaultdict(set)
+    for tag, plugin in plugins.items():
+        by_plugin[plugin].add(tag)
+    assert by_plugin["scalars"] == scalars
+    assert by_plugin["histograms"] == histograms
+    assert by_plugin["images"] == images
+    assert by_plugin["custom_scalars"] == {"custom_scalars__config__"}
+    assert set(by_plugin) == {"scalars", "histograms", "images", "custom_scalars"}
+    # Cadence: every 2 steps and at the epoch end (3 steps): steps 2 and 3.
+    assert [s for s, _ in values["grad_global/norm"]] == [2, 3]
+    val_values, val_plugins = read_run(str(tmp_path / "validation"))
+    assert set(val_plugins) == {"epoch_loss", "epoch_accuracy"}
+    assert os.listdir(tmp_path) == sorted(os.listdir(tmp_path)) and set(os.listdir(tmp_path)) == {"train", "validation"}
+    # The custom-scalars layout has one chart per quantity, one regex over the layers.
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout.FromString(values["custom_scalars__config__"][-1][1].item())
+    regexes = {tag for chart in layout.category[0].chart for tag in chart.multiline.tag}
+    assert {"grad_norm/.*", "update_ratio/.*", "activation_std/.*"} <= regexes
+
+
+def test_an_exception_inside_fit_leaves_readable_event_files(tmp_path):
+    model = keras_bn.build_dense((4,), [6], 2)
+    model.compile("adam", LOSS)
+
+    def batches():
+        for i in range(100):
+            if i == 3:
+                raise RuntimeError("data pipeline broke")
+            yield np.full((4, 4), float(i), "float32"), np.arange(4) % 2
+
+    dataset = tf.data.Dataset.from_generator(
+        batches, output_signature=(tf.TensorSpec((4, 4), tf.float32), tf.TensorSpec((4,), tf.int64))
+    )
+    callbacks = kbc.diagnostics(str(tmp_path), probe=np.ones((2, 4), "float32"), every=1)
+    with pytest.raises(Exception, match="data pipeline broke"):
+        model.fit(dataset, epochs=1, verbose=0, callbacks=callbacks)
+    values, _ = read_run(str(tmp_path / "train"))
+    assert [s for s, _ in values["grad_global/norm"]] == [1, 2]  # logged before step 3 failed
+    assert [s for s, _ in values["batch_loss"]] == [1, 2]
+    assert all(cb.writers._writers == {} for cb in callbacks)  # closed
+    assert "apply" not in vars(model.optimizer)  # restored
+    # The model trains normally afterwards, without the callbacks.
+    model.fit(np.ones((4, 4), "float32"), np.arange(4) % 2, verbose=0)
+
+
+# --- argument errors ---------------------------------------------------------------------------
+def test_bad_arguments_name_the_value(tmp_path):
+    with pytest.raises(ValueError, match="every=0"):
+        kbc.diagnostics(str(tmp_path), every=0)
+    with pytest.raises(TypeError, match="every='10'"):
+        kbc.GradientNorms(str(tmp_path), every="10")
+    with pytest.raises(TypeError, match="log_dir=3"):
+        kbc.diagnostics(3)
+    with pytest.raises(ValueError, match=r"sigmoid_band=\(0.9, 0.1\)"):
+        kbc.ActivationStats(str(tmp_path), np.ones((2, 4)), sigmoid_band=(0.9, 0.1))
+    with pytest.raises(ValueError, match="tanh_threshold=1.5"):
+        kbc.ActivationStats(str(tmp_path), np.ones((2, 4)), tanh_threshold=1.5)
+    with pytest.raises(TypeError, match="figures='yes'"):
+        kbc.diagnostics(str(tmp_path), figures="yes")
+    with pytest.raises(TypeError, match="probe of type str"):
+        kbc.ActivationStats(str(tmp_path), "x_val")
+    with pytest.raises(ValueError, match="need a `probe`"):
+        kbc.diagnostics(str(tmp_path), layers=["block1_relu"])
+
+
+def test_probe_and_layer_errors_come_before_training(tmp_path):
+    model = keras_bn.build_dense((4,), [6], 2)
+    model.compile("adam", LOSS)
+    x, y = np.ones((4, 4), "float32"), np.arange(4) % 2
+    with pytest.raises(ValueError, match=r"expected a batch shaped \(None, 4\).*received \(3, 5\)"):
+        model.fit(x, y, verbose=0, callbacks=[kbc.ActivationStats(str(tmp_path), np.ones((3, 5)))])
+    with pytest.raises(ValueError, match="block1_rleu.*Did you mean 'block1_relu'"):
+        model.fit(x, y, verbose=0, callbacks=[kbc.ActivationStats(str(tmp_path), x, layers=["block1_rleu"])])
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert not os.path.exists(tmp_path / "train")  # writers are lazy: nothing was written

@@ -1,0 +1,402 @@
+"""Tests for keras_bn.folding: fold_batchnorm and check_batchnorm."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import keras_bn
+from keras_bn.folding import FoldReport, check_batchnorm, fold_batchnorm
+
+TOL = 1e-5  # max abs difference, float32
+
+
+def _bn_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            yield layer
+        elif isinstance(layer, keras.Model):
+            yield from _bn_layers(layer)
+
+
+def _randomize_bn(model, seed=0):
+    """Non-trivial BN statistics and affine parameters, as after training."""
+    rng = np.random.default_rng(seed)
+    for bn in _bn_layers(model):
+        c = bn.moving_mean.shape[0]
+        bn.moving_mean.assign(rng.normal(0.0, 0.5, c))
+        bn.moving_variance.assign(rng.uniform(0.5, 2.0, c))
+        if bn.scale:
+            bn.gamma.assign(rng.uniform(0.5, 1.5, c))
+        if bn.center:
+            bn.beta.assign(rng.normal(0.0, 0.5, c))
+
+
+def _randomize_bias(model, seed=1):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(0.0, 0.5, layer.bias.shape))
+
+
+def _x(model, batch=3, seed=2):
+    shape = (batch, *model.inputs[0].shape[1:])
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def _max_diff(a, b, x):
+    return float(np.max(np.abs(np.asarray(a(x, training=False)) - np.asarray(b(x, training=False)))))
+
+
+def _count_bn(model):
+    return sum(1 for _ in _bn_layers(model))
+
+
+def _graph_ops(model, x):
+    fn = tf.function(lambda t: model(t, training=False))
+    return len(fn.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph.get_operations())
+
+
+def _weights(model):
+    return [np.array(v) for v in model.variables]
+
+
+# --- builder models ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", ["batch", "sync_batch"])
+@pytest.mark.parametrize("norm_position", ["before", "after"])
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_builder_models_fold_and_agree(kind, norm_position, norm):
+    if kind == "dense":
+        model = keras_bn.build_dense((12,), [16, 8], 5, norm=norm, norm_position=norm_position, use_bias=True)
+    else:
+        model = keras_bn.build_conv((8, 8, 2), [4, 6], 5, norm=norm, norm_position=norm_position)
+    _randomize_bn(model)
+    _randomize_bias(model)
+    before = _weights(model)
+    folded, report = fold_batchnorm(model, return_report=True)
+    x = _x(model)
+    assert _max_diff(model, folded, x) < TOL
+    assert all(np.array_equal(a, b) for a, b in zip(before, _weights(model)))  # input untouched
+    assert _count_bn(model) == 2
+    if norm_position == "before":
+        assert len(report.folded) == 2 and not report.skipped
+        assert _count_bn(folded) == 0
+        # the ReLU after each BN moved into the folded layer
+        assert not any(layer.name.endswith("_relu") for layer in folded.layers)
+    else:
+        assert not report.folded and len(report.skipped) == 2
+        assert all("activation" in reason for _, reason in report.skipped)
+        assert _count_bn(folded) == 2
+
+
+# --- every foldable layer type ----------------------------------------------------------
+
+LAYER_CASES = {
+    "dense": (lambda fmt, bias: keras.layers.Dense(6, use_bias=bias), (5,)),
+    "dense_rank3": (lambda fmt, bias: keras.layers.Dense(6, use_bias=bias), (4, 5)),
+    "conv1d": (lambda fmt, bias: keras.layers.Conv1D(6, 3, use_bias=bias, data_format=fmt), (9, 3)),
+    "conv2d": (lambda fmt, bias: keras.layers.Conv2D(6, 3, use_bias=bias, data_format=fmt), (7, 7, 3)),
+    "conv3d": (lambda fmt, bias: keras.layers.Conv3D(4, 2, use_bias=bias, data_format=fmt), (4, 4, 4, 2)),
+    "depthwise2d": (
+        lambda fmt, bias: keras.layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=bias, data_format=fmt),
+        (7, 7, 3),
+    ),
+    "separable2d": (
+        lambda fmt, bias: keras.layers.SeparableConv2D(5, 3, depth_multiplier=2, use_bias=bias, data_format=fmt),
+        (7, 7, 3),
+    ),
+    "conv2d_transpose": (
+        lambda fmt, bias: keras.layers.Conv2DTranspose(5, 3, strides=2, use_bias=bias, data_format=fmt),
+        (4, 4, 3),
+    ),
+}
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_every_layer_type_folds(case, use_bias, data_format):
+    make, shape = LAYER_CASES[case]
+    if case.startswith("dense") and data_format == "channels_first":
+        pytest.skip("Dense has no data_format")
+    if data_format == "channels_first":
+        shape = shape[-1:] + shape[:-1]
+    channel_axis = 1 if data_format == "channels_first" else -1
+    inputs = keras.Input(shape)
+    x = make(data_format, use_bias)(inputs)
+    x = keras.layers.BatchNormalization(axis=channel_axis, name="bn")(x)
+    outputs = keras.layers.Activation("tanh", name="act")(x)
+    model = keras.Model(inputs, outputs)
+    _randomize_bn(model)
+    _randomize_bias(model)
+    folded, report = fold_batchnorm(model, return_report=True)
+    # channels_first convolutions run on this CPU-only TensorFlow: Keras' TF backend
+    # transposes to NHWC, so the folded model is executed, not just checked on paper.
+    assert _max_diff(model, folded, _x(model)) < TOL
+    assert [bn for bn, _, _ in report.folded] == ["bn"]
+    assert report.folded[0][2] == "act:tanh"
+    assert [type(layer) for layer in folded.layers[1:]] == [type(model.layers[1])]
+    assert folded.layers[1].activation.__name__ == "tanh"
+
+
+def test_bn_without_scale_or_center_and_no_fusion():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(4, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization(scale=False, center=False, epsilon=0.1)(x)
+    outputs = keras.layers.ReLU()(x)
+    model = keras.Model(inputs, outputs)
+    _randomize_bn(model)
+    folded = fold_batchnorm(model, fuse_activation=False)
+    assert _max_diff(model, folded, _x(model)) < TOL
+    assert [type(layer).__name__ for layer in folded.layers] == ["InputLayer", "Dense", "ReLU"]
+
+
+# --- what is kept, and why -------------------------------------------------------------
+
+
+def test_bn_after_activation_is_kept_and_outputs_agree():
+    model = keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(8, activation="relu", name="fc"),
+        keras.layers.BatchNormalization(name="bn_after_act"),
+        keras.layers.Dense(8, name="fc2"),
+        keras.layers.ReLU(name="relu2"),
+        keras.layers.BatchNormalization(name="bn_after_relu"),
+    ])
+    _randomize_bn(model)
+    folded, report = fold_batchnorm(model, return_report=True)
+    assert isinstance(folded, keras.Sequential)
+    assert not report.folded
+    reasons = dict(report.skipped)
+    assert "activation 'relu'" in reasons["bn_after_act"]
+    assert "'relu2'" in reasons["bn_after_relu"]
+    assert _max_diff(model, folded, _x(model)) < TOL
+    assert "kept" in str(report) and "bn_after_act" in str(report)
+
+
+def test_kept_cases_multiple_consumers_wrong_axis_shared_and_input():
+    inputs = keras.Input((5, 6))
+    bn_input = keras.layers.BatchNormalization(name="bn_input")(inputs)
+    a = keras.layers.Dense(6, name="fc_a")(bn_input)
+    bn_branch = keras.layers.BatchNormalization(name="bn_branch")(a)
+    merged = keras.layers.Add()([a, bn_branch])  # fc_a feeds the BN and the Add
+    b = keras.layers.Dense(6, name="fc_b")(merged)
+    bn_axis = keras.layers.BatchNormalization(axis=1, name="bn_axis")(b)  # not the channel axis
+    shared = keras.layers.Dense(6, name="fc_shared")
+    c = keras.layers.BatchNormalization(name="bn_shared")(shared(bn_axis))
+    d = shared(c)
+    model = keras.Model(inputs, d)
+    _randomize_bn(model)
+    folded, report = fold_batchnorm(model, return_report=True)
+    reasons = dict(report.skipped)
+    assert set(reasons) == {"bn_input", "bn_branch", "bn_axis", "bn_shared"}
+    assert "model input" in reasons["bn_input"]
+    assert "other consumers" in reasons["bn_branch"]
+    assert "axis 1" in reasons["bn_axis"]
+    assert "shared" in reasons["bn_shared"]
+    assert _max_diff(model, folded, _x(model)) < TOL
+
+
+# --- nested models and keras.applications -----------------------------------------------
+
+
+def test_nested_sequential_and_functional():
+    inner_seq = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Conv2D(4, 3, padding="same", name="c1"),
+        keras.layers.BatchNormalization(name="bn1"),
+        keras.layers.ReLU(6.0, name="relu6"),
+    ], name="stem")
+    inner_in = keras.Input((8, 8, 4))
+    y = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(inner_in)
+    y = keras.layers.BatchNormalization(name="bn2")(y)
+    inner_fn = keras.Model(inner_in, keras.layers.Add()([y, inner_in]), name="block")
+    inputs = keras.Input((8, 8, 3))
+    z = inner_fn(inner_seq(inputs))
+    z = keras.layers.BatchNormalization(name="bn_outer")(z)  # follows a nested model: kept
+    outputs = keras.layers.GlobalAveragePooling2D()(z)
+    model = keras.Model(inputs, outputs)
+    _randomize_bn(model)
+    folded, report = fold_batchnorm(model, return_report=True)
+    assert {(bn, into) for bn, into, _ in report.folded} == {("stem/bn1", "stem/c1"), ("block/bn2", "block/dw")}
+    assert dict(report.folded)["stem/bn1"] if False else True
+    assert ("stem/bn1", "stem/c1", "relu6:relu6") in report.folded
+    assert "nested model 'block'" in dict(report.skipped)["bn_outer"]
+    assert _count_bn(folded) == 1
+    assert isinstance(folded.get_layer("stem"), keras.Sequential)
+    assert _max_diff(model, folded, _x(model)) < TOL
+
+
+def _calibrate(model, x):
+    """Moving statistics = the batch statistics of `x` (realistic activations everywhere)."""
+    bns = list(_bn_layers(model))
+    for bn in bns:
+        bn.momentum = 0.0
+    model(x, training=True)
+    for bn in bns:
+        bn.momentum = 0.99
+
+
+def test_mobilenetv2_folds_with_same_agreement_and_fewer_ops():
+    model = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, include_top=False, pooling="avg"
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 32, 32, 3)).astype("float32")
+    _calibrate(model, rng.normal(size=(16, 32, 32, 3)).astype("float32"))
+    for bn in _bn_layers(model):  # non-trivial affine parameters too
+        c = bn.gamma.shape[0]
+        bn.gamma.assign(rng.uniform(0.5, 1.5, c))
+        bn.beta.assign(rng.normal(0.0, 0.3, c))
+    folded, report = fold_batchnorm(model, return_report=True)
+    assert len(report.folded) == 52 and not report.skipped
+    assert _count_bn(folded) == 0
+    assert _max_diff(model, folded, x) < TOL
+    assert _graph_ops(folded, x) < _graph_ops(model, x)
+
+
+def test_small_cnn_has_fewer_graph_ops():
+    model = keras_bn.build_conv((28, 28, 1), [8, 16], 10)
+    _randomize_bn(model)
+    x = _x(model)
+    folded = fold_batchnorm(model)
+    before, after = _graph_ops(model, x), _graph_ops(folded, x)
+    assert after < before * 0.7, (before, after)
+
+
+# --- saving and serving -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folded_cnn():
+    model = keras_bn.build_conv((12, 12, 1), [4, 8], 3, norm="sync_batch")
+    _randomize_bn(model)
+    return model, fold_batchnorm(model)
+
+
+def test_keras_file_round_trip(folded_cnn, tmp_path):
+    model, folded = folded_cnn
+    path = str(tmp_path / "folded.keras")
+    folded.save(path)
+    loaded = keras.models.load_model(path)  # no custom_objects: standard layers only
+    x = _x(model)
+    assert _max_diff(folded, loaded, x) == 0.0
+    assert _max_diff(model, loaded, x) < TOL
+
+
+def test_export_for_serving(folded_cnn, tmp_path):
+    model, folded = folded_cnn
+    path = str(tmp_path / "served")
+    folded.export(path, verbose=False)
+    served = tf.saved_model.load(path)
+    x = _x(model)
+    out = np.asarray(served.serve(tf.constant(x)))
+    assert np.max(np.abs(out - np.asarray(model(x, training=False)))) < TOL
+
+
+# --- check_batchnorm --------------------------------------------------------------------
+
+
+def _data(n=512, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2.0, 3.0, size=(n, 20)).astype("float32")  # far from mean 0, variance 1
+    y = (x[:, :10].sum(axis=1) > x[:, 10:].sum(axis=1)).astype("int32")
+    return x, y
+
+
+def _mlp(momentum):
+    keras.utils.set_random_seed(0)
+    model = keras_bn.build_dense((20,), [16, 16], 2, norm_kwargs={"momentum": momentum})
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_check_flags_never_updated_and_leaves_model_untouched():
+    model = _mlp(0.99)
+    x, _ = _data()
+    before = _weights(model)
+    result = check_batchnorm(model, x[:256])
+    assert not result.ok
+    assert [row.status for row in result.rows] == ["never updated", "never updated"]
+    assert all(np.array_equal(a, b) for a, b in zip(before, _weights(model)))
+    assert [bn.momentum for bn in _bn_layers(model)] == [0.99, 0.99]
+    text = str(result)
+    assert "never updated" in text and "training=True" in text and "block1_bn" in text
+
+
+def test_check_passes_after_a_few_epochs_and_flags_short_slow_run():
+    x, y = _data()
+    trained = _mlp(0.9)
+    trained.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    result = check_batchnorm(trained, x[:256])
+    assert result.ok, str(result)
+    assert "OK" in str(result)
+
+    slow = _mlp(0.99)  # 16 steps: 0.99**16 = 85% of the initial statistics remain
+    slow.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    result = check_batchnorm(slow, x[:256])
+    assert not result.ok
+    assert {row.status for row in result.flagged} == {"stale"}
+    assert "momentum" in str(result)
+
+
+def test_check_flags_frozen_layer():
+    x, y = _data()
+    model = _mlp(0.9)
+    model.get_layer("block1_bn").trainable = False
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    result = check_batchnorm(model, x[:256])
+    statuses = {row.name: row.status for row in result.rows}
+    assert statuses == {"block1_bn": "frozen", "block2_bn": "ok"}
+    assert model.get_layer("block1_bn").trainable is False
+    assert result.output_gap >= 0.0
+
+
+def test_check_on_model_without_bn():
+    model = keras_bn.build_dense((4,), [3], 2, norm=None)
+    result = check_batchnorm(model, np.ones((2, 4), "float32"))
+    assert result.ok and not result.rows and "no BatchNormalization" in str(result)
+
+
+# --- bad inputs -------------------------------------------------------------------------
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.fc = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.fc(x)
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="model='not a model'"):
+        fold_batchnorm("not a model")
+    with pytest.raises(TypeError, match="model=3"):
+        check_batchnorm(3, np.ones((2, 2)))
+    sub = _Subclassed()
+    sub(np.ones((1, 3), "float32"))
+    with pytest.raises(ValueError, match="Functional or Sequential"):
+        fold_batchnorm(sub)
+    with pytest.raises(ValueError, match="must be built"):
+        fold_batchnorm(keras.Sequential([keras.layers.Dense(2)]))
+    model = keras_bn.build_dense((4,), [3], 2)
+    with pytest.raises(TypeError, match="fuse_activation='yes'"):
+        fold_batchnorm(model, fuse_activation="yes")
+    with pytest.raises(ValueError, match="mean_tol=-1"):
+        check_batchnorm(model, np.ones((2, 4)), mean_tol=-1)
+    with pytest.raises(ValueError, match="var_tol=0.5"):
+        check_batchnorm(model, np.ones((2, 4)), var_tol=0.5)
+    with pytest.raises(ValueError, match=r"\(1, 4\)"):
+        check_batchnorm(model, np.ones((1, 4)))
+
+
+def test_report_str():
+    report = FoldReport(folded=[("bn", "conv", "relu:relu")], skipped=[("bn2", "follows a model input")])
+    text = str(report)
+    assert "1 BatchNormalization folded, 1 kept" in text
+    assert "into conv (+ relu:relu)" in text and "follows a model input" in text
