@@ -5,6 +5,7 @@ Usage::
     keras-bn list
     keras-bn run bn_vs_no_bn --quick
     keras-bn tensorboard logs
+    keras-bn report logs/bn_vs_no_bn/with_bn
 """
 
 from __future__ import annotations
@@ -100,6 +101,17 @@ def _tensorboard(args) -> int:
     return board.main()
 
 
+def _report(args) -> int:
+    from keras_bn.report import report
+
+    try:
+        print(report(args.logdir))
+    except FileNotFoundError as err:
+        print(f"keras-bn: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-bn",
@@ -120,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("logdir", nargs="?", default="logs", help="log folder (default logs)")
     board.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     board.set_defaults(func=_tensorboard)
+    rep = sub.add_parser("report", help="summarize a diagnostics run from its event files, with warnings",
+                         description="Per layer: final/min/max gradient norm, update ratio, dead and "
+                         "saturated fractions, activation std; then warnings (thresholds: keras_bn.report).")
+    rep.add_argument("logdir", help="the run folder passed to keras_bn.callbacks.diagnostics")
+    rep.set_defaults(func=_report)
     return parser
 
 

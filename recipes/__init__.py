@@ -8,6 +8,7 @@ import importlib
 
 RECIPES = (
     "bn_vs_no_bn",
+    "best_cnn",
 )
 
 

@@ -1,0 +1,113 @@
+"""The best small CNN: the most accurate Fashion-MNIST classifier one `build_conv` call makes
+within a training-time budget (15 minutes on 2 CPU cores by default).
+
+The network: three conv blocks (64, 128, 256 filters; Conv -> BN -> ReLU -> dropout 0.2,
+2x2 max-pool), a flattened head, one 256-unit dense block, softmax. Adam with a
+cosine-decayed learning rate over the planned epochs; a callback stops before the budget
+runs out. Prints parameters, epochs, seconds and test accuracy.
+
+Usage::
+
+    keras-bn run best_cnn --data-dir ../shared/data/fashion-mnist
+    keras-bn run best_cnn --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import keras
+
+from keras_bn.recipes import _common
+
+NAME = "best_cnn"
+DESCRIPTION = "The most accurate Fashion-MNIST CNN one build_conv call makes in a 15-minute CPU budget."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budget-minutes", type=float, default=15.0,
+                        help="training-time budget in minutes (default 15)")
+    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    parser.add_argument("--learning-rate", type=float, default=2e-3,
+                        help="peak Adam learning rate (default 2e-3)")
+
+
+def build_model(input_shape, num_classes: int, *, quick: bool = False) -> keras.Model:
+    """The recipe's CNN: one build_conv call (narrower in quick mode)."""
+    import keras_bn
+
+    filters, dense = ([8, 16], [32]) if quick else ([64, 128, 256], [256])
+    return keras_bn.build_conv(input_shape, filters, num_classes, head="flatten",
+                               dense_units=dense, dropout=0.2, name=NAME)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training when another epoch would not finish within `seconds`."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.stopped_early = False
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        elapsed = time.perf_counter() - self._start
+        if elapsed / (epoch + 1) * (epoch + 2) > self.seconds:
+            self.model.stop_training = True
+            self.stopped_early = epoch + 1 < self.params["epochs"]
+
+
+def run(args: argparse.Namespace) -> dict:
+    data = _common.load_data(args, flatten=False)
+    epochs = args.epochs or (1 if args.quick else 20)
+    model = build_model(data.x_train.shape[1:], data.num_classes, quick=args.quick)
+    steps = epochs * -(-len(data.x_train) // args.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, decay_steps=steps)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    timer, budget = _common.EpochTimer(), TimeBudget(args.budget_minutes * 60)
+    board = keras.callbacks.TensorBoard(str(_common.run_dir(args, NAME, "train")))
+    print(f"{model.count_params():,} parameters; up to {epochs} epochs within {args.budget_minutes:g} min")
+    history = model.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=epochs,
+                        validation_data=(data.x_test, data.y_test), callbacks=[timer, budget, board],
+                        verbose=2)
+    test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
+    result = {
+        "parameters": model.count_params(),
+        "epochs": len(timer.seconds),
+        "train_seconds": sum(timer.seconds),
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "stopped_by_budget": budget.stopped_early,
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+    }
+    print(_common.format_table(
+        ["parameters", "epochs", "train minutes", "test accuracy", "stopped by budget"],
+        [[f"{result['parameters']:,}", result["epochs"], result["train_seconds"] / 60,
+          result["test_accuracy"], result["stopped_by_budget"]]]))
+    _plot(result["history"], _common.recipe_dir(args, NAME) / f"{NAME}.png")
+    return result
+
+
+def _plot(history: dict, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    epochs = range(1, len(history["accuracy"]) + 1)
+    ax.plot(epochs, history["accuracy"], marker="o", label="train accuracy")
+    ax.plot(epochs, history["val_accuracy"], marker="o", label="test accuracy")
+    ax.set(xlabel="epoch", title="best small CNN")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _common.save_figure(fig, path)
+
+
+def main(argv=None) -> dict:
+    return _common.main(NAME, DESCRIPTION, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+import keras
+
+from keras_bn.recipes import best_cnn
+
+
+def test_quick_run_reports_its_measurements(tmp_path):
+    result = best_cnn.main(["--quick", "--dataset", "fashion_mnist_small", "--log-dir", str(tmp_path)])
+    assert result["epochs"] == 1 and not result["stopped_by_budget"]
+    assert result["test_accuracy"] > 0.3  # chance is 0.1
+    assert result["parameters"] == best_cnn.build_model((28, 28, 1), 10, quick=True).count_params()
+    assert (tmp_path / "best_cnn" / "best_cnn.png").is_file()
+
+
+def test_time_budget_stops_before_the_next_epoch_would_overrun():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    budget = best_cnn.TimeBudget(seconds=0.0)
+    history = model.fit(keras.ops.ones((8, 2)), keras.ops.ones((8, 1)), epochs=5, verbose=0, callbacks=[budget])
+    assert len(history.history["loss"]) == 1 and budget.stopped_early
