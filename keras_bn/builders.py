@@ -27,6 +27,12 @@ HEADS = ("avg", "max", "flatten")
 def _check_common(num_classes, output_activation, block_options, channels):
     check_positive_int("num_classes", num_classes)
     check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+    if num_classes == 1 and output_activation == "softmax":
+        raise ValueError(
+            "`num_classes` must be >= 2 with output_activation='softmax' (a softmax over one "
+            "output is always 1); use output_activation='sigmoid' for one output. "
+            "Received: num_classes=1"
+        )
     for width in channels:
         check_block_options(channels=width * width_multiplier(block_options["activation"], block_options["act_kwargs"]), **block_options)
 

@@ -90,11 +90,23 @@ def get_initializer(value: object, *, activation: object = "linear", name: str =
     return keras.initializers.get(value)
 
 
+def check_bias_initializer(value: object) -> object:
+    """Validate a bias initializer (a number is a constant here, and "auto" is not allowed)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"`bias_initializer` must be finite. Received: bias_initializer={value!r}")
+        return value
+    if isinstance(value, str) and INITIALIZERS.lookup(value) == "auto":
+        raise ValueError(
+            "`bias_initializer` takes a name, a constant or a Keras initializer, not 'auto'. "
+            f"Received: bias_initializer={value!r}"
+        )
+    return check_initializer(value, "bias_initializer")
+
+
 def get_bias_initializer(value: object):
     """A Keras bias initializer; a number ``c`` means the constant ``c`` (e.g. 0.01 for ReLU)."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    check_bias_initializer(value)
+    if isinstance(value, numbers.Real):
         return keras.initializers.Constant(float(value))
-    if value == "auto":
-        raise ValueError("`bias_initializer` does not take 'auto'. Received: bias_initializer='auto'")
-    check_initializer(value, "bias_initializer")
     return keras.initializers.get(value)

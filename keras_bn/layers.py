@@ -21,7 +21,7 @@ import keras
 
 from keras_bn._validation import check_choice, check_float, check_int_list, check_positive_int
 from keras_bn.activations import activation_name, check_act_kwargs, make_activation, resolve_activation, width_multiplier
-from keras_bn.initializers import check_initializer, get_bias_initializer, get_initializer
+from keras_bn.initializers import check_bias_initializer, check_initializer, get_bias_initializer, get_initializer
 from keras_bn.norms import BIAS_ABSORBING_NORMS, check_norm_kwargs, make_norm, norm_suffix, resolve_norm
 
 NORM_POSITIONS = ("before", "after")
@@ -47,8 +47,7 @@ def check_block_options(
     check_choice("norm_position", norm_position, NORM_POSITIONS)
     resolve_activation(activation)
     check_initializer(initializer, "initializer")
-    if not isinstance(bias_initializer, (int, float)) or isinstance(bias_initializer, bool):
-        check_initializer(bias_initializer, "bias_initializer")
+    check_bias_initializer(bias_initializer)
     dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)
     if norm_kwargs is not None and not isinstance(norm_kwargs, dict):
         raise TypeError(f"`norm_kwargs` must be a dict or None. Received: norm_kwargs={norm_kwargs!r}")

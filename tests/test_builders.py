@@ -3,6 +3,7 @@ import pytest
 
 import keras
 import keras_bn
+from tests._layer_spy import count_layers
 from keras_bn.activations import ACTIVATIONS
 from keras_bn.norms import NORMS
 
@@ -167,13 +168,12 @@ BAD_OPTIONS = [
 
 
 @pytest.mark.parametrize("override, error, message", BAD_OPTIONS)
-def test_bad_dense_option_fails_before_any_layer(override, error, message):
-    kwargs = dict(input_shape=(784,), units=[32, 32], num_classes=10, **{})
+def test_bad_dense_option_fails_before_any_layer(override, error, message, monkeypatch):
+    kwargs = dict(input_shape=(784,), units=[32, 32], num_classes=10)
     kwargs.update(override)
-    uid_before = keras.backend.get_uid("dense")
-    with pytest.raises(error, match=message):
+    with count_layers(monkeypatch) as created, pytest.raises(error, match=message):
         keras_bn.build_dense(**kwargs)
-    assert keras.backend.get_uid("dense") == uid_before + 1  # no Dense layer was made in between
+    assert created == []
 
 
 @pytest.mark.parametrize(
@@ -187,11 +187,18 @@ def test_bad_dense_option_fails_before_any_layer(override, error, message):
         (dict(data_format="NCHW"), r"`data_format` must be one of"),
     ],
 )
-def test_bad_conv_option_fails_with_its_message(override, message):
+def test_bad_conv_option_fails_before_any_layer(override, message, monkeypatch):
     kwargs = dict(input_shape=(28, 28, 1), filters=[8, 16], num_classes=10)
     kwargs.update(override)
-    with pytest.raises(ValueError, match=message):
+    with count_layers(monkeypatch) as created, pytest.raises(ValueError, match=message):
         keras_bn.build_conv(**kwargs)
+    assert created == []
+
+
+def test_layer_spy_sees_layers(monkeypatch):
+    with count_layers(monkeypatch) as created:
+        keras_bn.build_dense((4,), [3], 2)
+    assert "Dense" in created and "BatchNormalization" in created
 
 
 def test_registries_fold_case_and_aliases():
