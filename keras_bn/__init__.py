@@ -12,15 +12,21 @@ Usage::
 from keras_bn import _backend  # noqa: F401  (checks that a Keras backend is installed)
 from keras_bn.activations import Maxout
 from keras_bn.builders import build_conv, build_dense
+from keras_bn.folding import BatchNormCheck, BatchNormRow, FoldReport, check_batchnorm, fold_batchnorm
 from keras_bn.layers import ConvBlock, DenseBlock
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNormCheck",
+    "BatchNormRow",
     "ConvBlock",
     "DenseBlock",
+    "FoldReport",
     "Maxout",
     "__version__",
     "build_conv",
     "build_dense",
+    "check_batchnorm",
+    "fold_batchnorm",
 ]

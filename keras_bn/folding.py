@@ -122,7 +122,7 @@ _ADVICE = {
     "stale": (
         "its moving statistics are far from the statistics of this batch: with momentum={m} the "
         "moving average keeps momentum**steps of its old value, which is too slow for a short "
-        "run ({m}**100 = {m100:.2f}). Train longer, lower `momentum` (e.g. 0.9), or recompute the "
+        "run ({m}**100 = {m100:.2f}). Train longer, lower `momentum`, or recompute the "
         "statistics; if this batch is not from the training distribution, check the input "
         "preprocessing first."
     ),
@@ -246,7 +246,26 @@ def _why_not_foldable(bn, producer, consumers, outputs, node_counts, tensor) -> 
     if bn.axis % rank != _output_channel_axis(producer) % rank:
         return (f"BN axis {bn.axis} is not the channel axis of {producer.name!r} "
                 f"({_output_channel_axis(producer) % rank} of rank {rank})")
+    if _bias_add_hazard(producer, bn):
+        return (f"{producer.name!r} is channels_first and its last spatial size equals (or may "
+                f"equal) its channel count: Keras' TensorFlow ops.add would then add the folded "
+                f"bias on the wrong axis")
     return None
+
+
+def _bias_add_hazard(producer, bn) -> bool:
+    """True where keras.ops.add (TF backend) would broadcast a (1, C, 1...) bias wrongly.
+
+    Keras 3's TF `add` turns ``x + bias`` into ``tf.nn.bias_add`` and picks NHWC whenever
+    ``x.shape[-1] == C``, even for a channels_first bias; a folded channels_first layer must
+    therefore not get a bias when its last spatial size is C or unknown.
+    """
+    if keras.backend.backend() != "tensorflow" or _output_channel_axis(producer) != 1:
+        return False
+    shape = (bn.get_build_config() or {}).get("input_shape") or ()
+    if len(shape) < 3:
+        return False
+    return shape[-1] is None or shape[-1] == shape[1]
 
 
 def _folded_weights(layer, bn) -> list[np.ndarray]:
@@ -483,6 +502,15 @@ def _flat_outputs(outputs) -> np.ndarray:
     return np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in keras.tree.flatten(outputs)])
 
 
+def _moving_stats(bn):
+    return np.asarray(bn.moving_mean, np.float64), np.asarray(bn.moving_variance, np.float64)
+
+
+def _restore(variables, values) -> None:
+    for v, value in zip(variables, values):
+        v.assign(value)
+
+
 def check_batchnorm(model, x, *, mean_tol: float = 0.5, var_tol: float = 2.0) -> BatchNormCheck:
     """Compare BN's training and inference modes on the batch `x`; flag stale moving statistics.
 
@@ -532,17 +560,23 @@ def check_batchnorm(model, x, *, mean_tol: float = 0.5, var_tol: float = 2.0) ->
         for layer, attrs in saved_noise:
             for a in attrs:
                 setattr(layer, a, 0.0)
-        train_out = _flat_outputs(model(x, training=True))
-        for v, val in zip(variables, saved_values):
-            v.assign(val)
-        # With momentum 0 one training-mode call leaves each layer's batch statistics in its
-        # moving statistics, whatever the model's structure.
-        for _, bn in bns:
+        # With momentum 0 a training-mode call leaves each layer's batch statistics in its
+        # moving statistics, whatever the model's structure; the outputs are unaffected.
+        trainable = [bn for _, bn in bns if bn.trainable]
+        for bn in trainable:
             bn.momentum = 0.0
-            bn.trainable = True
-        model(x, training=True)
-        batch_stats = [(np.asarray(bn.moving_mean, np.float64), np.asarray(bn.moving_variance, np.float64))
-                       for _, bn in bns]
+        train_out = _flat_outputs(model(x, training=True))
+        batch_stats = {id(bn): _moving_stats(bn) for bn in trainable}
+        # A frozen layer runs in inference mode; unfreeze one at a time so that every other
+        # layer still behaves as in fit().
+        for _, bn in bns:
+            if id(bn) in batch_stats:
+                continue
+            _restore(variables, saved_values)
+            bn.trainable, bn.momentum = True, 0.0
+            model(x, training=True)
+            batch_stats[id(bn)] = _moving_stats(bn)
+            bn.trainable = False
     finally:
         for bn, momentum, trainable in saved_attrs:
             bn.momentum = momentum
@@ -550,14 +584,14 @@ def check_batchnorm(model, x, *, mean_tol: float = 0.5, var_tol: float = 2.0) ->
         for layer, attrs in saved_noise:
             for a, value in attrs.items():
                 setattr(layer, a, value)
-        for v, val in zip(variables, saved_values):
-            v.assign(val)
+        _restore(variables, saved_values)
     infer_out = _flat_outputs(model(x, training=False))
     gap = float(np.max(np.abs(train_out - infer_out))) if train_out.size else 0.0
     gap_rel = gap / (float(np.std(infer_out)) + 1e-12)
 
     rows = []
-    for (name, bn), (b_mean, b_var) in zip(bns, batch_stats):
+    for name, bn in bns:
+        b_mean, b_var = batch_stats[id(bn)]
         eps = float(bn.epsilon)
         m_mean = np.asarray(bn.moving_mean, np.float64)
         m_var = np.asarray(bn.moving_variance, np.float64)
