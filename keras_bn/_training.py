@@ -39,14 +39,16 @@ def holdout(x: np.ndarray, y: np.ndarray, fraction: float = 0.2):
 
 
 def compiled(model, optimizer=None):
-    """`model`, compiled with `optimizer` (default ``keras_bn.optimizers.adam()``), sparse
-    categorical cross-entropy and accuracy unless it is compiled already."""
+    """`model` compiled with accuracy as a metric: with its own optimizer and loss if it was
+    compiled, else with `optimizer` (default ``keras_bn.optimizers.adam()``) and sparse
+    categorical cross-entropy. Meant for models the tools made themselves."""
     if getattr(model, "compiled", False) and model.optimizer is not None:
-        return model
-    from keras_bn.optimizers import adam
+        optimizer, loss = model.optimizer, model.loss
+    else:
+        from keras_bn.optimizers import adam
 
-    model.compile(optimizer=optimizer or adam(), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+        optimizer, loss = optimizer or adam(), "sparse_categorical_crossentropy"
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model
 
 

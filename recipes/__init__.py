@@ -9,6 +9,9 @@ import importlib
 RECIPES = (
     "bn_vs_no_bn",
     "best_cnn",
+    "sanity_checks",
+    "lr_finder",
+    "hparam_search",
 )
 
 

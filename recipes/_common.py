@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
+
+from keras_bn._tables import format_table  # noqa: F401  (recipes call _common.format_table)
 import numpy as np
 
 QUICK_TRAIN_SAMPLES = 2000
@@ -78,20 +80,6 @@ def run_dir(args: argparse.Namespace, recipe: str, run: str) -> Path:
     return path
 
 
-def format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table (it reads in a terminal and pastes into docs/RESULTS.md)."""
-
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
-        return str(value)
-
-    text = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in text)) if text else len(c) for i, c in enumerate(columns)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in text])
-
-
 def dash_nan(value: object) -> object:
     """`value`, or "-" for a NaN (a statistic that does not apply), for `format_table`."""
     return "-" if isinstance(value, float) and math.isnan(value) else value
@@ -116,6 +104,8 @@ def training_callbacks(path: Path, probe=None, every: int = 100) -> list:
 
     ``keras_bn.callbacks.diagnostics`` (gradient norms, activation statistics on `probe`,
     update ratios) when that package provides it, else Keras' own TensorBoard callback.
+    Its per-epoch figures are off: recipes often make each "epoch" a short evaluation
+    period (`train_for_steps`) and draw their own PNGs.
 
     Example::
 
@@ -125,7 +115,7 @@ def training_callbacks(path: Path, probe=None, every: int = 100) -> list:
         from keras_bn.callbacks import diagnostics
     except ImportError:
         return [keras.callbacks.TensorBoard(str(path))]
-    callbacks = diagnostics(str(path), probe=probe, every=every)
+    callbacks = diagnostics(str(path), probe=probe, every=every, figures=False)
     return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
 
 
@@ -134,7 +124,8 @@ def train_for_steps(model: keras.Model, data, *, steps: int, batch_size: int, ev
     """Fit `model` (compiled with an accuracy metric) for `steps` batches of a seeded shuffle.
 
     Each Keras "epoch" is `eval_every` steps, after which the test set is evaluated, so
-    TensorBoard's epoch axis counts evaluations. Training stops at a non-finite loss.
+    TensorBoard's epoch axis counts evaluations; `steps` is rounded down to a multiple of
+    `eval_every`. Training stops at a non-finite loss.
 
     Returns:
         ``{"step": [...], "loss": [...], "test_accuracy": [...], "seconds": float,

@@ -1,0 +1,112 @@
+"""Grid vs random search on one trial budget, then coarse-to-fine (SEEDS §7).
+
+The MLP's learning rate matters and its dropout much less. On the same budget (`--trials`),
+a grid over (learning rate, dropout) tries only sqrt(budget) learning rates while random
+search tries one per trial; the table gives the best validation accuracy of each and how
+many distinct learning rates each tried. Then a coarse random search (1 epoch per trial)
+narrows the ranges around its best trials and a fine search continues inside them. Every
+trial is in TensorBoard's HParams dashboard (``<log_dir>/hparam_search/<search>/``) and in
+``trials.csv``. Validation data: the last 20% of the training images (never the test set).
+
+Usage::
+
+    keras-bn run hparam_search --quick
+    python -m keras_bn.recipes.hparam_search --data-dir ../shared/data/fashion-mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from keras_bn.recipes import _common
+
+NAME = "hparam_search"
+DESCRIPTION = "Grid vs random search on the same budget (distinct learning rates tried), then coarse-to-fine."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trials", type=int, default=None, help="budget of grid and of random search (default 9; 4 with --quick)")
+    parser.add_argument("--train-samples", type=int, default=20000,
+                        help="training images used, before the 20%% validation hold-out (default 20000)")
+    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    parser.add_argument("--min-lr", type=float, default=1e-5, help="low end of the learning-rate range (default 1e-5)")
+    parser.add_argument("--max-lr", type=float, default=1.0, help="high end of the learning-rate range (default 1)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    import keras_bn
+    from keras_bn import search
+    from keras_bn._training import holdout
+
+    data = _common.load_data(args, flatten=True)
+    x, y, (x_val, y_val) = holdout(data.x_train[: args.train_samples], data.y_train[: args.train_samples])
+    trials = args.trials or (4 if args.quick else 9)
+    epochs = args.epochs or (1 if args.quick else 2)
+    space = {"learning_rate": search.Range(args.min_lr, args.max_lr),
+             "dropout": search.Range(0.0, 0.5, log=False)}
+    input_dim = x.shape[1]
+
+    def model_fn(hp):
+        return keras_bn.build_dense((input_dim,), [32, 32], data.num_classes, dropout=hp["dropout"])
+
+    common = dict(batch_size=args.batch_size, epochs=epochs)
+    print(f"{trials} trials each, {epochs} epochs, {len(x)} training / {len(x_val)} validation images")
+    results = {
+        "grid": search.grid_search(model_fn, space, (x, y, x_val, y_val), trials,
+                                   log_dir=_common.run_dir(args, NAME, "grid"), **common),
+        "random": search.random_search(model_fn, space, (x, y, x_val, y_val), trials, seed=args.seed,
+                                       log_dir=_common.run_dir(args, NAME, "random"), **common),
+    }
+    rows = [[kind, len(r.trials), r.best.val_accuracy, r.best.hparams["learning_rate"],
+             r.distinct_values("learning_rate"), sum(t.diverged for t in r.trials)] for kind, r in results.items()]
+    comparison = _common.format_table(
+        ["search", "trials", "best val acc", "its learning rate", "distinct learning rates", "killed (3x rule)"], rows)
+    print(comparison)
+
+    coarse_trials, fine_trials = (trials, max(2, trials // 2)) if args.quick else (2 * trials, trials)
+    c2f = search.coarse_to_fine(model_fn, space, (x, y, x_val, y_val), coarse_trials, fine_trials, seed=args.seed,
+                                coarse_epochs=1, fine_epochs=epochs, batch_size=args.batch_size,
+                                log_dir=_common.run_dir(args, NAME, "coarse_to_fine"))
+    stage_rows = []
+    for stage, space_used in (("coarse", space), ("fine", c2f.fine_space)):
+        part = c2f.stage(stage)
+        lr = space_used["learning_rate"]
+        stage_rows.append([stage, len(part.trials), f"{lr.low:.3g} .. {lr.high:.3g}", part.best.val_accuracy,
+                           part.best.hparams["learning_rate"], sum(t.diverged for t in part.trials)])
+    stages = _common.format_table(["stage", "trials", "learning-rate range", "best val acc", "its learning rate",
+                                   "killed (3x rule)"], stage_rows)
+    print(stages)
+    for message in c2f.edge_warnings:
+        print(f"warning: {message}")
+    folder = _common.recipe_dir(args, NAME)
+    for kind, result in {**results, "coarse_to_fine": c2f}.items():
+        result.save(folder / f"{kind}_trials.csv")
+    _plot(results, c2f, folder / f"{NAME}.png")
+    return {"dataset": data.name, "trials": trials, "epochs": epochs, "results": results, "coarse_to_fine": c2f,
+            "tables": (comparison, stages)}
+
+
+def _plot(results: dict, c2f, path):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, parts, title in ((axes[0], results, "grid vs random"),
+                             (axes[1], {s: c2f.stage(s) for s in ("coarse", "fine")}, "coarse to fine")):
+        for label, result in parts.items():
+            ok = [t for t in result.trials if not t.diverged]
+            bad = [t for t in result.trials if t.diverged]
+            points = ax.semilogx([t.hparams["learning_rate"] for t in ok], [t.val_accuracy for t in ok], "o", label=label)
+            ax.semilogx([t.hparams["learning_rate"] for t in bad], [0.0] * len(bad), "x",
+                        color=points[0].get_color(), label=f"{label}: killed")
+        ax.set(title=title, xlabel="learning rate", ylabel="validation accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _common.save_figure(fig, path)
+
+
+def main(argv=None) -> dict:
+    return _common.main(NAME, DESCRIPTION, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    main()
