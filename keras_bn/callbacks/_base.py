@@ -12,11 +12,16 @@ these callbacks overrides ``on_train_batch_end``, so none needs ``async_safe``.
 after the step they describe); ``epoch_*`` scalars use the epoch index, as Keras' TensorBoard
 callback does. Every quantity is also logged at each epoch end.
 
+**Figures** are drawn on the writers' background thread at an epoch end when `figure_secs`
+have passed since the last one (the first epoch end always), and once more at train end
+for the final state, so matplotlib does not slow training down.
+
 **Failure.** Keras calls ``on_train_end`` only when ``fit`` returns. Each callback therefore
 adds a handler to a thin wrapper around ``model.train_function`` which, when the step raises
 (anything but the end-of-data signal), restores what the callback patched and closes the
-writers, then re-raises. Writers are flushed after every group of writes, so an error raised
-anywhere else (another callback, the user's code) loses nothing that was logged.
+writers, then re-raises. Writers are flushed at each epoch end and at most `flush_secs`
+(5 s) after any write, and closed at interpreter exit, so an error raised anywhere else
+(another callback, the user's code) loses nothing either.
 
 **A broken diagnostic never stops training**: its error is reported as a ``RuntimeWarning``
 starting with ``"keras_bn"`` and training goes on (only TerminateOnNaN or the user stop it).
@@ -25,13 +30,14 @@ starting with ``"keras_bn"`` and training goes on (only TerminateOnNaN or the us
 from __future__ import annotations
 
 import os
+import time
 import traceback
 import warnings
 import weakref
 
 import keras
 
-from keras_bn._validation import check_positive_int
+from keras_bn._validation import check_float, check_positive_int
 from keras_bn.callbacks._writer import RunWriters
 
 # model -> list of zero-argument handlers run when its train step raises.
@@ -111,13 +117,26 @@ class DiagnosticCallback(keras.callbacks.Callback):
                     write.scalar("my_stat", 1.0)
     """
 
-    def __init__(self, log_dir, every: int = 100, *, writers: RunWriters | None = None):
+    def __init__(
+        self,
+        log_dir,
+        every: int = 100,
+        *,
+        figures: bool = False,
+        figure_secs: float = 60.0,
+        writers: RunWriters | None = None,
+    ):
         super().__init__()
         self.log_dir = check_log_dir(log_dir)
         self.every = check_positive_int("every", every)
+        if not isinstance(figures, bool):
+            raise TypeError(f"`figures` must be True or False. Received: figures={figures!r}")
+        self.figures = figures
+        self.figure_secs = check_float("figure_secs", figure_secs, low=0.0)
         self.writers = check_writers(writers, self.log_dir)
         self._steps_at_epoch_start = 0
         self._last_logged_step = None
+        self._last_figure = (None, -float("inf"))  # (step, time) of the last figure drawn
 
     # --- hooks for subclasses -------------------------------------------------------
     def _attach(self) -> None:
@@ -131,6 +150,9 @@ class DiagnosticCallback(keras.callbacks.Callback):
 
     def _log_epoch(self, epoch: int, step: int, logs: dict) -> None:
         """Called at each epoch end, after `_log_step`."""
+
+    def _draw(self, step: int) -> None:
+        """Draw this callback's figure of the latest statistics (runs on a background thread)."""
 
     # --- Keras hooks ----------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -152,9 +174,18 @@ class DiagnosticCallback(keras.callbacks.Callback):
             self._last_logged_step = step
             self._run_safely(self._log_step, step)
         self._run_safely(self._log_epoch, epoch, step, dict(logs or {}))
+        if time.monotonic() - self._last_figure[1] >= self.figure_secs:
+            self._submit_figure(step)
+        self.writers.flush()
+
+    def _submit_figure(self, step: int) -> None:
+        if self.figures and self._last_figure[0] != step:
+            self._last_figure = (step, time.monotonic())
+            self.writers.submit(self._draw, step)
 
     def on_train_end(self, logs=None):
         remove_failure_handler(self.model, self._on_failure)
+        self._submit_figure(self._last_logged_step)  # the final state, if not drawn yet
         self._run_safely(self._detach)
         self.writers.close()
 
@@ -180,4 +211,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
             )
 
     def get_config(self) -> dict:
-        return {"log_dir": self.log_dir, "every": self.every}
+        config = {"log_dir": self.log_dir, "every": self.every}
+        if self.figures:
+            config.update(figures=self.figures, figure_secs=self.figure_secs)
+        return config

@@ -2,8 +2,10 @@
 
 `RunWriters` keeps the layout of ``keras.callbacks.TensorBoard`` (``<log_dir>/train`` and
 ``<log_dir>/validation``), creates each event file only when something is written to it,
-flushes after every group of writes and can be closed any number of times (a later write
-opens a fresh event file in the same directory). Histograms are written from buckets that
+flushes at most every `flush_secs` seconds after a write (and on `flush`/`close`), closes at
+interpreter exit whatever is still open, and can be closed any number of times (a later write
+opens a fresh event file in the same directory). Slow work (drawing figures) goes to one
+background thread with `submit`, so training does not wait for matplotlib; `close` waits for it. Histograms are written from buckets that
 were computed on the device, so only ``[bins, 3]`` numbers ever reach the host; non-finite
 values never reach a summary.
 
@@ -17,9 +19,14 @@ Usage::
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
 import contextlib
 import os
 import threading
+import time
+import warnings
+import weakref
 
 import numpy as np
 
@@ -28,17 +35,22 @@ CUSTOM_SCALARS_CATEGORY = "keras-bn diagnostics"
 
 
 class _Write:
-    """The summary calls available inside `RunWriters.writing`."""
+    """The summary calls available inside `RunWriters.writing`.
+
+    Scalars and histograms are collected and written at the end of the ``with`` block in one
+    compiled call per kind (an eager ``tf.summary.scalar`` costs about as much as a training
+    step of a small MLP; one call for all tags costs about as much as one of them).
+    """
 
     def __init__(self, step: int):
-        import tensorflow as tf
-
-        self._tf = tf
         self.step = int(step)
+        self.scalar_values: dict[str, float] = {}
+        self.histogram_values: dict[str, np.ndarray] = {}
+        self.images: dict[str, np.ndarray] = {}
 
     def scalar(self, tag: str, value) -> None:
         """Write one scalar; NaN and Inf are written as they are (TensorBoard shows them)."""
-        self._tf.summary.scalar(tag, float(value), step=self.step)
+        self.scalar_values[tag] = float(value)
 
     def scalars(self, values: dict) -> None:
         """Write each ``tag: value`` of `values` as a scalar."""
@@ -47,30 +59,71 @@ class _Write:
 
     def histogram_buckets(self, tag: str, edges, counts) -> None:
         """Write a histogram from bucket `edges` (k+1 values) and `counts` (k values)."""
-        from tensorboard.plugins.histogram import metadata
-
         edges = np.asarray(edges, dtype=np.float64)
         counts = np.asarray(counts, dtype=np.float64)
-        tensor = np.stack([edges[:-1], edges[1:], counts], axis=1) if counts.size else np.zeros((0, 3))
-        self._tf.summary.write(
-            tag, tensor, step=self.step,
-            metadata=metadata.create_summary_metadata(display_name=tag, description=""),
-        )
+        self.histogram_values[tag] = np.stack([edges[:-1], edges[1:], counts], axis=1)
 
     def image(self, tag: str, rgba: np.ndarray) -> None:
         """Write one ``[height, width, 4]`` uint8 image."""
-        self._tf.summary.image(tag, rgba[np.newaxis], step=self.step, max_outputs=1)
+        self.images[tag] = rgba
+
+
+def _write_many(kind: str):
+    """A tf.function writing ``values[i]`` under ``tags[i]`` to the default writer at trace
+    time (tags are a tensor, so a new set of tags does not retrace)."""
+    import tensorflow as tf
+    from tensorboard.plugins.histogram import metadata as histogram_metadata
+    from tensorboard.plugins.scalar import metadata as scalar_metadata
+
+    plugin = scalar_metadata if kind == "scalar" else histogram_metadata
+    serialized = plugin.create_summary_metadata(display_name="", description="").SerializeToString()
+    value_shape = [None] if kind == "scalar" else [None, None, 3]
+    dtype = tf.float32 if kind == "scalar" else tf.float64
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([], tf.int64),
+            tf.TensorSpec([None], tf.string),
+            tf.TensorSpec(value_shape, dtype),
+        ]
+    )
+    def write(step, tags, values):
+        for index in tf.range(tf.size(tags)):
+            tf.summary.write(tags[index], values[index], step=step, metadata=serialized)
+
+    return write
+
+
+def _warn_on_error(function, *args) -> None:
+    try:
+        function(*args)
+    except Exception as error:  # noqa: BLE001  a broken figure must not stop training
+        warnings.warn(f"keras_bn background task {function.__name__} failed: {error!r}", RuntimeWarning, stacklevel=1)
+
+
+_OPEN_WRITERS: "weakref.WeakSet[RunWriters]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_writers() -> None:
+    for writers in list(_OPEN_WRITERS):
+        writers.close()
 
 
 class RunWriters:
     """One lazily created ``tf.summary`` writer per run (train / validation) of `log_dir`."""
 
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: str, flush_secs: float = 5.0):
         self.log_dir = os.fspath(log_dir)
+        self.flush_secs = float(flush_secs)
         self._writers: dict = {}
         self._layout_charts: dict[str, str] = {}
         self._layout_written = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._last_flush = time.monotonic()
+        self._executor = None
+        self._pending: list = []
+        self._write_fns: dict = {}
 
     def run_dir(self, run: str) -> str:
         return os.path.join(self.log_dir, run)
@@ -79,24 +132,48 @@ class RunWriters:
         if run not in self._writers:
             import tensorflow as tf
 
-            # Flushed explicitly after each group of writes; flush_millis is a safety net.
             self._writers[run] = tf.summary.create_file_writer(
-                self.run_dir(run), max_queue=1000, flush_millis=10_000
+                self.run_dir(run), max_queue=1000, flush_millis=int(1000 * self.flush_secs)
             )
+            _OPEN_WRITERS.add(self)
         return self._writers[run]
 
     @contextlib.contextmanager
     def writing(self, run: str, step: int):
-        """Context in which ``write.scalar(...)`` etc. go to `run` at `step`; flushed at exit."""
+        """Context in which ``write.scalar(...)`` etc. go to `run` at `step`."""
         if run not in RUNS:
             raise ValueError(f"`run` must be one of: {', '.join(map(repr, RUNS))}. Received: run={run!r}")
         with self._lock:
             writer = self._writer(run)
+            write = _Write(step)
+            yield write
             with writer.as_default():
-                yield _Write(step)
+                self._emit(run, write)
                 if run == "train" and self._layout_charts and not self._layout_written:
                     self._write_layout()
-            writer.flush()
+            if time.monotonic() - self._last_flush >= self.flush_secs:
+                self.flush()
+
+    def _emit(self, run: str, write: _Write) -> None:
+        import tensorflow as tf
+
+        step = tf.constant(write.step, tf.int64)
+        for kind, values in (("scalar", write.scalar_values), ("histogram", write.histogram_values)):
+            if values:
+                key = (run, kind)
+                if key not in self._write_fns:  # traced once per writer: it captures the writer
+                    self._write_fns[key] = _write_many(kind)
+                self._write_fns[key](step, tf.constant(list(values)), np.stack(list(values.values())))
+        for tag, rgba in write.images.items():
+            tf.summary.image(tag, rgba[np.newaxis], step=step, max_outputs=1)
+
+    def submit(self, function, *args) -> None:
+        """Run `function(*args)` on the writers' background thread (in submission order)."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keras_bn_figures")
+            self._pending = [f for f in self._pending if not f.done()]
+            self._pending.append(self._executor.submit(_warn_on_error, function, *args))
 
     def add_charts(self, charts: dict[str, str]) -> None:
         """Register custom-scalars charts ``{title: tag regex}``, written with the next train write."""
@@ -120,14 +197,22 @@ class RunWriters:
         self._layout_written = True
 
     def flush(self) -> None:
+        """Write everything queued so far to disk."""
         with self._lock:
             for writer in self._writers.values():
                 writer.flush()
+            self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        """Flush and close every open writer; safe to call twice, and writing later reopens."""
+        """Finish background work, flush and close every writer; safe to call twice."""
+        pending, self._pending = self._pending, []
+        concurrent.futures.wait(pending)
         with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
             writers, self._writers = self._writers, {}
+            self._write_fns = {}
             self._layout_written = False
             for writer in writers.values():
                 try:

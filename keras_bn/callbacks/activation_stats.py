@@ -186,7 +186,9 @@ class ActivationStats(DiagnosticCallback):
         tanh_threshold: a tanh output with ``|y|`` above this counts as saturated.
         sigmoid_band: a sigmoid output outside ``(low, high)`` counts as saturated.
         max_probe_samples: at most this many probe samples are used.
-        figures: draw the activation-histogram grid at each epoch end.
+        figures: draw the activation-histogram grid (at an epoch end, at most every
+            `figure_secs`, and at train end).
+        figure_secs: least wall time between two figures.
         writers: shared `RunWriters` (the `diagnostics` preset passes one).
 
     Example::
@@ -207,9 +209,10 @@ class ActivationStats(DiagnosticCallback):
         sigmoid_band=(0.03, 0.97),
         max_probe_samples: int = 512,
         figures: bool = True,
+        figure_secs: float = 60.0,
         writers: RunWriters | None = None,
     ):
-        super().__init__(log_dir, every, writers=writers)
+        super().__init__(log_dir, every, figures=figures, figure_secs=figure_secs, writers=writers)
         self.max_probe_samples = check_positive_int("max_probe_samples", max_probe_samples)
         self.probe = _as_probe(probe, self.max_probe_samples)
         if layers is not None:
@@ -229,9 +232,6 @@ class ActivationStats(DiagnosticCallback):
                 f"Received: sigmoid_band={sigmoid_band!r}"
             )
         self.sigmoid_band = (float(band[0]), float(band[1]))
-        if not isinstance(figures, bool):
-            raise TypeError(f"`figures` must be True or False. Received: figures={figures!r}")
-        self.figures = figures
         self.latest_histograms: dict[str, tuple] = {}
         self._compute = None
 
@@ -281,19 +281,27 @@ class ActivationStats(DiagnosticCallback):
         families = {path: family for path, family, _ in self._specs}
         options = (self.bins, self.tanh_threshold, self.sigmoid_band)
 
+        layout = self._layout = []  # (path, statistic, size) of each slice of the packed result
+
         @tf.function(reduce_retracing=True)
         def compute(inputs):
             outputs = probe_model(inputs, training=False)
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-            results = {}
+            pieces = []
+            layout.clear()
             for (path, kind), tensor in zip(self._keys, outputs):
                 if kind == "output":
-                    results[path] = _reduce_output(tf, tensor, families[path], *options)
+                    stats = _reduce_output(tf, tensor, families[path], *options)
                 else:
-                    results[path + "//preact"] = _unit_percentiles(tf, tensor)
-            return results
+                    stats = {"preact": _unit_percentiles(tf, tensor)}
+                for name, value in stats.items():
+                    value = tf.reshape(tf.cast(value, tf.float32), [-1])
+                    layout.append((path, name, int(value.shape[0])))
+                    pieces.append(value)
+            return tf.concat(pieces, 0)  # one small vector: one host transfer
 
         self._compute = compute
+        self._probe_tensors = tf.nest.map_structure(tf.convert_to_tensor, self.probe)
         self.writers.add_charts(self._charts())
 
     def _charts(self) -> dict:
@@ -313,8 +321,12 @@ class ActivationStats(DiagnosticCallback):
     def _log_step(self, step):
         if self._compute is None:
             return
-        results = {k: {s: np.asarray(v) for s, v in r.items()} if isinstance(r, dict) else np.asarray(r)
-                   for k, r in self._compute(self.probe).items()}
+        packed = self._compute(self._probe_tensors).numpy()
+        results, offset = {}, 0
+        for path, name, size in self._layout:
+            value = packed[offset:offset + size]
+            results.setdefault(path, {})[name] = value if name in ("counts", "preact") else value[0]
+            offset += size
         scalars, histograms = {}, {}
         for path, family, pre in self._specs:
             stats = results[path]
@@ -325,7 +337,7 @@ class ActivationStats(DiagnosticCallback):
                 if name in stats:
                     scalars[f"{name}/{path}"] = stats[name]
             if pre:
-                for q, value in zip(PERCENTILES, results[path + "//preact"]):
+                for q, value in zip(PERCENTILES, stats["preact"]):
                     scalars[f"preact/{path}/p{q}"] = value
             edges = np.linspace(float(stats["low"]), float(stats["high"]), self.bins + 1)
             histograms[path] = (edges, stats["counts"])
@@ -335,10 +347,10 @@ class ActivationStats(DiagnosticCallback):
             for path, (edges, counts) in histograms.items():
                 write.histogram_buckets(f"activation_hist/{path}", edges, counts)
 
-    def _log_epoch(self, epoch, step, logs):
-        if self.figures and self.latest_histograms:
-            from keras_bn.callbacks.figures import activation_histogram_grid
+    def _draw(self, step):
+        from keras_bn.callbacks.figures import activation_histogram_grid
 
+        if self.latest_histograms:
             image = activation_histogram_grid(self.latest_histograms, title=f"activations, step {step}")
             with self.writers.writing("train", step) as write:
                 write.image("figures/activation_histograms", image)
@@ -351,5 +363,4 @@ class ActivationStats(DiagnosticCallback):
             "tanh_threshold": self.tanh_threshold,
             "sigmoid_band": self.sigmoid_band,
             "max_probe_samples": self.max_probe_samples,
-            "figures": self.figures,
         }

@@ -177,7 +177,9 @@ class GradientNorms(DiagnosticCallback):
     Args:
         log_dir: the TensorBoard run directory (``<log_dir>/train`` is written).
         every: log every this many optimizer steps (and at each epoch end).
-        figures: draw the per-layer bar chart at each epoch end.
+        figures: draw the per-layer bar chart (at an epoch end, at most every `figure_secs`,
+            and at train end).
+        figure_secs: least wall time between two figures.
         writers: shared `RunWriters` (the `diagnostics` preset passes one).
 
     Example::
@@ -186,11 +188,16 @@ class GradientNorms(DiagnosticCallback):
         model.fit(x, y, epochs=3, callbacks=[cb])
     """
 
-    def __init__(self, log_dir, every: int = 100, *, figures: bool = True, writers: RunWriters | None = None):
-        super().__init__(log_dir, every, writers=writers)
-        if not isinstance(figures, bool):
-            raise TypeError(f"`figures` must be True or False. Received: figures={figures!r}")
-        self.figures = figures
+    def __init__(
+        self,
+        log_dir,
+        every: int = 100,
+        *,
+        figures: bool = True,
+        figure_secs: float = 60.0,
+        writers: RunWriters | None = None,
+    ):
+        super().__init__(log_dir, every, figures=figures, figure_secs=figure_secs, writers=writers)
         self._tap = None
         self._last = {"steps": 0, "clipped_steps": 0, "nonfinite_steps": 0}
         self.latest_norms: dict[str, float] = {}
@@ -235,13 +242,11 @@ class GradientNorms(DiagnosticCallback):
         with self.writers.writing("train", step) as write:
             write.scalars(scalars)
 
-    def _log_epoch(self, epoch, step, logs):
-        if self.figures and self.latest_norms:
-            from keras_bn.callbacks.figures import layer_bar_chart
+    def _draw(self, step):
+        from keras_bn.callbacks.figures import layer_bar_chart
 
+        if self.latest_norms:
             image = layer_bar_chart(self.latest_norms, ylabel="gradient L2 norm", title=f"step {step}")
             with self.writers.writing("train", step) as write:
                 write.image("figures/grad_norms", image)
 
-    def get_config(self):
-        return {**super().get_config(), "figures": self.figures}

@@ -24,6 +24,7 @@ def diagnostics(
     *,
     layers=None,
     figures: bool = True,
+    figure_secs: float = 60.0,
     update_ratio: bool = True,
     metrics: bool = True,
     **activation_options,
@@ -41,7 +42,9 @@ def diagnostics(
         every: cadence of every per-step quantity, in optimizer steps (all also log at
             each epoch end).
         layers: layers watched by `ActivationStats` (None: every activation layer).
-        figures: draw the activation-histogram grid and gradient-norm chart each epoch.
+        figures: draw the activation-histogram grid and the gradient-norm chart at an epoch
+            end at most every `figure_secs` seconds, and at train end.
+        figure_secs: least wall time between two figures (0: every epoch).
         update_ratio: include `UpdateRatio`.
         metrics: include `MetricsLogger` (loss and metrics).
         **activation_options: passed to `ActivationStats` (``bins``, ``tanh_threshold``,
@@ -60,12 +63,15 @@ def diagnostics(
     callbacks = []
     if metrics:
         callbacks.append(MetricsLogger(log_dir, every, writers=writers))
-    callbacks.append(GradientNorms(log_dir, every, figures=figures, writers=writers))
+    callbacks.append(GradientNorms(log_dir, every, figures=figures, figure_secs=figure_secs, writers=writers))
     if update_ratio:
         callbacks.append(UpdateRatio(log_dir, every, writers=writers))
     if probe is not None:
         callbacks.append(
-            ActivationStats(log_dir, probe, every, layers=layers, figures=figures, writers=writers, **activation_options)
+            ActivationStats(
+                log_dir, probe, every, layers=layers, figures=figures, figure_secs=figure_secs,
+                writers=writers, **activation_options,
+            )
         )
     elif layers is not None or activation_options:
         given = sorted(activation_options) + (["layers"] if layers is not None else [])

@@ -1,0 +1,111 @@
+"""Overhead of keras_bn.callbacks vs bare `model.fit` and Keras' TensorBoard callback.
+
+Trains the 784-32-32-10 MLP and the small CNN in one process, alternating the
+configurations within each repeat (so the load of other processes hits all of them alike),
+and prints the median ratio of epoch time to the bare fit's. Each run builds a fresh model
+and times its second epoch (the first includes tracing); epoch-end work of the callbacks
+(figures, epoch summaries) is inside the timed epoch.
+
+Usage::
+
+    python benchmarks/bench_diagnostics.py            # full: about 10 minutes on 2 busy cores
+    python benchmarks/bench_diagnostics.py --quick    # smoke run, about 2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_bn  # noqa: E402
+from keras_bn import callbacks as kbc  # noqa: E402
+
+CONFIGS = ("bare", "preset", "grad_norms_every_100", "grad_norms_every_1", "keras_tb_hist0", "keras_tb_hist1")
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of each epoch, from epoch begin until every other callback's epoch end."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def make_callbacks(config: str, log_dir: str, probe) -> list:
+    if config == "bare":
+        return []
+    if config == "preset":
+        return kbc.diagnostics(log_dir, probe=probe)  # default cadence
+    if config == "grad_norms_every_100":
+        return [kbc.GradientNorms(log_dir, every=100, figures=False)]
+    if config == "grad_norms_every_1":
+        return [kbc.GradientNorms(log_dir, every=1, figures=False)]
+    if config == "keras_tb_hist0":
+        return [keras.callbacks.TensorBoard(log_dir, histogram_freq=0)]
+    if config == "keras_tb_hist1":
+        return [keras.callbacks.TensorBoard(log_dir, histogram_freq=1)]
+    raise ValueError(f"`config` must be one of: {', '.join(map(repr, CONFIGS))}. Received: config={config!r}")
+
+
+def epoch_time(build, x, y, config: str, batch_size: int) -> float:
+    keras.utils.set_random_seed(0)
+    model = build()
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    timer = EpochTimer()
+    with tempfile.TemporaryDirectory() as log_dir:
+        callbacks = make_callbacks(config, log_dir, x[:256]) + [timer]
+        model.fit(x, y, batch_size=batch_size, epochs=2, verbose=0, callbacks=callbacks)
+    return timer.times[-1]
+
+
+def bench(name: str, build, x, y, repeats: int, batch_size: int) -> dict:
+    times = {c: [] for c in CONFIGS}
+    for repeat in range(repeats):
+        order = CONFIGS[repeat % len(CONFIGS):] + CONFIGS[: repeat % len(CONFIGS)]
+        for config in order:
+            times[config].append(epoch_time(build, x, y, config, batch_size))
+    bare = times["bare"]
+    steps = int(np.ceil(len(x) / batch_size))
+    print(f"\n{name}: {steps} steps/epoch, bare epoch median {statistics.median(bare):.2f} s "
+          f"({1000 * statistics.median(bare) / steps:.2f} ms/step), {repeats} alternating repeats")
+    ratios = {}
+    for config in CONFIGS[1:]:
+        per_repeat = [t / b for t, b in zip(times[config], bare)]
+        ratios[config] = statistics.median(per_repeat)
+        print(f"  {config:22s} {ratios[config]:.3f}x   (per repeat: {', '.join(f'{r:.3f}' for r in per_repeat)})")
+    return ratios
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few samples and repeats (smoke run)")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 3)
+    rng = np.random.default_rng(0)
+    mlp_n, cnn_n = (6400, 640) if args.quick else (32000, 3200)
+    x_mlp = rng.random((mlp_n, 784), dtype=np.float32)
+    y_mlp = rng.integers(0, 10, mlp_n)
+    x_cnn = rng.random((cnn_n, 28, 28, 1), dtype=np.float32)
+    y_cnn = rng.integers(0, 10, cnn_n)
+    print(f"keras {keras.__version__}, random data, batch 32")
+    bench("MLP 784-32-32-10", lambda: keras_bn.build_dense((784,), [32, 32], 10), x_mlp, y_mlp, repeats, 32)
+    bench("CNN [16, 32]", lambda: keras_bn.build_conv((28, 28, 1), [16, 32], 10), x_cnn, y_cnn, repeats, 32)
+
+
+if __name__ == "__main__":
+    main()
