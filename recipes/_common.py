@@ -100,10 +100,10 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def training_callbacks(path: Path, probe=None, every: int = 100) -> list:
-    """The TensorBoard logging of every recipe's training runs, chosen in this one place.
+    """The TensorBoard logging of every recipe's training runs, chosen in this one place:
+    ``keras_bn.callbacks.diagnostics`` (loss/metrics, gradient norms, update ratios and,
+    given a `probe`, activation statistics).
 
-    ``keras_bn.callbacks.diagnostics`` (gradient norms, activation statistics on `probe`,
-    update ratios) when that package provides it, else Keras' own TensorBoard callback.
     Its per-epoch figures are off: recipes often make each "epoch" a short evaluation
     period (`train_for_steps`) and draw their own PNGs.
 
@@ -111,12 +111,9 @@ def training_callbacks(path: Path, probe=None, every: int = 100) -> list:
 
         model.fit(x, y, callbacks=_common.training_callbacks(run_dir(args, NAME, "with_bn"), x_test[:256]))
     """
-    try:
-        from keras_bn.callbacks import diagnostics
-    except ImportError:
-        return [keras.callbacks.TensorBoard(str(path))]
-    callbacks = diagnostics(str(path), probe=probe, every=every, figures=False)
-    return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    from keras_bn.callbacks import diagnostics
+
+    return diagnostics(str(path), probe=probe, every=every, figures=False)
 
 
 def train_for_steps(model: keras.Model, data, *, steps: int, batch_size: int, eval_every: int,

@@ -53,9 +53,8 @@ def run(args: argparse.Namespace) -> dict:
     for run, model in models.items():
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        timer = _common.EpochTimer()
-        board = keras.callbacks.TensorBoard(str(_common.run_dir(args, NAME, run)))
-        callbacks[run] = (timer, board)
+        callbacks[run] = [_common.EpochTimer(),
+                          *_common.training_callbacks(_common.run_dir(args, NAME, run), probe=data.x_test[:256])]
 
     rng = np.random.default_rng(args.seed)
     print(f"training {', '.join(RUNS)} for {epochs} epochs on {len(data.x_train)} images")
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> dict:
         for run, model in models.items():
             fit = model.fit(data.x_train[order], data.y_train[order], batch_size=args.batch_size,
                             epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
-                            validation_data=(data.x_test, data.y_test), callbacks=list(callbacks[run]))
+                            validation_data=(data.x_test, data.y_test), callbacks=callbacks[run])
             history[run]["loss"].append(float(fit.history["loss"][-1]))
             history[run]["test_accuracy"].append(float(fit.history["val_accuracy"][-1]))
             history[run]["seconds"].append(callbacks[run][0].seconds[-1])
