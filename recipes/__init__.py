@@ -8,6 +8,11 @@ import importlib
 
 RECIPES = (
     "bn_vs_no_bn",
+    "init_study",
+    "bn_paper_mnist",
+    "activation_comparison",
+    "bn_learning_rate",
+    "batch_size_norms",
     "best_cnn",
     "sanity_checks",
     "lr_finder",

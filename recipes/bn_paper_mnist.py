@@ -117,7 +117,7 @@ def _plot(results: dict, path, dataset: str, unit: int):
         values = np.array(h["percentiles"])
         for j, p in enumerate(PERCENTILES):
             ax.plot(steps, values[:, j], color="C0", lw=2 if p == 50 else 1, label=f"{p}th percentile")
-        ax.set(title=f"{title}: input of sigmoid {unit}, last hidden layer", xlabel="step")
+        ax.set(title=f"{title}: input of last-layer sigmoid {unit}", xlabel="step")
         ax.legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -17,7 +17,7 @@ def test_list_shows_every_recipe_with_a_description(capsys):
 def test_unknown_recipe_lists_the_known_ones(capsys):
     assert cli.main(["run", "bn_vs_nobn"]) == 2
     err = capsys.readouterr().err
-    assert "`recipe` must be one of: 'bn_vs_no_bn', 'best_cnn', 'sanity_checks'" in err and "Did you mean 'bn_vs_no_bn'" in err
+    assert "`recipe` must be one of: 'bn_vs_no_bn', 'init_study', 'bn_paper_mnist'" in err and "Did you mean 'bn_vs_no_bn'" in err
 
 
 def test_help_texts(capsys):

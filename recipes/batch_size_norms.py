@@ -1,0 +1,130 @@
+"""Batch size and normalization (SEEDS §5-§6): BN suffers at tiny batches, LN and GN do not.
+
+The small CNN (``--filters``, ReLU, 2x2 max pooling, global average pooling) with BatchNorm,
+LayerNorm, GroupNorm (``--groups`` groups) and no norm, trained with Adam at batch sizes 2,
+4, 8, 32 and 128 for the same number of examples seen (``--examples``, so batch 2 takes 64x
+the steps of batch 128). Measured: test accuracy (inference mode), and for BN the gap
+between its two modes on test batches of the training batch size: the accuracy with batch
+statistics (``training=True``) vs moving averages (``training=False``) and the share of
+test images whose predicted class differs.
+
+Usage::
+
+    keras-bn run batch_size_norms --quick
+    python -m keras_bn.recipes.batch_size_norms --batch-sizes 2 32 --examples 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from keras_bn.recipes import _common
+
+NAME = "batch_size_norms"
+DESCRIPTION = "Small CNN with BN, LayerNorm, GroupNorm and none at batch sizes 2-128, same examples seen: accuracy and BN's train/inference gap."
+NORMS = {"batch": "batch", "layer": "layer", "group": "group", "none": None}
+BATCH_SIZES = (2, 4, 8, 32, 128)
+GAP_SAMPLES = 1000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES),
+                        help="batch sizes (default 2 4 8 32 128)")
+    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(NORMS),
+                        help="normalizations (default batch layer group none)")
+    parser.add_argument("--examples", type=int, default=None,
+                        help="training examples seen per run (default 20000; quick 512)")
+    parser.add_argument("--filters", type=int, nargs="+", default=[16, 32], help="CNN filters (default 16 32)")
+    parser.add_argument("--groups", type=int, default=4, help="GroupNorm groups (default 4)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+
+
+def bn_mode_gap(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict:
+    """Accuracy with batch statistics vs moving averages on batches of `batch_size`, and the
+    share of predictions that differ; BN's moving statistics are left unchanged."""
+    import keras
+
+    usable = len(x) // batch_size * batch_size
+    x, y = x[:usable], y[:usable]
+    infer = np.argmax(keras.ops.convert_to_numpy(model.predict(x, batch_size=500, verbose=0)), axis=-1)
+    with _common.kept_state(model):
+        train = np.concatenate([
+            np.argmax(keras.ops.convert_to_numpy(model(x[i:i + batch_size], training=True)), axis=-1)
+            for i in range(0, usable, batch_size)])
+    return {"train_mode_accuracy": float(np.mean(train == y)), "inference_accuracy": float(np.mean(infer == y)),
+            "disagreement": float(np.mean(train != infer))}
+
+
+def run(args: argparse.Namespace) -> dict:
+    import keras
+
+    import keras_bn
+
+    data = _common.load_data(args, flatten=False)
+    examples = args.examples or (512 if args.quick else 20000)
+    print(f"small CNN {args.filters}, Adam lr {args.learning_rate}, {examples} examples per run, "
+          f"batch sizes {args.batch_sizes}, norms {args.norms}")
+    results = {}
+    for norm in args.norms:
+        norm_kwargs = {"groups": args.groups} if norm == "group" else None
+        for batch_size in args.batch_sizes:
+            _common.set_seed(args.seed)  # same initial weights for every batch size
+            model = keras_bn.build_conv(data.x_train.shape[1:], args.filters, data.num_classes,
+                                        norm=NORMS[norm], norm_kwargs=norm_kwargs, name=f"cnn_{norm}")
+            model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            run_name = f"{norm}_batch{batch_size}"
+            steps = max(1, examples // batch_size)
+            callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name), probe=data.x_test[:256])
+            history = _common.train_for_steps(model, data, steps=steps, batch_size=batch_size, eval_every=steps,
+                                              seed=args.seed, callbacks=callbacks, label=run_name)
+            result = {"test_accuracy": history["test_accuracy"][-1], "steps": steps, "seconds": history["seconds"]}
+            if norm == "batch":
+                result.update(bn_mode_gap(model, data.x_test[:GAP_SAMPLES], data.y_test[:GAP_SAMPLES], batch_size))
+            results[(norm, batch_size)] = result
+
+    columns = ["norm"] + [f"batch {b}" for b in args.batch_sizes]
+    rows = [[norm] + [results[(norm, b)]["test_accuracy"] for b in args.batch_sizes] for norm in args.norms]
+    print("test accuracy (inference mode)")
+    print(_common.format_table(columns, rows))
+    if "batch" in args.norms:
+        gap_rows = [[b, results[("batch", b)]["train_mode_accuracy"], results[("batch", b)]["inference_accuracy"],
+                     results[("batch", b)]["disagreement"]] for b in args.batch_sizes]
+        print("BN: batch statistics vs moving averages on test batches of the training batch size")
+        print(_common.format_table(["batch size", "acc, batch stats", "acc, moving averages",
+                                    "predictions differing"], gap_rows))
+    _plot(results, args, _common.recipe_dir(args, NAME) / f"{NAME}.png", data.name, examples)
+    return {"examples": examples, "dataset": data.name,
+            "runs": {f"{norm}_batch{b}": r for (norm, b), r in results.items()}}
+
+
+def _plot(results: dict, args, path, dataset: str, examples: int):
+    import matplotlib.pyplot as plt
+
+    has_bn = "batch" in args.norms
+    fig, axes = plt.subplots(1, 2 if has_bn else 1, figsize=(11 if has_bn else 6, 4), squeeze=False)
+    axes = axes[0]
+    for norm in args.norms:
+        axes[0].plot(args.batch_sizes, [results[(norm, b)]["test_accuracy"] for b in args.batch_sizes],
+                     marker="o", label=norm)
+    axes[0].set(title=f"test accuracy after {examples} examples ({dataset})", xlabel="batch size", xscale="log")
+    if has_bn:
+        for key, label in (("train_mode_accuracy", "batch statistics"), ("inference_accuracy", "moving averages"),
+                           ("disagreement", "predictions differing")):
+            axes[1].plot(args.batch_sizes, [results[("batch", b)][key] for b in args.batch_sizes], marker="o", label=label)
+        axes[1].set(title="BN: training-mode vs inference-mode outputs", xlabel="batch size", xscale="log")
+    for ax in axes:
+        ax.set_xticks(args.batch_sizes, [str(b) for b in args.batch_sizes])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _common.save_figure(fig, path)
+
+
+def main(argv=None) -> dict:
+    return _common.main(NAME, DESCRIPTION, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    main()

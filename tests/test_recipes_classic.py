@@ -1,0 +1,108 @@
+"""Quick-mode smoke tests of the classic-experiment recipes (issue 5, items 1-5).
+
+Each runs a recipe's `main` on the embedded ``fashion_mnist_small`` with `tmp_path` as the
+log folder and checks the qualitative outcome where it is deterministic, the PNG figures
+and the TensorBoard event files.
+
+Usage::
+
+    pytest tests/test_recipes_classic.py
+"""
+
+from __future__ import annotations
+
+import pytest
+
+QUICK = ["--quick", "--dataset", "fashion_mnist_small", "--seed", "0"]
+
+
+def _args(tmp_path, *extra) -> list[str]:
+    return [*QUICK, "--log-dir", str(tmp_path), *map(str, extra)]
+
+
+def _check_outputs(tmp_path, recipe: str, figures: list[str], runs: list[str]) -> None:
+    """Every figure is a non-empty PNG and every run folder holds a TensorBoard event file."""
+    for figure in figures:
+        path = tmp_path / recipe / figure
+        if not path.is_file() or path.read_bytes()[:4] != b"\x89PNG":
+            pytest.fail(f"missing or invalid figure {path}")
+    for run in runs:
+        if not list((tmp_path / recipe / run).rglob("events.out.tfevents.*")):
+            pytest.fail(f"no TensorBoard event file under {tmp_path / recipe / run}")
+
+
+def test_init_study_statistics_and_training(tmp_path):
+    from keras_bn.recipes import init_study
+
+    results = init_study.main(_args(tmp_path, "--samples", 128, "--train-units", 32))
+    stats = results["stats"]
+
+    def last_over_first(config):
+        return stats[config][-1]["std"] / stats[config][0]["std"]
+
+    assert last_over_first("tanh_normal_0.01") < 0.15
+    assert all(layer["saturated"] > 0.30 for layer in stats["tanh_normal_0.05"])
+    assert last_over_first("tanh_glorot") > 0.3
+    assert 0.7 <= last_over_first("relu_he") <= 1.4
+    assert last_over_first("relu_glorot") < 0.3
+    assert set(results["training"]) == set(init_study.CONFIGS)
+    assert all(0.0 <= h["test_accuracy"][-1] <= 1.0 for h in results["training"].values())
+    _check_outputs(tmp_path, "init_study", ["init_study_histograms.png", "init_study_training.png"],
+                   list(init_study.CONFIGS))
+
+
+def test_bn_paper_mnist_input_drift(tmp_path):
+    from keras_bn.recipes import bn_paper_mnist
+
+    results = bn_paper_mnist.main(_args(tmp_path, "--steps", 200))
+    runs = results["runs"]
+
+    def median_drift(run):
+        percentiles = runs[run]["percentiles"]
+        return abs(percentiles[-1][1] - percentiles[0][1])
+
+    # Figure 1 b, c: without BN the sigmoid's input distribution moves much more.
+    assert median_drift("no_bn") > 2 * median_drift("with_bn")
+    for run in bn_paper_mnist.RUNS:
+        assert len(runs[run]["percentiles"]) == len(runs[run]["step"]) + 1
+        assert runs[run]["test_accuracy"][-1] > 0.3  # both learn well above chance (0.1)
+    _check_outputs(tmp_path, "bn_paper_mnist", ["bn_paper_mnist.png"], list(bn_paper_mnist.RUNS))
+
+
+def test_activation_comparison_gradient_vanishing(tmp_path):
+    from keras_bn.recipes import activation_comparison
+
+    results = activation_comparison.main(_args(tmp_path, "--activations", "sigmoid", "relu", "--units", 16))
+    runs = results["runs"]
+    # A deep sigmoid net's gradient vanishes towards the input; ReLU + BN keeps it.
+    assert runs["sigmoid_no_bn"]["grad_ratio_start"] < 0.01
+    assert runs["sigmoid_no_bn"]["grad_ratio_start"] < runs["relu_bn"]["grad_ratio_start"] / 100
+    assert runs["relu_bn"]["grad_ratio_start"] > 0.3
+    assert 0.0 <= runs["relu_no_bn"]["dead"] <= 1.0 and 0.0 <= runs["sigmoid_no_bn"]["saturated"] <= 1.0
+    assert all(r["seconds_per_epoch"] > 0 for r in runs.values())
+    _check_outputs(tmp_path, "activation_comparison", ["activation_comparison.png"], list(runs))
+
+
+def test_bn_learning_rate_high_rate(tmp_path):
+    from keras_bn.recipes import bn_learning_rate
+
+    results = bn_learning_rate.main(_args(tmp_path, "--models", "mlp", "--learning-rates", 1.0, "--steps", 60))
+    runs = results["runs"]
+    # SGD + momentum at learning rate 1: the plain MLP diverges, the BN one trains.
+    assert runs["mlp_no_bn_lr1"]["diverged"]
+    assert not runs["mlp_bn_lr1"]["diverged"]
+    assert runs["mlp_bn_lr1"]["test_accuracy"] > 0.5
+    _check_outputs(tmp_path, "bn_learning_rate", ["bn_learning_rate.png"], list(runs))
+
+
+def test_batch_size_norms_bn_mode_gap(tmp_path):
+    from keras_bn.recipes import batch_size_norms
+
+    results = batch_size_norms.main(_args(tmp_path, "--batch-sizes", 2, "--norms", "batch", "layer",
+                                          "--examples", 256, "--filters", 8))
+    runs = results["runs"]
+    # At batch 2, BN's batch statistics and its moving averages give different predictions.
+    assert runs["batch_batch2"]["disagreement"] > 0.05
+    assert runs["batch_batch2"]["steps"] == 128 and runs["layer_batch2"]["steps"] == 128
+    assert "disagreement" not in runs["layer_batch2"]
+    _check_outputs(tmp_path, "batch_size_norms", ["batch_size_norms.png"], list(runs))
