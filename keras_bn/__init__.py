@@ -14,7 +14,7 @@ from keras_bn.activations import Maxout
 from keras_bn.builders import build_conv, build_dense
 from keras_bn.folding import BatchNormCheck, BatchNormRow, FoldReport, check_batchnorm, fold_batchnorm
 from keras_bn.layers import ConvBlock, DenseBlock
-from keras_bn import callbacks, data, lr_find, optimizers, report, sanity, search  # noqa: E402  (submodules)
+from keras_bn import callbacks, data, distribute, lr_find, optimizers, report, sanity, search  # noqa: E402  (submodules)
 from keras_bn.sanity import LossGuard, sanity_check
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ __all__ = [
     "callbacks",
     "check_batchnorm",
     "data",
+    "distribute",
     "fold_batchnorm",
     "lr_find",
     "optimizers",

@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="run a recipe (keras-bn run NAME --help for its options)",
         description="Run one recipe; every option after NAME goes to the recipe "
-        "(common ones: --quick, --seed, --epochs, --dataset, --data-dir, --log-dir).",
+        "(common ones: --quick, --seed, --epochs, --dataset, --data-dir, --log-dir, "
+        "--strategy {none,mirrored,multiworker}, --mixed-precision {float16,bfloat16}).",
     )
     run.add_argument("recipe", metavar="NAME", help="a recipe name from `keras-bn list`")
     run.add_argument("recipe_args", nargs=argparse.REMAINDER, help="options for the recipe")

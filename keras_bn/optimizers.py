@@ -9,7 +9,10 @@ Keras has two norm clippings that are easy to mix up (keras#13575, tensorflow#36
   concatenation, as ``tf.clip_by_global_norm``): every gradient is scaled by the same factor,
   so the update keeps its direction. This is what papers on RNNs mean by "clip the norm".
 
-Keras refuses both at once (and either with ``clipvalue``). Each `Preset` says which it does
+Keras refuses both at once (and either with ``clipvalue``). Under a tf.distribute strategy
+Keras clips each replica's share before summing the shares; an optimizer made by `adam` inside
+a strategy scope clips the sum instead, i.e. the global batch's gradient
+(`keras_bn.distribute.clip_after_aggregation`). Each `Preset` says which it does
 and which recipe's measurement backs its values (None: taken from the source notes as is).
 
 Usage::
@@ -121,8 +124,16 @@ def adam(preset: str = "default", **overrides) -> keras.optimizers.Optimizer:
     weight_decay = kwargs.pop("weight_decay", None)
     if weight_decay is not None:
         kwargs["weight_decay"] = check_float("weight_decay", weight_decay, low=0.0)
-        return keras.optimizers.AdamW(**kwargs)
-    return keras.optimizers.Adam(**kwargs)
+        optimizer = keras.optimizers.AdamW(**kwargs)
+    else:
+        optimizer = keras.optimizers.Adam(**kwargs)
+    if any(kwargs.get(k) for k in clip_keys):
+        # Inside a strategy scope: clip the cross-replica sum (the global batch's gradient),
+        # not each replica's share as Keras does (tensorflow#33929). No-op without a strategy.
+        from keras_bn.distribute import clip_after_aggregation
+
+        clip_after_aggregation(optimizer)
+    return optimizer
 
 
 def clipping_of(optimizer: keras.optimizers.Optimizer) -> str:

@@ -41,7 +41,38 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None,
                         help="folder with the four IDX .gz files (default: see keras_bn.data.load)")
     parser.add_argument("--log-dir", default="logs", help="root of the output folders (default logs)")
+    parser.add_argument("--strategy", choices=("none", "mirrored", "multiworker"), default="none",
+                        help="tf.distribute strategy the models are built, compiled and trained under: "
+                        "mirrored = every local device, multiworker = the cluster in TF_CONFIG "
+                        "(batch sizes are global; default none)")
+    parser.add_argument("--mixed-precision", choices=("float16", "bfloat16"), default=None,
+                        help="Keras mixed-precision policy (mixed_float16 / mixed_bfloat16; default: float32)")
     return parser
+
+
+@contextlib.contextmanager
+def strategy_scope(args: argparse.Namespace):
+    """Set `args.mixed_precision`'s policy and enter `args.strategy`'s scope for the block;
+    yields the strategy (None for "none") and restores the previous policy on exit.
+
+    Under "multiworker" it also applies `keras_bn.distribute.apply_keras_compat`; every
+    worker runs the same command, only the chief writes TensorBoard summaries.
+
+    Example::
+
+        with strategy_scope(args) as strategy:
+            results = run(args)
+    """
+    from keras_bn import distribute
+
+    previous = keras.mixed_precision.global_policy()
+    strategy = distribute.make_strategy(getattr(args, "strategy", "none"))  # first: MWMS wants a fresh runtime
+    distribute.set_mixed_precision(getattr(args, "mixed_precision", None))
+    try:
+        with distribute.scope(strategy):
+            yield strategy
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def set_seed(seed: int) -> None:
@@ -246,8 +277,9 @@ def main(name: str, description: str, add_arguments: Callable, run: Callable, ar
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
-    set_seed(args.seed)
-    start = time.perf_counter()
-    results = run(args)
+    with strategy_scope(args):
+        set_seed(args.seed)
+        start = time.perf_counter()
+        results = run(args)
     print(f"{name}: done in {time.perf_counter() - start:.1f} s; TensorBoard: keras-bn tensorboard {Path(args.log_dir) / name}")
     return results

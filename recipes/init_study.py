@@ -4,7 +4,9 @@ Part 1, statistics: 6 hidden layers of 4096 units, no normalization, fed standar
 inputs. tanh with N(0, 0.01^2) (activations shrink to 0), N(0, 0.05^2) (units saturate at
 +-1) and Glorot (stable), and ReLU with Glorot (decays) vs He (stable): per-layer mean, std,
 saturated fraction (tanh, |a| > 0.97) or dead-unit fraction (ReLU), and a histogram grid
-(rows = configs, columns = layers). Only forward passes, so it is cheap even at 4096 units.
+(rows = configs, columns = layers). Each config then takes one SGD step on random labels
+with the diagnostics callbacks on, so ``logs/init_study/<config>/`` holds a TensorBoard run
+of the lecture setting that ``keras-bn report`` reads (it warns for N(0, 0.01^2)).
 
 Part 2, training: the same five configs, narrower (``--train-units``), trained with SGD on
 the data set. The fixed stds are scaled by sqrt(4096 / width), so each layer multiplies the
@@ -55,8 +57,20 @@ def _scaled(initializer, width: int):
     return initializer
 
 
-def activation_statistics(num_layers: int, samples: int, seed: int) -> dict:
-    """Per-layer activation stats (and a sample of the values) of each config at 4096 units."""
+def _log_one_step(model, x: np.ndarray, path, seed: int) -> None:
+    """One SGD step on random labels with the diagnostics on: gradient norms, update ratios and
+    activation statistics (probe: `x`) of the freshly initialized net, in a TensorBoard run."""
+    import keras
+
+    labels = np.random.default_rng(seed).integers(0, 10, len(x))
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x, labels, batch_size=len(x), epochs=1, verbose=0,
+              callbacks=_common.training_callbacks(path, probe=x, every=1))
+
+
+def activation_statistics(num_layers: int, samples: int, seed: int, args=None) -> dict:
+    """Per-layer activation stats (and a sample of the values) of each config at 4096 units;
+    with `args`, also a diagnostics run of each config under ``<log_dir>/init_study/<config>``."""
     import keras
 
     import keras_bn
@@ -74,6 +88,8 @@ def activation_statistics(num_layers: int, samples: int, seed: int) -> dict:
         keep = np.random.default_rng(seed).choice(outputs[names[0]].size, 20000, replace=False)
         results[config] = {"family": family, "layers": layers,
                            "samples": [outputs[n].ravel()[keep] for n in names]}
+        if args is not None:
+            _log_one_step(model, x, _common.run_dir(args, NAME, config), seed)
         ratio = layers[-1]["std"] / layers[0]["std"]
         print(f"  {config}: std layer 1 {layers[0]['std']:.3g}, layer {num_layers} {layers[-1]['std']:.3g} "
               f"(last/first {ratio:.3g})")
@@ -96,7 +112,8 @@ def train_configs(args: argparse.Namespace, data, epochs: int) -> dict:
         model.compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         steps = epochs * (len(data.x_train) // args.batch_size)
-        callbacks = _common.training_callbacks(_common.run_dir(args, NAME, config), probe=data.x_test[:256])
+        callbacks = _common.training_callbacks(_common.run_dir(args, NAME, f"train_{config}"),
+                                               probe=data.x_test[:256])
         history = _common.train_for_steps(model, data, steps=steps, batch_size=args.batch_size,
                                           eval_every=steps // epochs, seed=args.seed, callbacks=callbacks,
                                           label=config)
@@ -107,7 +124,7 @@ def train_configs(args: argparse.Namespace, data, epochs: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     samples = args.samples or (256 if args.quick else 1000)
     print(f"part 1: activation statistics of {args.layers} x {STATS_WIDTH} nets on {samples} N(0, 1) inputs")
-    stats = activation_statistics(args.layers, samples, args.seed)
+    stats = activation_statistics(args.layers, samples, args.seed, args)
     columns = ["config", "layer", "mean", "std", "saturated (|a|>0.97)", "dead units"]
     rows = [[config, i + 1, s["mean"], s["std"], _common.dash_nan(s["saturated"]), _common.dash_nan(s["dead"])]
             for config, result in stats.items() for i, s in enumerate(result["layers"])]

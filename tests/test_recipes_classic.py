@@ -49,6 +49,12 @@ def test_init_study_statistics_and_training(tmp_path):
     assert all(0.0 <= h["test_accuracy"][-1] <= 1.0 for h in results["training"].values())
     _check_outputs(tmp_path, "init_study", ["init_study_histograms.png", "init_study_training.png"],
                    list(init_study.CONFIGS))
+    # `keras-bn report` on the lecture-setting runs: vanishing for N(0, 0.01^2), quiet for He + ReLU.
+    from keras_bn.report import report
+
+    tiny = report(tmp_path / "init_study" / "tanh_normal_0.01").warnings
+    assert any("vanishing activations" in w for w in tiny), tiny
+    assert report(tmp_path / "init_study" / "relu_he").warnings == []
 
 
 def test_bn_paper_mnist_input_drift(tmp_path):

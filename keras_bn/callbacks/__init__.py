@@ -44,10 +44,16 @@ tag                                  kind       step   what
 Every tag except ``epoch_*`` (validation) is in the train run. Non-finite values never crash
 a summary: histograms drop them and the ``nonfinite/*`` counts say how many there were.
 No callback here stops training; use ``keras.callbacks.TerminateOnNaN`` for that.
+`BatchNormCheck` (in the preset) writes no tag: it warns once per BatchNormalization layer
+trained on one value per channel (batch size 1). Faults, bad inputs and flushing are
+documented in docs/parts/reliability_RELIABILITY.md; `unique_run_dir` gives concurrent runs
+their own folders.
 """
 
-from keras_bn.callbacks._writer import RunWriters
+from keras_bn.callbacks._runs import unique_run_dir
+from keras_bn.callbacks._writer import RunWriters, close_all_writers
 from keras_bn.callbacks.activation_stats import ActivationStats
+from keras_bn.callbacks.bn_check import BatchNormCheck
 from keras_bn.callbacks.gradient_norms import GradientNorms
 from keras_bn.callbacks.metrics_logger import MetricsLogger
 from keras_bn.callbacks.preset import diagnostics
@@ -55,9 +61,12 @@ from keras_bn.callbacks.update_ratio import UpdateRatio
 
 __all__ = [
     "ActivationStats",
+    "BatchNormCheck",
     "GradientNorms",
     "MetricsLogger",
     "RunWriters",
     "UpdateRatio",
+    "close_all_writers",
     "diagnostics",
+    "unique_run_dir",
 ]

@@ -20,8 +20,14 @@ for the final state, so matplotlib does not slow training down.
 adds a handler to a thin wrapper around ``model.train_function`` which, when the step raises
 (anything but the end-of-data signal), restores what the callback patched and closes the
 writers, then re-raises. Writers are flushed at each epoch end and at most `flush_secs`
-(5 s) after any write, and closed at interpreter exit, so an error raised anywhere else
-(another callback, the user's code) loses nothing either.
+(5 s) after any write (by a timer, even if nothing else is written), and closed at
+interpreter exit and on SIGTERM, so an error raised anywhere else (another callback, the
+user's code) loses nothing either; SIGKILL loses at most the last `flush_secs`. A log
+directory that cannot be written raises ValueError at train begin, before the first step.
+
+**Resuming.** Steps come from ``optimizer.iterations``, so a restored model (``.keras`` file or
+checkpoint with its optimizer) fit again with ``initial_epoch`` into the same log directory
+continues the step numbering in a new event file; earlier steps are never overwritten.
 
 **A broken diagnostic never stops training**: its error is reported as a ``RuntimeWarning``
 starting with ``"keras_bn"`` and training goes on (only TerminateOnNaN or the user stop it).
@@ -38,6 +44,7 @@ import weakref
 import keras
 
 from keras_bn._validation import check_float, check_positive_int
+from keras_bn.callbacks._runs import check_writable_log_dir
 from keras_bn.callbacks._writer import RunWriters
 
 # model -> list of zero-argument handlers run when its train step raises.
@@ -117,6 +124,10 @@ class DiagnosticCallback(keras.callbacks.Callback):
                     write.scalar("my_stat", 1.0)
     """
 
+    # Reads the model's weights: an unbuilt model (a subclassed one before its first call) has
+    # none at train begin, so such a callback would silently log nothing; it raises instead.
+    _needs_built_model = True
+
     def __init__(
         self,
         log_dir,
@@ -156,6 +167,14 @@ class DiagnosticCallback(keras.callbacks.Callback):
 
     # --- Keras hooks ----------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        if getattr(self.writers, "is_chief", True):  # fail before the first step, not with a warning per log
+            check_writable_log_dir(self.writers.log_dir)
+        if self._needs_built_model and not self.model.built:
+            raise ValueError(
+                f"{type(self).__name__} needs a built model: {self.model.name!r} has no weights yet "
+                f"(a subclassed model before its first call). Build it before fit, e.g. "
+                f"`model(x[:1])` or `model.build(input_shape)`."
+            )
         self._steps_at_epoch_start = self._optimizer_step()
         self._last_logged_step = self._steps_at_epoch_start
         self._attach()

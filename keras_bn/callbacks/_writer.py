@@ -2,9 +2,12 @@
 
 `RunWriters` keeps the layout of ``keras.callbacks.TensorBoard`` (``<log_dir>/train`` and
 ``<log_dir>/validation``), creates each event file only when something is written to it,
-flushes at most every `flush_secs` seconds after a write (and on `flush`/`close`), closes at
-interpreter exit whatever is still open, and can be closed any number of times (a later write
-opens a fresh event file in the same directory). Slow work (drawing figures) goes to one
+puts every write on disk within `flush_secs` seconds (a timer thread flushes even when no write
+follows; also on `flush`/`close`), closes whatever is still open at interpreter exit and on
+SIGTERM (a handler is installed once where SIGTERM has its default action; it closes the
+writers, then lets the signal end the process as before; ``KERAS_BN_NO_SIGTERM_HANDLER=1``
+turns it off, `close_all_writers` is for your own handler), and can be closed any number of
+times (a later write opens a fresh event file in the same directory). Slow work (drawing figures) goes to one
 background thread with `submit`, so training does not wait for matplotlib; `close` waits for it. Histograms are written from buckets that
 were computed on the device, so only ``[bins, 3]`` numbers ever reach the host; non-finite
 values never reach a summary.
@@ -105,9 +108,43 @@ _OPEN_WRITERS: "weakref.WeakSet[RunWriters]" = weakref.WeakSet()
 
 
 @atexit.register
-def _close_open_writers() -> None:
+def _close_open_writers(timeout: float | None = None) -> None:
     for writers in list(_OPEN_WRITERS):
-        writers.close()
+        writers.close(timeout=timeout)
+
+
+def close_all_writers(timeout: float | None = 5.0) -> None:
+    """Flush and close every open keras-bn writer of this process (e.g. from your own signal
+    handler); waits at most `timeout` seconds for figures being drawn."""
+    _close_open_writers(timeout)
+
+
+_SIGTERM_INSTALLED = False
+
+
+def _on_sigterm(signum, frame) -> None:
+    """Close every writer (so all summaries so far are on disk), then die of SIGTERM as before."""
+    import signal
+
+    try:
+        _close_open_writers(timeout=2.0)
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _install_sigterm_handler() -> None:
+    """Once per process, in the main thread, where SIGTERM still has its default action (a user
+    handler is never replaced: call `close_all_writers` from it)."""
+    global _SIGTERM_INSTALLED
+    if _SIGTERM_INSTALLED or os.environ.get("KERAS_BN_NO_SIGTERM_HANDLER"):
+        return
+    import signal
+
+    _SIGTERM_INSTALLED = True
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 class RunWriters:
@@ -124,6 +161,15 @@ class RunWriters:
         self._executor = None
         self._pending: list = []
         self._write_fns: dict = {}
+        self._flush_timer = None
+
+    @property
+    def is_chief(self) -> bool:
+        """False in a non-chief task of multi-worker training (TF_CONFIG): every worker computes
+        the same statistics (reads stay symmetric), only the chief writes them."""
+        from keras_bn.distribute import is_chief
+
+        return is_chief()
 
     def run_dir(self, run: str) -> str:
         return os.path.join(self.log_dir, run)
@@ -136,6 +182,7 @@ class RunWriters:
                 self.run_dir(run), max_queue=1000, flush_millis=int(1000 * self.flush_secs)
             )
             _OPEN_WRITERS.add(self)
+            _install_sigterm_handler()
         return self._writers[run]
 
     @contextlib.contextmanager
@@ -143,6 +190,9 @@ class RunWriters:
         """Context in which ``write.scalar(...)`` etc. go to `run` at `step`."""
         if run not in RUNS:
             raise ValueError(f"`run` must be one of: {', '.join(map(repr, RUNS))}. Received: run={run!r}")
+        if not self.is_chief:  # the chief gate: under multi-worker training only the chief writes
+            yield _Write(step)
+            return
         with self._lock:
             writer = self._writer(run)
             write = _Write(step)
@@ -152,6 +202,16 @@ class RunWriters:
                 if run == "train" and self._layout_charts and not self._layout_written:
                     self._write_layout()
             if time.monotonic() - self._last_flush >= self.flush_secs:
+                self.flush()
+            elif self._flush_timer is None:  # on disk within flush_secs even if no write follows
+                self._flush_timer = threading.Timer(self.flush_secs, self._timed_flush)
+                self._flush_timer.daemon = True
+                self._flush_timer.start()
+
+    def _timed_flush(self) -> None:
+        with self._lock:
+            self._flush_timer = None
+            if self._writers:
                 self.flush()
 
     def _emit(self, run: str, write: _Write) -> None:
@@ -169,6 +229,8 @@ class RunWriters:
 
     def submit(self, function, *args) -> None:
         """Run `function(*args)` on the writers' background thread (in submission order)."""
+        if not self.is_chief:
+            return
         with self._lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keras_bn_figures")
@@ -203,13 +265,17 @@ class RunWriters:
                 writer.flush()
             self._last_flush = time.monotonic()
 
-    def close(self) -> None:
-        """Finish background work, flush and close every writer; safe to call twice."""
+    def close(self, timeout: float | None = None) -> None:
+        """Finish background work (waiting at most `timeout` s), flush and close every writer;
+        safe to call twice."""
         pending, self._pending = self._pending, []
-        concurrent.futures.wait(pending)
+        concurrent.futures.wait(pending, timeout=timeout)
         with self._lock:
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
             if self._executor is not None:
-                self._executor.shutdown(wait=True)
+                self._executor.shutdown(wait=timeout is None)
                 self._executor = None
             writers, self._writers = self._writers, {}
             self._write_fns = {}

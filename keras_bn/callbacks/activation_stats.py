@@ -100,14 +100,44 @@ def _as_probe(probe, max_samples: int):
         element = next(iter(probe.take(1)))
         probe = element[0] if isinstance(element, tuple) else element
     if isinstance(probe, dict):
-        return {k: np.asarray(v)[:max_samples] for k, v in probe.items()}
+        return {k: _numeric(np.asarray(v))[:max_samples] for k, v in probe.items()}
     if isinstance(probe, (list, tuple)):
-        return [np.asarray(v)[:max_samples] for v in probe]
+        return [_numeric(np.asarray(v))[:max_samples] for v in probe]
     if hasattr(probe, "shape") and hasattr(probe, "dtype"):
-        return np.asarray(probe)[:max_samples]
+        return _numeric(np.asarray(probe))[:max_samples]
     raise TypeError(
         "`probe` must be an array, a list or dict of arrays (one per model input) or a "
         f"tf.data.Dataset. Received: probe of type {type(probe).__name__}"
+    )
+
+
+def tf_nest_first(probe):
+    """The first array of a probe (an array, or a list of arrays)."""
+    return probe[0] if isinstance(probe, list) else probe
+
+
+def _numeric(array: np.ndarray) -> np.ndarray:
+    """`array` if it holds real numbers (bool, int, float), else TypeError naming its dtype."""
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating):
+        return array
+    raise TypeError(
+        f"`probe` must hold real numbers (float, int or bool) like the model's inputs. "
+        f"Received: probe dtype={array.dtype}"
+    )
+
+
+def _ordered_probe(model: keras.Model, probe):
+    """A dict probe as a list in the order of the model's inputs (matched by input name)."""
+    if not isinstance(probe, dict):
+        return probe
+    names = [t.name for t in model.inputs]
+    layer_names = [layer.name for layer in getattr(model, "_input_layers", [])] or names
+    for keys in (names, layer_names):
+        if set(keys) == set(probe):
+            return [probe[k] for k in keys]
+    raise ValueError(
+        f"`probe` dict keys must be the model's input names {sorted(names)}. "
+        f"Received: probe keys={sorted(probe)}"
     )
 
 
@@ -172,6 +202,68 @@ def _unit_percentiles(tf, x):
     return tf.stack([padded[rank] for rank in ranks])
 
 
+def _chunk_sums(tf, y, family, tanh_threshold, sigmoid_band):
+    """First pass over one probe chunk: sums that add up over chunks (a graph function body)."""
+    y = tf.cast(y, tf.float32)
+    flat = tf.reshape(y, [-1])
+    values = tf.boolean_mask(flat, tf.math.is_finite(flat))
+    sums = {
+        "count": tf.size(values),
+        "sum": tf.reduce_sum(values),
+        "low": tf.reduce_min(tf.concat([values, [np.inf]], 0)),
+        "high": tf.reduce_max(tf.concat([values, [-np.inf]], 0)),
+        "nonfinite": tf.size(flat) - tf.size(values),
+    }
+    if family == "relu":
+        sums["alive"] = tf.reduce_any(tf.reshape(y, [-1, tf.shape(y)[-1]]) > 0.0, axis=0)
+        sums["zeros"] = tf.reduce_sum(tf.cast(values <= 0.0, tf.int64))
+    elif family == "tanh":
+        sums["saturated"] = tf.reduce_sum(tf.cast(tf.abs(values) > tanh_threshold, tf.int64))
+    elif family == "sigmoid":
+        outside = tf.logical_or(values < sigmoid_band[0], values > sigmoid_band[1])
+        sums["saturated"] = tf.reduce_sum(tf.cast(outside, tf.int64))
+    return sums
+
+
+def _finite_unit0(tf, x):
+    unit = tf.reshape(tf.cast(x, tf.float32), [-1, tf.shape(x)[-1]])[:, 0]
+    return tf.boolean_mask(unit, tf.math.is_finite(unit))
+
+
+def _combine_chunks(first, second, family):
+    """The statistics of `_reduce_output` from per-chunk sums (`first`) and the second pass
+    (``[(sum of squared deviations, histogram counts), ...]``)."""
+    count = sum(int(c["count"]) for c in first)
+    denominator = np.float32(max(count, 1))
+    low = np.float32(min(float(c["low"]) for c in first)) if count else np.float32(0.0)
+    high = np.float32(max(float(c["high"]) for c in first)) if count else np.float32(1.0)
+    high = high if high > low else np.float32(low + np.float32(1.0))
+    stats = {
+        "mean": np.float32(sum(float(c["sum"]) for c in first) / float(denominator)),
+        "std": np.sqrt(np.float32(sum(float(sq) for sq, _ in second)) / denominator),
+        "low": low,
+        "high": high,
+        "counts": np.sum([counts for _, counts in second], axis=0).astype(np.float32),
+        "nonfinite": np.float32(sum(int(c["nonfinite"]) for c in first)),
+    }
+    if family == "relu":
+        alive = np.any([c["alive"] for c in first], axis=0)
+        stats["dead_fraction"] = np.float32(1.0 - np.mean(alive.astype(np.float32)))
+        stats["zero_fraction"] = np.float32(sum(int(c["zeros"]) for c in first) / float(denominator))
+    elif family in ("tanh", "sigmoid"):
+        stats["saturation"] = np.float32(sum(int(c["saturated"]) for c in first) / float(denominator))
+    return stats
+
+
+def _percentiles_of(values: np.ndarray) -> np.ndarray:
+    """`_unit_percentiles` on the host, with the same ranks (round half to even, float32)."""
+    values = np.sort(values.astype(np.float32))
+    if values.size == 0:
+        return np.full(len(PERCENTILES), np.nan, np.float32)
+    last = np.float32(values.size - 1)
+    return np.array([values[int(np.round(np.float32(q / 100.0) * last))] for q in PERCENTILES], np.float32)
+
+
 class ActivationStats(DiagnosticCallback):
     """Logs per-layer activation statistics on a fixed probe batch (inference mode).
 
@@ -186,6 +278,12 @@ class ActivationStats(DiagnosticCallback):
         tanh_threshold: a tanh output with ``|y|`` above this counts as saturated.
         sigmoid_band: a sigmoid output outside ``(low, high)`` counts as saturated.
         max_probe_samples: at most this many probe samples are used.
+        max_probe_mb: memory bound, in MiB, for the watched layers' outputs (float32) on the
+            probe. A probe whose watched outputs fit is reduced in one pass; a larger one is
+            streamed in chunks of samples that fit (two passes over the chunks: sums, then
+            squared deviations and histogram counts), so no more than about this much of
+            layer outputs is held at once. Results equal the one-pass ones up to float
+            rounding of the sums.
         figures: draw the activation-histogram grid (at an epoch end, at most every
             `figure_secs`, and at train end).
         figure_secs: least wall time between two figures.
@@ -208,12 +306,14 @@ class ActivationStats(DiagnosticCallback):
         tanh_threshold: float = 0.97,
         sigmoid_band=(0.03, 0.97),
         max_probe_samples: int = 512,
+        max_probe_mb: float = 256.0,
         figures: bool = True,
         figure_secs: float = 60.0,
         writers: RunWriters | None = None,
     ):
         super().__init__(log_dir, every, figures=figures, figure_secs=figure_secs, writers=writers)
         self.max_probe_samples = check_positive_int("max_probe_samples", max_probe_samples)
+        self.max_probe_mb = check_float("max_probe_mb", max_probe_mb, low=0.0, low_inclusive=False)
         self.probe = _as_probe(probe, self.max_probe_samples)
         if layers is not None:
             if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
@@ -234,6 +334,7 @@ class ActivationStats(DiagnosticCallback):
         self.sigmoid_band = (float(band[0]), float(band[1]))
         self.latest_histograms: dict[str, tuple] = {}
         self._compute = None
+        self._chunk_rows = None
 
     # --- set-up -------------------------------------------------------------------------
     def _watched(self, model) -> list[tuple[str, str | None, bool]]:
@@ -267,13 +368,27 @@ class ActivationStats(DiagnosticCallback):
         super().set_model(model)
         import tensorflow as tf
 
+        if _graph_of(model) is None:
+            raise ValueError(
+                f"ActivationStats needs a Functional or Sequential model to read layer outputs; "
+                f"{model.name!r} is a subclassed model ({type(model).__name__}). Build it "
+                f"functionally, or leave the activation statistics out (diagnostics(..., probe=None)): "
+                f"the other callbacks (loss, gradient norms, update ratios) work with any model."
+            )
         if not model.built or not getattr(model, "inputs", None):
             raise ValueError(
                 f"ActivationStats needs a built Functional or Sequential model with known inputs; "
                 f"model {model.name!r} has none yet. Build it (e.g. give Sequential a keras.Input) first."
             )
+        self.probe = _ordered_probe(model, self.probe)
         _check_probe_shapes(model, self.probe)
         self._specs = self._watched(model)
+        if not self._specs:
+            raise ValueError(
+                f"ActivationStats found no layer to watch in model {model.name!r}: it has no "
+                f"activation layer (ReLU family, tanh, sigmoid) and no layer with weights. Pass "
+                f"layers=[...] naming the layers to watch, or probe=None to diagnostics()."
+            )
         wanted = {path: ("output", "input") if pre else ("output",) for path, _, pre in self._specs}
         tensors = _probe_tensors(model, wanted)
         self._keys = [k for k in ((p, kind) for p, kinds in wanted.items() for kind in kinds) if k in tensors]
@@ -302,7 +417,95 @@ class ActivationStats(DiagnosticCallback):
 
         self._compute = compute
         self._probe_tensors = tf.nest.map_structure(tf.convert_to_tensor, self.probe)
+        self._chunk_rows = self._rows_per_chunk(probe_model)
+        if self._chunk_rows is not None:
+            self._build_chunked(tf, probe_model, families)
         self.writers.add_charts(self._charts())
+
+    def _rows_per_chunk(self, probe_model) -> int | None:
+        """Probe rows per chunk when the watched outputs exceed `max_probe_mb`, else None."""
+        per_sample = 0
+        for tensor in probe_model.outputs:
+            dims = tuple(tensor.shape)[1:]
+            if any(d is None for d in dims):
+                return None  # unknown sizes: one pass
+            per_sample += 4 * int(np.prod(dims, dtype=np.int64))
+        rows = len(tf_nest_first(self.probe))
+        chunk = max(1, int(self.max_probe_mb * 2**20 // max(per_sample, 1)))
+        return chunk if chunk < rows else None
+
+    def _build_chunked(self, tf, probe_model, families):
+        keys, options = self._keys, (self.tanh_threshold, self.sigmoid_band)
+
+        def outputs_of(inputs):
+            outputs = probe_model(inputs, training=False)
+            return outputs if isinstance(outputs, (list, tuple)) else [outputs]
+
+        @tf.function(reduce_retracing=True)
+        def first_pass(inputs):
+            return [
+                _chunk_sums(tf, t, families[path], *options) if kind == "output" else {"unit0": _finite_unit0(tf, t)}
+                for (path, kind), t in zip(keys, outputs_of(inputs))
+            ]
+
+        @tf.function(reduce_retracing=True)
+        def second_pass(inputs, means, lows, highs):
+            result, j = [], 0
+            for (path, kind), t in zip(keys, outputs_of(inputs)):
+                if kind == "output":
+                    flat = tf.reshape(tf.cast(t, tf.float32), [-1])
+                    values = tf.boolean_mask(flat, tf.math.is_finite(flat))
+                    squares = tf.reduce_sum(tf.square(values - means[j]))
+                    counts = tf.histogram_fixed_width(values, tf.stack([lows[j], highs[j]]), nbins=self.bins)
+                    result.append((squares, counts))
+                    j += 1
+            return result
+
+        self._first_pass, self._second_pass = first_pass, second_pass
+
+    def _chunks(self):
+        import tensorflow as tf
+
+        rows = len(tf_nest_first(self.probe))
+        for start in range(0, rows, self._chunk_rows):
+            yield tf.nest.map_structure(lambda t: t[start:start + self._chunk_rows], self._probe_tensors)
+
+    def _chunked_results(self) -> dict:
+        """Per-path statistics streamed over probe chunks (see `max_probe_mb`)."""
+        import tensorflow as tf
+
+        to_numpy = lambda structure: tf.nest.map_structure(lambda t: t.numpy(), structure)  # noqa: E731
+        first = [to_numpy(self._first_pass(chunk)) for chunk in self._chunks()]
+        output_keys = [i for i, (_, kind) in enumerate(self._keys) if kind == "output"]
+        partial = {}
+        for i in output_keys:
+            sums = [chunk[i] for chunk in first]
+            partial[i] = _combine_chunks(sums, [(0.0, np.zeros(self.bins))], None)
+        means = np.array([partial[i]["mean"] for i in output_keys], np.float32)
+        lows = np.array([partial[i]["low"] for i in output_keys], np.float32)
+        highs = np.array([partial[i]["high"] for i in output_keys], np.float32)
+        second = [to_numpy(self._second_pass(chunk, means, lows, highs)) for chunk in self._chunks()]
+        families = {path: family for path, family, _ in self._specs}
+        results = {}
+        for j, i in enumerate(output_keys):
+            path = self._keys[i][0]
+            results.setdefault(path, {}).update(
+                _combine_chunks([chunk[i] for chunk in first], [chunk[j] for chunk in second], families[path])
+            )
+        for i, (path, kind) in enumerate(self._keys):
+            if kind == "input":
+                values = np.concatenate([chunk[i]["unit0"] for chunk in first])
+                results.setdefault(path, {})["preact"] = _percentiles_of(values)
+        return results
+
+    def _one_pass_results(self) -> dict:
+        packed = self._compute(self._probe_tensors).numpy()
+        results, offset = {}, 0
+        for path, name, size in self._layout:
+            value = packed[offset:offset + size]
+            results.setdefault(path, {})[name] = value if name in ("counts", "preact") else value[0]
+            offset += size
+        return results
 
     def _charts(self) -> dict:
         charts = {"activation mean per layer": r"activation_mean/.*", "activation std per layer": r"activation_std/.*"}
@@ -321,12 +524,7 @@ class ActivationStats(DiagnosticCallback):
     def _log_step(self, step):
         if self._compute is None:
             return
-        packed = self._compute(self._probe_tensors).numpy()
-        results, offset = {}, 0
-        for path, name, size in self._layout:
-            value = packed[offset:offset + size]
-            results.setdefault(path, {})[name] = value if name in ("counts", "preact") else value[0]
-            offset += size
+        results = self._chunked_results() if self._chunk_rows is not None else self._one_pass_results()
         scalars, histograms = {}, {}
         for path, family, pre in self._specs:
             stats = results[path]
@@ -363,4 +561,5 @@ class ActivationStats(DiagnosticCallback):
             "tanh_threshold": self.tanh_threshold,
             "sigmoid_band": self.sigmoid_band,
             "max_probe_samples": self.max_probe_samples,
+            "max_probe_mb": self.max_probe_mb,
         }

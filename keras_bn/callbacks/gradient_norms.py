@@ -19,11 +19,18 @@ scale of mixed precision is divided out, as ``apply`` itself does.
 **Aggregation point and tf.distribute.** Under a distribution strategy ``apply`` runs once per
 replica with that replica's share, *before* the all-reduce; the aggregated gradient exists
 only inside the TF optimizer's private ``_backend_update_step`` / ``_all_reduce_sum_gradients``.
-Everything here is therefore routed through one small class, `ApplyTap`: it decides where
-gradients are observed (``install``/``remove``) and hands them to ``record``. A tap that
-observes after aggregation (the distributed-training issue) replaces only ``install``; the
-statistics, the cadence and the tags stay as they are. On one device both points see the
-same gradients.
+So when the optimizer was created under a strategy, `ApplyTap.install` does not wrap ``apply``:
+it registers `record` as an observer of `keras_bn.distribute.AggregationHook`, which wraps
+``_all_reduce_sum_gradients`` on the instance and shows the *summed* gradients (the global
+batch's; what the optimizer applies) and then clips that sum with Keras' own rules, so
+``clipnorm``/``global_clipnorm`` act on the global batch's gradient, not on each replica's
+share (tensorflow#33929; a warning says so when the optimizer clips). The statistics live in
+``ON_READ`` variables created in the strategy's scope (aggregation ``ONLY_FIRST_REPLICA``: every
+replica writes the same sum into its own copy; reading one costs no collective). If the
+installed Keras lacks the private method, the tap falls back to ``apply`` and warns that the
+norms are per replica. On one device both points see the same gradients. With mixed
+precision the tap sits on ``LossScaleOptimizer.inner_optimizer``, which receives gradients
+already divided by the loss scale, so the logged norms are unscaled.
 
 Usage::
 
@@ -34,6 +41,9 @@ from __future__ import annotations
 
 import numpy as np
 
+import warnings
+
+from keras_bn import distribute as kb_distribute
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import group_norms, variable_groups
 from keras_bn.callbacks._writer import RunWriters
@@ -69,21 +79,49 @@ class ApplyTap:
         self._tf = tf
         self.optimizer = optimizer
         self.mode = clipping_mode(optimizer)
-        self._position = {id(v): i for i, v in enumerate(variables)}
-        size = len(self._position)
-        self.preclip_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_preclip_sumsq")
-        self.applied_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_applied_sumsq")
-        counter = dict(initial_value=tf.constant(0, tf.int64), trainable=False)
-        self.steps = tf.Variable(**counter, name="keras_bn_steps")
-        self.clipped_steps = tf.Variable(**counter, name="keras_bn_clipped_steps")
-        self.nonfinite_steps = tf.Variable(**counter, name="keras_bn_nonfinite_steps")
-        self._installed = False
+        self.strategy = kb_distribute.optimizer_strategy(optimizer)
+        self._position = {}
+        for i, v in enumerate(variables):
+            self._position[id(v)] = i
+            self._position.setdefault(id(getattr(v, "value", v)), i)  # the tf.Variable under a Keras one
+        size = self._size = len(variables)
+        options = {}
+        if self.strategy is not None:  # each replica writes its own copy; reads take the first
+            options = dict(synchronization=tf.VariableSynchronization.ON_READ,
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        with kb_distribute.scope(self.strategy):
+            self.preclip_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_preclip_sumsq", **options)
+            self.applied_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_applied_sumsq", **options)
+            counter = dict(initial_value=tf.constant(0, tf.int64), trainable=False, **options)
+            self.steps = tf.Variable(**counter, name="keras_bn_steps")
+            self.clipped_steps = tf.Variable(**counter, name="keras_bn_clipped_steps")
+            self.nonfinite_steps = tf.Variable(**counter, name="keras_bn_nonfinite_steps")
+        self._installed = None  # "apply" or the AggregationHook in use
 
     # --- where the gradients are observed -----------------------------------------------
     def install(self) -> None:
-        """Wrap ``optimizer.apply`` on the instance."""
-        if self._installed:
+        """Observe the gradients: after the cross-replica sum under a strategy, else wrap
+        ``optimizer.apply`` on the instance."""
+        if self._installed is not None:
             return
+        if self.strategy is not None:
+            hook = kb_distribute.AggregationHook.of(self.optimizer)
+            if hook is not None:
+                hook.observers.append(self._record_aggregated)
+                self._installed = hook
+                if self.mode is not None and not hook.keep:
+                    warnings.warn(
+                        f"keras_bn GradientNorms: under {type(self.strategy).__name__} the optimizer's "
+                        f"{self.mode} now clips the gradient summed over replicas (the global batch's), "
+                        "not each replica's share as Keras does (tensorflow#33929).",
+                        RuntimeWarning, stacklevel=2,
+                    )
+                return
+            warnings.warn(
+                "keras_bn GradientNorms: this Keras has no `_all_reduce_sum_gradients`; the logged "
+                "norms are of one replica's share of the gradient, before the cross-replica sum.",
+                RuntimeWarning, stacklevel=2,
+            )
         original_apply = self.optimizer.apply
 
         def apply(grads, trainable_variables=None):
@@ -92,13 +130,21 @@ class ApplyTap:
             return original_apply(grads, trainable_variables)
 
         self.optimizer.apply = apply
-        self._installed = True
+        self._installed = "apply"
+
+    def _record_aggregated(self, grads, variables) -> None:
+        self.record(grads, variables, unscale=False)  # ``apply`` divided by the loss scale already
 
     def remove(self) -> None:
         """Undo `install`."""
-        if self._installed:
+        if self._installed == "apply":
             del self.optimizer.apply
-            self._installed = False
+        elif self._installed is not None:
+            hook = self._installed
+            if self._record_aggregated in hook.observers:
+                hook.observers.remove(self._record_aggregated)
+            hook.release()
+        self._installed = None
 
     # --- what is recorded -----------------------------------------------------------------
     def _sumsq(self, grad):
@@ -106,11 +152,12 @@ class ApplyTap:
         values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
         return tf.reduce_sum(tf.square(tf.cast(values, tf.float32)))
 
-    def record(self, grads, variables) -> None:
-        """Store this step's per-variable sums of squares (before and after clipping)."""
+    def record(self, grads, variables, unscale: bool = True) -> None:
+        """Store this step's per-variable sums of squares (before and after clipping);
+        `unscale` divides by the optimizer's ``loss_scale_factor`` (as ``apply`` does)."""
         tf = self._tf
         zero = tf.constant(0.0)
-        preclip = [zero] * len(self._position)
+        preclip = [zero] * self._size
         clip_values = []
         for grad, variable in zip(grads, variables):
             index = self._position.get(id(variable))
@@ -120,7 +167,7 @@ class ApplyTap:
             if self.mode == "clipvalue":
                 clip_values.append((index, grad))
         preclip = tf.stack(preclip)
-        scale = getattr(self.optimizer, "loss_scale_factor", None)
+        scale = getattr(self.optimizer, "loss_scale_factor", None) if unscale else None
         if scale is not None:
             preclip = preclip / float(scale) ** 2
         global_sumsq = tf.reduce_sum(preclip)

@@ -29,6 +29,8 @@ class MetricsLogger(DiagnosticCallback):
         cb = keras_bn.callbacks.MetricsLogger("logs/run1", every=100)
     """
 
+    _needs_built_model = False  # reads only the metrics
+
     def _log_step(self, step):
         metrics = self.model.get_metrics_result()
         if metrics:

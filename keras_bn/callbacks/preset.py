@@ -9,9 +9,12 @@ Usage::
 from __future__ import annotations
 
 from keras_bn._validation import check_positive_int
+from keras_bn._validation import check_float
 from keras_bn.callbacks._base import check_log_dir
+from keras_bn.callbacks._runs import check_writable_log_dir
 from keras_bn.callbacks._writer import RunWriters
 from keras_bn.callbacks.activation_stats import ActivationStats
+from keras_bn.callbacks.bn_check import BatchNormCheck
 from keras_bn.callbacks.gradient_norms import GradientNorms
 from keras_bn.callbacks.metrics_logger import MetricsLogger
 from keras_bn.callbacks.update_ratio import UpdateRatio
@@ -27,12 +30,16 @@ def diagnostics(
     figure_secs: float = 60.0,
     update_ratio: bool = True,
     metrics: bool = True,
+    bn_check: bool = True,
+    flush_secs: float = 5.0,
     **activation_options,
 ) -> list:
     """The diagnostics callbacks for `model.fit`, sharing one set of writers in `log_dir`.
 
-    Returns ``[MetricsLogger, GradientNorms, UpdateRatio, ActivationStats]`` (the last only
-    when a `probe` is given; `metrics=False` / `update_ratio=False` leave those out). With
+    Returns ``[MetricsLogger, GradientNorms, UpdateRatio, BatchNormCheck, ActivationStats]``
+    (the last only when a `probe` is given; `metrics=False` / `update_ratio=False` /
+    `bn_check=False` leave those out). A `log_dir` that cannot be written raises ValueError
+    here, before any training. With
     `metrics` on, it replaces ``keras.callbacks.TensorBoard`` (same run layout and
     ``epoch_*`` tags) at a fraction of its cost. The tags are listed in `keras_bn.callbacks`.
 
@@ -47,8 +54,12 @@ def diagnostics(
         figure_secs: least wall time between two figures (0: every epoch).
         update_ratio: include `UpdateRatio`.
         metrics: include `MetricsLogger` (loss and metrics).
+        bn_check: include `BatchNormCheck` (warns once per BatchNormalization layer trained
+            on one value per channel, e.g. batch size 1).
+        flush_secs: every summary is on disk at most this many seconds after it is written
+            (and at each epoch end, train end, on a failing step and on SIGTERM).
         **activation_options: passed to `ActivationStats` (``bins``, ``tanh_threshold``,
-            ``sigmoid_band``, ``max_probe_samples``).
+            ``sigmoid_band``, ``max_probe_samples``, ``max_probe_mb``).
 
     Example::
 
@@ -56,16 +67,20 @@ def diagnostics(
     """
     log_dir = check_log_dir(log_dir)
     every = check_positive_int("every", every)
-    for name, flag in (("figures", figures), ("update_ratio", update_ratio), ("metrics", metrics)):
+    for name, flag in (("figures", figures), ("update_ratio", update_ratio), ("metrics", metrics), ("bn_check", bn_check)):
         if not isinstance(flag, bool):
             raise TypeError(f"`{name}` must be True or False. Received: {name}={flag!r}")
-    writers = RunWriters(log_dir)
+    flush_secs = check_float("flush_secs", flush_secs, low=0.0, low_inclusive=False)
+    check_writable_log_dir(log_dir)
+    writers = RunWriters(log_dir, flush_secs=flush_secs)
     callbacks = []
     if metrics:
         callbacks.append(MetricsLogger(log_dir, every, writers=writers))
     callbacks.append(GradientNorms(log_dir, every, figures=figures, figure_secs=figure_secs, writers=writers))
     if update_ratio:
         callbacks.append(UpdateRatio(log_dir, every, writers=writers))
+    if bn_check:
+        callbacks.append(BatchNormCheck(log_dir, every, writers=writers))
     if probe is not None:
         callbacks.append(
             ActivationStats(

@@ -1,0 +1,113 @@
+"""BatchNormCheck: warn once per layer when BatchNormalization trains on one value per channel.
+
+With batch size 1 (a Dense input, or a last partial batch of 1) a BatchNormalization layer in
+training mode normalises each channel over a single value: the batch variance is exactly 0,
+every output equals ``beta`` and ``gamma`` gets no gradient. Keras trains on silently.
+
+How, without a host sync per step: at train begin the callback wraps ``call`` of each
+trainable BatchNormalization layer on the instance (restored at train end or when a step
+raises) and rebuilds the train function, so every training step stores, inside the compiled
+step, the smallest number of values any channel was normalised over into one ``tf.Variable``
+per layer (a ``reduce_prod`` of the input shape and an ``assign``). The host reads those
+variables every `every` steps and at each epoch end, as the other callbacks read theirs, and
+warns (``UserWarning`` starting with ``"keras_bn"``) once per layer when the count was 1. It
+writes nothing to TensorBoard. Under a tf.distribute strategy it does nothing.
+
+Usage::
+
+    model.fit(x, y, batch_size=1, callbacks=[keras_bn.callbacks.BatchNormCheck("logs/run1")])
+    # UserWarning: keras_bn: BatchNormalization layer 'block1_bn' normalised each channel over 1 value ...
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+
+from keras_bn.callbacks._base import DiagnosticCallback
+from keras_bn.callbacks._layers import iter_layers
+
+NO_COUNT = 2**62  # "no training call seen yet"
+
+
+class BatchNormCheck(DiagnosticCallback):
+    """Warns once per layer when a BatchNormalization layer trained on one value per channel.
+
+    Args:
+        log_dir: the run directory (nothing is written; kept for a uniform signature).
+        every: read the per-layer counts every this many optimizer steps (and at epoch end).
+        writers: shared `RunWriters` (the `diagnostics` preset passes one).
+
+    Example::
+
+        cb = keras_bn.callbacks.BatchNormCheck("logs/run1")
+    """
+
+    def __init__(self, log_dir, every: int = 100, *, writers=None):
+        super().__init__(log_dir, every, writers=writers)
+        self.warned: set[str] = set()
+        self._counts: dict = {}
+        self._wrapped: list = []
+
+    def _attach(self):
+        import tensorflow as tf
+
+        self._counts, self._wrapped = {}, []
+        strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        if type(strategy).__name__ != "_DefaultDistributionStrategy":
+            return  # replica-local counts would need a mirrored variable: not checked there
+        for path, layer in iter_layers(self.model):
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+                count = tf.Variable(tf.constant(NO_COUNT, tf.int64), trainable=False, name="keras_bn_bn_count")
+                self._counts[path] = count
+                self._wrap(layer, count)
+        if self._wrapped:
+            self.model.make_train_function(force=True)  # trace the step with the wrappers in place
+
+    def _wrap(self, layer, count):
+        import tensorflow as tf
+
+        had_own = "call" in vars(layer)
+        original = layer.call
+
+        def call(inputs, *args, **kwargs):
+            training = kwargs.get("training", args[0] if args else None)
+            if training is True and layer.trainable:
+                shape = tf.shape(inputs, out_type=tf.int64)
+                axes = [a for a in range(len(inputs.shape)) if a not in {ax % len(inputs.shape) for ax in _axes(layer)}]
+                values = tf.reduce_prod(tf.gather(shape, axes))
+                count.assign(tf.minimum(count, values))
+            return original(inputs, *args, **kwargs)
+
+        layer.call = call
+        self._wrapped.append((layer, had_own, original))
+
+    def _detach(self):
+        for layer, had_own, original in self._wrapped:
+            if had_own:
+                layer.call = original
+            else:
+                vars(layer).pop("call", None)
+        if self._wrapped:
+            self.model.train_function = None  # the next fit traces a clean step
+        self._wrapped = []
+
+    def _log_step(self, step):
+        for path, count in self._counts.items():
+            if path not in self.warned and int(count.numpy()) == 1:
+                self.warned.add(path)
+                warnings.warn(
+                    f"keras_bn: BatchNormalization layer {path!r} normalised each channel over 1 "
+                    f"value in a training step (batch size 1, by step {step}): its batch variance "
+                    f"is 0, so it outputs beta and gamma learns nothing. Use batches of 2 or more "
+                    f"(drop_remainder=True for a last batch of 1) or a LayerNormalization / "
+                    f"GroupNormalization layer.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+
+def _axes(layer) -> list[int]:
+    axis = layer.axis
+    return list(axis) if isinstance(axis, (list, tuple)) else [axis]

@@ -1,0 +1,323 @@
+"""Issue 9: faults during training and bad inputs (in-process). Killed processes and concurrent
+runs are in test_reliability_processes.py. Every event file is read back strictly (CRCs) and
+with TensorBoard's own loader."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_bn import callbacks as kbc  # noqa: E402
+from keras_bn.report import read_run  # noqa: E402
+from keras_bn.sanity import LossGuard  # noqa: E402
+from tests._event_records import loader_values, strict_steps  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("error:keras_bn:RuntimeWarning")
+LOSS = "sparse_categorical_crossentropy"
+
+
+def mlp(width=6, lr=0.05):
+    inputs = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(width, activation="relu", name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="out")(hidden))
+    model.compile(keras.optimizers.SGD(lr), LOSS)
+    return model
+
+
+def data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 4)).astype("float32"), np.arange(n) % 3
+
+
+def steps_of(values, tag):
+    return [s for s, _ in values[tag]]
+
+
+# --- loss turning NaN mid-run -----------------------------------------------------------------
+@pytest.mark.parametrize("stopper", ["terminate_on_nan", "loss_guard"])
+def test_nan_mid_run_is_counted_and_the_run_ends_as_the_stopper_decides(tmp_path, stopper):
+    model = mlp()
+    x, y = data(32)
+    x[12:16] = np.inf  # the 4th batch of 4: loss and gradients turn NaN at step 4
+    stop = keras.callbacks.TerminateOnNaN() if stopper == "terminate_on_nan" else LossGuard(verbose=False)
+    callbacks = kbc.diagnostics(str(tmp_path), probe=data(8, 1)[0], every=1, figures=False,
+                                layers=["hidden", "out"]) + [stop]
+    history = model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
+    assert int(model.optimizer.iterations.numpy()) == 4  # stopped right after the bad step
+    assert len(history.history["loss"]) == 1 and not np.isfinite(history.history["loss"][0])
+    if stopper == "loss_guard":
+        assert stop.stopped_step == 4 and "nan" in stop.reason.lower()
+    steps, tail = strict_steps(tmp_path / "train")
+    assert tail == 0  # closed cleanly at train end: no partial record
+    values = loader_values(tmp_path / "train")
+    assert steps_of(values, "nonfinite/grad_steps") == [1, 2, 3, 4]
+    assert [float(v) for _, v in values["nonfinite/grad_steps"]] == [0, 0, 0, 1]
+    # After the NaN update every weight is NaN: all 8 x 3 probe outputs are non-finite, and
+    # ReLU maps NaN to 0, so every hidden unit reads as dead.
+    assert [float(v) for _, v in values["nonfinite/activations/out"]] == [0, 0, 0, 24]
+    assert float(values["dead_fraction/hidden"][-1][1]) == 1.0
+    assert float(values["dead_fraction/hidden"][0][1]) < 1.0
+    assert sorted(strict_steps(tmp_path / "train")[0]["grad_global/norm"]) == [1, 2, 3, 4]
+    assert read_run(tmp_path)["grad_global/norm"][-1][0] == 4  # TensorBoard's EventAccumulator agrees
+
+
+# --- exceptions inside fit --------------------------------------------------------------------
+class RaiseAtBatch(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 4:
+            raise RuntimeError("user callback failed")
+
+
+def test_exception_in_user_callback_leaves_readable_events_within_flush_secs(tmp_path):
+    model = mlp()
+    x, y = data(32)
+    callbacks = kbc.diagnostics(str(tmp_path), every=1, figures=False, flush_secs=0.2)
+    with pytest.raises(RuntimeError, match="user callback failed"):
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=callbacks + [RaiseAtBatch()])
+    try:
+        time.sleep(0.6)  # the flush timer: no more writes, no close, no epoch end
+        steps, tail = strict_steps(tmp_path / "train")
+        assert tail == 0
+        assert sorted(steps["grad_global/norm"]) == [1, 2, 3, 4]  # logged before step 5 ran
+        assert steps_of(loader_values(tmp_path / "train"), "batch_loss") == [1, 2, 3, 4]
+    finally:
+        kbc.close_all_writers()
+
+
+def raising_generator(x, y, batches_before_error=4):
+    for i in range(batches_before_error):
+        yield x[4 * i:4 * i + 4], y[4 * i:4 * i + 4]
+    raise ValueError("data pipeline failed")
+
+
+def raising_dataset(x, y):
+    def check(xb, yb):
+        tf.debugging.assert_less(tf.reduce_max(xb), 100.0, message="data pipeline failed")
+        return xb, yb
+
+    x = x.copy()
+    x[16:20] = 1e3  # the 5th batch fails the assertion
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(4).map(check)
+
+
+@pytest.mark.parametrize("pipeline", ["generator", "tf.data"])
+def test_exception_from_the_data_pipeline_closes_the_writers(tmp_path, pipeline):
+    model = mlp()
+    x, y = data(32)
+    source = raising_generator(x, y) if pipeline == "generator" else raising_dataset(x, y)
+    callbacks = kbc.diagnostics(str(tmp_path), probe=x[:8], every=1, figures=False, flush_secs=60.0)
+    with pytest.raises(Exception, match="data pipeline failed"):
+        model.fit(source, epochs=1, steps_per_epoch=8 if pipeline == "generator" else None, verbose=0,
+                  callbacks=callbacks)
+    # The 5th call raised (Keras' iteration counter already counts it); 4 steps were logged.
+    assert int(model.optimizer.iterations.numpy()) in (4, 5)
+    assert "apply" not in vars(model.optimizer)  # the failure handler restored the optimizer
+    # No sleep: the failing step itself closed (and so flushed) the writers.
+    steps, tail = strict_steps(tmp_path / "train")
+    assert tail == 0
+    assert sorted(steps["grad_global/norm"]) == [1, 2, 3, 4]
+    assert sorted(steps["activation_mean/hidden"]) == [1, 2, 3, 4]
+
+
+# --- resuming ---------------------------------------------------------------------------------
+def test_resume_with_initial_epoch_continues_steps_without_overwriting(tmp_path):
+    x, y = data(32)
+    model = mlp()
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False,
+              callbacks=kbc.diagnostics(str(tmp_path / "run"), probe=x[:8], every=2, figures=False))
+    model.save(tmp_path / "ckpt.keras")
+    before = loader_values(tmp_path / "run" / "train")
+    # A resumed script: fresh process state, restored model (with its optimizer), new callbacks.
+    keras.backend.clear_session()
+    restored = keras.models.load_model(tmp_path / "ckpt.keras")
+    assert int(restored.optimizer.iterations.numpy()) == 8
+    restored.fit(x, y, batch_size=8, epochs=4, initial_epoch=2, verbose=0, shuffle=False,
+                 callbacks=kbc.diagnostics(str(tmp_path / "run"), probe=x[:8], every=2, figures=False))
+    steps, tail = strict_steps(tmp_path / "run" / "train")
+    assert tail == 0
+    assert sorted(steps["grad_global/norm"]) == [2, 4, 6, 8, 10, 12, 14, 16]  # no step twice
+    assert sorted(steps["epoch_loss"]) == [0, 1, 2, 3]
+    after = loader_values(tmp_path / "run" / "train")
+    for tag in ("grad_global/norm", "activation_mean/hidden"):  # the first run's values are intact
+        assert [(s, float(v)) for s, v in after[tag] if s <= 8] == [(s, float(v)) for s, v in before[tag]]
+    accumulated = read_run(tmp_path / "run")  # TensorBoard's EventAccumulator keeps both halves
+    assert [s for s, _ in accumulated["grad_global/norm"]] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert [s for s, _ in accumulated["epoch_loss"]] == [0, 1, 2, 3]
+
+
+# --- unwritable log directory ------------------------------------------------------------------
+def test_unwritable_log_dir_fails_before_the_first_step(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file")
+    with pytest.raises(ValueError, match="is a file, not a directory") as raised:
+        kbc.diagnostics(str(blocker / "run"), every=1)
+    assert "log_dir=" in str(raised.value)
+    (tmp_path / "run2").mkdir()
+    (tmp_path / "run2" / "train").write_text("a file where the train run goes")
+    with pytest.raises(ValueError, match="train"):
+        kbc.diagnostics(str(tmp_path / "run2"))
+    # A single callback made before the folder broke: ValueError at train begin, no step taken.
+    model = mlp()
+    callback = kbc.GradientNorms(str(tmp_path / "later" / "run"), every=1, figures=False)
+    (tmp_path / "later").write_text("now a file")
+    x, y = data(8)
+    with pytest.raises(ValueError, match="cannot be created"):
+        model.fit(x, y, batch_size=4, verbose=0, callbacks=[callback])
+    assert int(model.optimizer.iterations.numpy()) == 0
+
+
+# --- bad inputs and unusual models ------------------------------------------------------------
+def test_bad_probe_fails_when_fit_starts_with_the_expected_shape_or_dtype(tmp_path):
+    x, y = data(8)
+    with pytest.raises(TypeError, match=r"probe dtype=<U1"):
+        kbc.diagnostics(str(tmp_path), probe=np.full((4, 4), "a"))
+    with pytest.raises(TypeError, match=r"probe dtype=complex64"):
+        kbc.ActivationStats(str(tmp_path), probe=x.astype(np.complex64))
+    model = mlp()
+    with pytest.raises(ValueError, match=r"expected a batch shaped \(None, 4\).*received \(8, 3\)"):
+        model.fit(x, y, verbose=0, callbacks=kbc.diagnostics(str(tmp_path), probe=x[:, :3], every=1))
+    assert int(model.optimizer.iterations.numpy()) == 0
+    with pytest.raises(ValueError, match=r"received \(4,\)"):
+        model.fit(x, y, verbose=0, callbacks=kbc.diagnostics(str(tmp_path), probe=x[0], every=1))
+
+
+def test_multi_input_multi_output_model_with_a_dict_probe_in_any_key_order(tmp_path):
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    left = keras.layers.Dense(5, activation="relu", name="left")(a)
+    right = keras.layers.Dense(2, activation="tanh", name="right")(b)
+    joined = keras.layers.Concatenate(name="join")([left, right])
+    model = keras.Model([a, b], [keras.layers.Dense(3, activation="softmax", name="cls")(joined),
+                                 keras.layers.Dense(1, name="reg")(joined)])
+    model.compile(keras.optimizers.SGD(0.01), [LOSS, "mse"])
+    rng = np.random.default_rng(2)
+    xa, xb = rng.normal(size=(16, 4)).astype("float32"), rng.normal(size=(16, 3)).astype("float32")
+    probe = {"b": xb[:8], "a": xa[:8]}  # not in the model's input order
+    callbacks = kbc.diagnostics(str(tmp_path), probe=probe, every=1, figures=False)
+    model.fit([xa, xb], [np.arange(16) % 3, np.zeros((16, 1))], batch_size=8, epochs=1, verbose=0,
+              callbacks=callbacks)
+    values = loader_values(tmp_path / "train")
+    expected_left = keras.Model(a, left)(xa[:8]).numpy()
+    expected_right = keras.Model(b, right)(xb[:8]).numpy()
+    assert float(values["activation_mean/left"][-1][1]) == pytest.approx(expected_left.mean(), rel=1e-5)
+    assert float(values["activation_mean/right"][-1][1]) == pytest.approx(expected_right.mean(), rel=1e-5, abs=1e-7)
+    assert {"grad_norm/left", "grad_norm/right", "grad_norm/cls", "grad_norm/reg"} <= set(values)
+    with pytest.raises(ValueError, match=r"dict keys must be the model's input names \['a', 'b'\]"):
+        model.fit([xa, xb], [np.arange(16) % 3, np.zeros((16, 1))], verbose=0,
+                  callbacks=kbc.diagnostics(str(tmp_path / "bad"), probe={"a": xa, "c": xb}))
+
+
+def test_model_without_relu_or_tanh_watches_every_layer_with_weights(tmp_path):
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(5, name="linear1")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="out")(hidden))
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    x, y = data(8)
+    model.fit(x, y, verbose=0, callbacks=kbc.diagnostics(str(tmp_path), probe=x, every=1, figures=False))
+    tags = set(loader_values(tmp_path / "train"))
+    assert {t for t in tags if t.startswith("activation_mean/")} == {"activation_mean/linear1", "activation_mean/out"}
+    assert not any(t.startswith(("dead_fraction/", "zero_fraction/", "saturation/")) for t in tags)
+    # softmax counts as neither family: a reduced set (mean, std, histogram, non-finite count).
+
+
+def test_model_without_trainable_weights_logs_zero_gradients(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="frozen", trainable=False)(inputs))
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    x, y = data(8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The model does not have any trainable weights")
+        model.fit(x, y, batch_size=4, verbose=0, callbacks=kbc.diagnostics(str(tmp_path), probe=x, every=1, figures=False))
+    values = loader_values(tmp_path / "train")
+    assert [float(v) for _, v in values["grad_global/norm"]] == [0.0, 0.0]
+    assert not any(t.startswith(("grad_norm/", "update_ratio/")) for t in values)
+    assert "activation_mean/frozen" in values  # it still has (frozen) weights to watch
+    no_weights = keras.Model(inputs, keras.layers.Softmax(name="softmax")(inputs))
+    no_weights.compile(keras.optimizers.SGD(0.01), LOSS)
+    with pytest.raises(ValueError, match="found no layer to watch"):
+        no_weights.fit(x, y, verbose=0, callbacks=kbc.diagnostics(str(tmp_path / "nw"), probe=x))
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__(name="subclassed")
+        self.hidden = keras.layers.Dense(6, activation="relu")
+        self.out = keras.layers.Dense(3, activation="softmax")
+
+    def call(self, inputs):
+        return self.out(self.hidden(inputs))
+
+
+def test_subclassed_model_gets_a_clear_error_with_a_probe_and_full_stats_without(tmp_path):
+    x, y = data(8)
+    model = Subclassed()
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    with pytest.raises(ValueError, match=r"subclassed model.*probe=None"):
+        model.fit(x, y, verbose=0, callbacks=kbc.diagnostics(str(tmp_path / "a"), probe=x))
+    # Unbuilt at train begin (no weights until the first call): a clear error, not empty logs.
+    with pytest.raises(ValueError, match=r"needs a built model.*model\(x\[:1\]\)"):
+        model.fit(x, y, verbose=0, callbacks=kbc.diagnostics(str(tmp_path / "b"), every=1))
+    assert int(model.optimizer.iterations.numpy()) == 0
+    model(x[:1])
+    model.fit(x, y, batch_size=4, verbose=0, callbacks=kbc.diagnostics(str(tmp_path / "c"), every=1, figures=False))
+    values = loader_values(tmp_path / "c" / "train")
+    assert steps_of(values, "grad_global/norm") == [1, 2]
+    assert {t for t in values if t.startswith("grad_norm/")} == {"grad_norm/dense", "grad_norm/dense_1"}
+    assert {t for t in values if t.startswith("update_ratio/")} == {"update_ratio/dense", "update_ratio/dense_1"}
+
+
+# --- batch normalization with batch size 1 -------------------------------------------------------
+def bn_model():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(5, name="dense")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="out")(hidden))
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    return model
+
+
+@pytest.mark.parametrize("samples,batch_size,warns", [(6, 1, True), (9, 4, True), (8, 4, False)])
+def test_batch_norm_on_one_sample_warns_once_naming_the_layer(tmp_path, samples, batch_size, warns):
+    x, y = data(samples)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bn_model().fit(x, y, batch_size=batch_size, epochs=2, verbose=0, shuffle=False,
+                       callbacks=kbc.diagnostics(str(tmp_path), every=2, figures=False))
+    messages = [str(w.message) for w in caught if str(w.message).startswith("keras_bn: BatchNormalization")]
+    assert len(messages) == (1 if warns else 0)
+    if warns:
+        assert "'bn'" in messages[0] and "variance" in messages[0]
+    # The check never syncs per step: it does not override the batch-end hook.
+    assert kbc.BatchNormCheck.on_train_batch_end is keras.callbacks.Callback.on_train_batch_end
+
+
+# --- memory: streamed probe ---------------------------------------------------------------------
+def test_large_probe_is_streamed_in_chunks_with_the_same_statistics(tmp_path):
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.ReLU(name="relu")(keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs))
+    h = keras.layers.Activation("tanh", name="tanh")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(keras.layers.Flatten()(h)))
+    x = np.random.default_rng(0).normal(size=(50, 6, 6, 2)).astype("float32")
+    x[3] = np.inf  # non-finite values are counted the same way in both paths
+    one = kbc.ActivationStats(str(tmp_path), x, figures=False)
+    one.set_model(model)
+    per_sample = 4 * (6 * 6 * 4) * 3  # relu output, tanh input and output (float32)
+    budget_mb = 7 * per_sample / 2**20
+    streamed = kbc.ActivationStats(str(tmp_path), x, figures=False, max_probe_mb=budget_mb)
+    streamed.set_model(model)
+    assert one._chunk_rows is None and streamed._chunk_rows == 7  # 8 chunks of <= 7 samples
+    a, b = one._one_pass_results(), streamed._chunked_results()
+    assert a.keys() == b.keys() == {"relu", "tanh"}
+    for path in a:
+        assert a[path].keys() == b[path].keys()
+        for name in a[path]:
+            np.testing.assert_allclose(np.asarray(b[path][name], np.float64), np.asarray(a[path][name], np.float64),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{path} {name}")
+    assert float(a["relu"]["nonfinite"]) > 0  # the inf sample: counted, then dropped, in both paths
