@@ -25,6 +25,7 @@ import keras_bn.callbacks as kbc
 from keras_bn.activations import activation_family
 
 CATEGORY = "keras-bn diagnostics"  # the custom-scalars category every diagnostics run writes
+PERCENTILES_CATEGORY = "keras-bn: pre-activation percentiles (BN paper, Fig. 1)"  # tanh/sigmoid models
 HPARAMS = {"learning_rate": 1e-3, "activation": "relu"}
 HPARAMS_METRIC = "val_accuracy"
 
@@ -50,7 +51,9 @@ def diagnostic_tags(model: keras.Model, clipping: bool):
     scalars = {"batch_loss", "batch_accuracy", "epoch_loss", "epoch_accuracy", "epoch_learning_rate",
                "grad_global/norm", "nonfinite/grad_steps"}
     scalars |= {f"{q}/{name}" for name in with_weights for q in ("grad_norm", "update_ratio")}
-    charts = {"gradient norm per layer": "grad_norm/.*",
+    charts = {"loss (batch: running epoch mean; epoch: train and validation)": "(batch|epoch)_loss",
+              "metrics (batch and epoch)": "(batch|epoch)_(?!loss$|learning_rate$).*",
+              "gradient norm per layer": "grad_norm/.*",
               "update / weight ratio per layer (guide line 1e-3)": "update_ratio/.*",
               "activation mean per layer": "activation_mean/.*",
               "activation std per layer": "activation_std/.*"}
@@ -58,6 +61,7 @@ def diagnostic_tags(model: keras.Model, clipping: bool):
         scalars |= {f"grad_norm_preclip/{name}" for name in with_weights}
         scalars |= {"grad_global/norm_preclip", "grad_global/clip_fraction"}
         charts["gradient norm before clipping per layer"] = "grad_norm_preclip/.*"
+        charts["global gradient norm and clip fraction (share of steps clipped)"] = "grad_global/.*"
     for name, family in acts:
         scalars |= {f"activation_mean/{name}", f"activation_std/{name}", f"nonfinite/activations/{name}"}
         if family == "relu":

@@ -15,7 +15,7 @@ import pytest
 
 from keras_bn.cli import tensorboard_server
 from tests._browser import CHROMIUM_NAMES, Chromium, dashboard_url, find_chromium
-from tests._dashboard import CATEGORY, write_quick_logs
+from tests._dashboard import CATEGORY, PERCENTILES_CATEGORY, write_quick_logs
 
 WIDTH, HEIGHT = 1400, 900
 
@@ -55,10 +55,10 @@ def test_chromium_renders_our_tags_and_charts(tmp_path):
         fetched = {(p["tag"][0], run) for p in scalars.to("data/plugin/scalars/scalars_multirun") for run in p["runs"]}
         assert {(tag, "relu_clip/train") for tag in grad_tags} <= fetched, scalars.requests
 
-        # Custom scalars: our category and one chart per quantity, each fed by its tag regex.
+        # Custom scalars: our categories and one chart per quantity, each fed by its tag regex.
         custom = browser.screenshot_page(
             dashboard_url(url, "custom_scalars"), tmp_path / "custom_scalars.png",
-            expect=[CATEGORY, *expected.charts],
+            expect=[CATEGORY, PERCENTILES_CATEGORY, *expected.charts],
         )
         assert custom.to("data/plugin/custom_scalars/layout")
         regex_requests = {(p["run"][0], p["tag"][0]) for p in custom.to("data/plugin/custom_scalars/scalars")}

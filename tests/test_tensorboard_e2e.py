@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests._dashboard import CATEGORY, HPARAMS, HPARAMS_METRIC, write_quick_logs
+from tests._dashboard import CATEGORY, HPARAMS, HPARAMS_METRIC, PERCENTILES_CATEGORY, write_quick_logs
 from keras_bn.cli import tensorboard_server
 
 
@@ -65,11 +65,16 @@ def test_tensorboard_serves_the_documented_tags(tmp_path):
         points = get_json(url + "data/plugin/scalars/scalars", run="relu_clip/train", tag=f"grad_norm/{first_dense}")
         assert [step for _, step, _ in points] == [1, 2, 3] and all(v > 0 for _, _, v in points)
 
-        # Custom scalars: one category, one chart per quantity, each a regex over the layers.
+        # Custom scalars: one chart per quantity, each a regex over the layers, loss and
+        # gradient norms first; the BN-paper percentile charts in a category of their own.
         layout = get_json(url + "data/plugin/custom_scalars/layout")
-        assert [c["title"] for c in layout["category"]] == [CATEGORY]
-        charts = {chart["title"]: chart["multiline"]["tag"] for chart in layout["category"][0]["chart"]}
+        assert [c["title"] for c in layout["category"]] == [CATEGORY, PERCENTILES_CATEGORY]
+        charts = {chart["title"]: chart["multiline"]["tag"] for c in layout["category"] for chart in c["chart"]}
         assert charts == {title: [regex] for title, regex in expected.charts.items()}
+        order = [chart["multiline"]["tag"][0] for chart in layout["category"][0]["chart"]]
+        assert order[:3] == ["(batch|epoch)_loss", "(batch|epoch)_(?!loss$|learning_rate$).*", "grad_norm/.*"]
+        assert all(regex.startswith("preact/") for c in layout["category"][1:] for chart in c["chart"]
+                   for regex in chart["multiline"]["tag"])
         # ... and the regex of the gradient-norm chart selects one line per layer with weights.
         lines = get_json(url + "data/plugin/custom_scalars/scalars", run="relu_clip/train", tag="grad_norm/.*")
         assert lines["regex_valid"]

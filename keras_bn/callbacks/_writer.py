@@ -35,6 +35,15 @@ import numpy as np
 
 RUNS = ("train", "validation")
 CUSTOM_SCALARS_CATEGORY = "keras-bn diagnostics"
+PERCENTILES_CATEGORY = "keras-bn: pre-activation percentiles (BN paper, Fig. 1)"
+# Charts appear in this order (by the start of their tag regex): what diagnoses a run first.
+CHART_ORDER = ("(batch|epoch)_loss", "(batch|epoch)_", "grad_norm/", "grad_global/", "update_ratio/",
+               "dead_fraction/", "saturation/", "activation_std/", "activation_mean/", "zero_fraction/",
+               "grad_norm_preclip/")
+
+
+def _chart_rank(regex: str) -> int:
+    return next((i for i, prefix in enumerate(CHART_ORDER) if regex.startswith(prefix)), len(CHART_ORDER))
 
 
 class _Write:
@@ -248,12 +257,14 @@ class RunWriters:
         import tensorflow as tf
         from tensorboard.plugins.custom_scalar import layout_pb2, summary as cs_summary
 
-        charts = [
-            layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
-            for title, regex in self._layout_charts.items()
-        ]
+        categories = {CUSTOM_SCALARS_CATEGORY: [], PERCENTILES_CATEGORY: []}
+        for title, regex in sorted(self._layout_charts.items(), key=lambda item: _chart_rank(item[1])):
+            category = PERCENTILES_CATEGORY if regex.startswith("preact/") else CUSTOM_SCALARS_CATEGORY
+            categories[category].append(
+                layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
+            )
         layout = layout_pb2.Layout(
-            category=[layout_pb2.Category(title=CUSTOM_SCALARS_CATEGORY, chart=charts)]
+            category=[layout_pb2.Category(title=title, chart=charts) for title, charts in categories.items() if charts]
         )
         tf.summary.experimental.write_raw_pb(cs_summary.pb(layout).SerializeToString(), step=0)
         self._layout_written = True

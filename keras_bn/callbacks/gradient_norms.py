@@ -261,6 +261,7 @@ class GradientNorms(DiagnosticCallback):
         charts = {"gradient norm per layer": r"grad_norm/.*"}
         if self._tap.mode is not None:
             charts["gradient norm before clipping per layer"] = r"grad_norm_preclip/.*"
+            charts["global gradient norm and clip fraction (share of steps clipped)"] = r"grad_global/.*"
         self.writers.add_charts(charts)
 
     def _detach(self):

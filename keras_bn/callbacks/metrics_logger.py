@@ -31,6 +31,12 @@ class MetricsLogger(DiagnosticCallback):
 
     _needs_built_model = False  # reads only the metrics
 
+    def _attach(self):
+        self.writers.add_charts({
+            "loss (batch: running epoch mean; epoch: train and validation)": r"(batch|epoch)_loss",
+            "metrics (batch and epoch)": r"(batch|epoch)_(?!loss$|learning_rate$).*",
+        })
+
     def _log_step(self, step):
         metrics = self.model.get_metrics_result()
         if metrics:
