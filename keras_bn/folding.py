@@ -44,6 +44,7 @@ FOLDABLE_LAYERS = _KERNEL_LAST + _KERNEL_TRANSPOSE + _DEPTHWISE + _SEPARABLE
 
 # Element-wise activations that can move into the folded layer's `activation` unchanged.
 FUSABLE_ACTIVATIONS = frozenset({
+    "softmax", "log_softmax",  # along the last axis in both places: a layer's activation sees its whole output
     "celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoid", "hard_silu",
     "hard_swish", "hard_tanh", "leaky_relu", "log_sigmoid", "mish", "relu", "relu6", "selu",
     "sigmoid", "silu", "soft_shrink", "softplus", "softsign", "sparse_plus", "sparse_sigmoid",
@@ -69,16 +70,20 @@ class FoldReport:
     Attributes:
         folded: ``(bn_name, into_layer_name, fused_activation_or_None)`` per folded BN.
         skipped: ``(bn_name, reason)`` per BN left in place.
+        fused: ``(activation_layer_name, into_layer_name, activation)`` per activation layer
+            merged into a Dense/Conv layer that had no BN after it (e.g. the softmax head).
 
     Names of layers inside nested models are written ``outer/inner/bn``.
     """
 
     folded: list[tuple[str, str, str | None]] = dataclasses.field(default_factory=list)
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    fused: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         rows = [(bn, "folded", f"into {into}" + (f" (+ {act})" if act else "")) for bn, into, act in self.folded]
         rows += [(bn, "kept", reason) for bn, reason in self.skipped]
+        rows += [(layer, "fused", f"{act} into {into}") for layer, into, act in self.fused]
         head = f"fold_batchnorm: {len(self.folded)} BatchNormalization folded, {len(self.skipped)} kept"
         return head if not rows else head + "\n" + _table(("layer", "result", "detail"), rows)
 
@@ -317,7 +322,8 @@ def _clone_layer(layer, report, prefix, fuse_activation, plan, pairs):
     config = layer.get_config()
     if id(layer) in plan.folds:
         bn, act = plan.folds[id(layer)]
-        config["use_bias"] = True
+        if bn is not None:
+            config["use_bias"] = True
         if act is not None:
             config["activation"] = act
     new = layer.__class__.from_config(config)
@@ -327,13 +333,13 @@ def _clone_layer(layer, report, prefix, fuse_activation, plan, pairs):
 
 @dataclasses.dataclass
 class _Plan:
-    folds: dict = dataclasses.field(default_factory=dict)  # id(linear) -> (bn, activation name)
+    folds: dict = dataclasses.field(default_factory=dict)  # id(linear) -> (bn or None, activation name)
     dropped: set = dataclasses.field(default_factory=set)  # ids of folded BN / fused activations
 
 
 def _set_weights(pairs, plan) -> None:
     for old, new in pairs:
-        if id(old) in plan.folds:
+        if id(old) in plan.folds and plan.folds[id(old)][0] is not None:
             new.set_weights(_folded_weights(old, plan.folds[id(old)][0]))
         elif old.weights:
             new.set_weights(old.get_weights())
@@ -348,6 +354,19 @@ def _record(plan: _Plan, report: FoldReport, prefix: str, linear, bn, act_layer,
     if act is not None:
         plan.dropped.add(id(act_layer))
     report.folded.append((prefix + bn.name, prefix + linear.name, act and f"{act_layer.name}:{act}"))
+
+
+def _fuse_activation_into(plan: _Plan, report: FoldReport, prefix: str, act_layer, producer) -> None:
+    """Merge `act_layer` into `producer` (a Dense/Conv with no BN after it) where that is exact."""
+    if (type(producer) not in FOLDABLE_LAYERS or id(producer) in plan.folds or id(act_layer) in plan.dropped
+            or keras.activations.serialize(producer.activation) != "linear"
+            or getattr(producer, "quantization_mode", None) or getattr(producer, "lora_enabled", False)):
+        return
+    act = _fused_activation_name(act_layer, producer.dtype_policy.name)
+    if act is not None:
+        plan.folds[id(producer)] = (None, act)
+        plan.dropped.add(id(act_layer))
+        report.fused.append((prefix + act_layer.name, prefix + producer.name, act))
 
 
 def _fold_functional(model, report: FoldReport, prefix: str, fuse_activation: bool):
@@ -392,6 +411,16 @@ def _fold_functional(model, report: FoldReport, prefix: str, fuse_activation: bo
             act_layer = after[0].operation
         _record(plan, report, prefix, producer, bn, act_layer, fuse_activation)
 
+    if fuse_activation:  # activation layers right after a Dense/Conv that no BN followed
+        for node in nodes:
+            if len(node.input_tensors) != 1 or node_counts[id(node.operation)] != 1:
+                continue
+            tensor = node.input_tensors[0]
+            producer = tensor._keras_history.operation if getattr(tensor, "_keras_history", None) else None
+            if (producer is not None and node_counts[id(producer)] == 1 and id(tensor) not in outputs
+                    and len(consumers[id(tensor)]) == 1):
+                _fuse_activation_into(plan, report, prefix, node.operation, producer)
+
     pairs: list = []
     clone_fn = lambda layer: _clone_layer(layer, report, prefix, fuse_activation, plan, pairs)  # noqa: E731
 
@@ -423,6 +452,9 @@ def _fold_sequential(model, report: FoldReport, prefix: str, fuse_activation: bo
             continue
         act_layer = layers[i + 1] if i + 1 < len(layers) else None
         _record(plan, report, prefix, producer, bn, act_layer, fuse_activation)
+    if fuse_activation:  # activation layers right after a Dense/Conv that no BN followed
+        for producer, act_layer in zip(layers, layers[1:]):
+            _fuse_activation_into(plan, report, prefix, act_layer, producer)
 
     pairs: list = []
     new_layers = [_clone_layer(layer, report, prefix, fuse_activation, plan, pairs) for layer in layers]
@@ -444,9 +476,10 @@ def fold_batchnorm(model, *, fuse_activation: bool = True, return_report: bool =
     that has no activation of its own, whose output goes only to that BN, and whose channel
     axis is the BN axis. The layer's kernel is scaled per output channel by
     ``s = gamma / sqrt(moving_var + eps)`` and its bias becomes ``beta + (b - mean) * s``;
-    synchronized BN folds the same way. With `fuse_activation`, an element-wise Activation or
-    ReLU layer that is the BN's only consumer moves into the folded layer's `activation`
-    (exact, one layer call less). Every other BN is kept and listed with the reason.
+    synchronized BN folds the same way. With `fuse_activation`, an Activation or ReLU layer
+    that is the only consumer of the BN, or of a Dense/Conv with no BN after it, moves into
+    that layer's `activation` (exact, one layer call less; same dtype policy only). Every
+    other BN is kept and listed with the reason.
 
     The folded model uses standard Keras layers only, so it saves to ``.keras`` and exports
     with ``model.export`` like any model. It is for inference: calling it with
@@ -455,7 +488,8 @@ def fold_batchnorm(model, *, fuse_activation: bool = True, return_report: bool =
 
     Args:
         model: a built Functional or Sequential ``keras.Model``.
-        fuse_activation: also merge a following element-wise activation layer.
+        fuse_activation: also merge a following activation layer into the folded layer, and an
+            activation layer that directly follows a Dense/Conv with no BN (e.g. a softmax head).
         return_report: also return a `FoldReport` (folded and kept BN layers, with reasons).
 
     Returns:

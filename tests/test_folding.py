@@ -91,6 +91,28 @@ def test_builder_models_fold_and_agree(kind, norm_position, norm):
         assert _count_bn(folded) == 2
 
 
+def test_softmax_head_fuses_into_logits_unless_dtypes_differ():
+    model = keras_bn.build_conv((8, 8, 1), [4], 3)
+    _randomize_bn(model)
+    folded, report = fold_batchnorm(model, return_report=True)
+    assert report.fused == [("predictions", "logits", "softmax")]
+    assert [layer.name for layer in folded.layers][-1] == "logits"
+    assert keras.activations.serialize(folded.get_layer("logits").activation) == "softmax"
+    assert _max_diff(model, folded, _x(model)) < TOL
+    assert "predictions  fused   softmax into logits" in str(report)
+    # A mixed-precision model keeps its float32 softmax as a layer of its own.
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        mixed = keras_bn.build_dense((6,), [4], 3, norm=None)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    mixed_folded, mixed_report = fold_batchnorm(mixed, return_report=True)
+    assert mixed_report.fused == [("block1_relu", "block1_dense", "relu")]  # both mixed_float16
+    assert mixed_folded.get_layer("predictions").dtype_policy.name == "float32"
+    _, off = fold_batchnorm(model, fuse_activation=False, return_report=True)
+    assert off.fused == [] and all(act is None for _, _, act in off.folded)
+
+
 # --- every foldable layer type ----------------------------------------------------------
 
 LAYER_CASES = {
