@@ -1,4 +1,7 @@
+import math
+
 import keras
+import pytest
 
 from keras_bn.recipes import best_cnn
 
@@ -17,3 +20,16 @@ def test_time_budget_stops_before_the_next_epoch_would_overrun():
     budget = best_cnn.TimeBudget(seconds=0.0)
     history = model.fit(keras.ops.ones((8, 2)), keras.ops.ones((8, 1)), epochs=5, verbose=0, callbacks=[budget])
     assert len(history.history["loss"]) == 1 and budget.stopped_early
+
+
+def test_time_budget_decays_the_learning_rate_over_the_epochs_that_fit():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(float(model.optimizer.learning_rate.numpy())))
+    budget = best_cnn.TimeBudget(seconds=3600, peak_lr=0.1)
+    model.fit(keras.ops.ones((8, 2)), keras.ops.ones((8, 1)), epochs=4, verbose=0, callbacks=[budget, record])
+    assert budget.planned_epochs == 4 and not budget.stopped_early
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
+    assert seen == pytest.approx(expected, rel=1e-5)
