@@ -117,9 +117,7 @@ def _plot(results: dict, args, path, dataset: str, examples: int):
         axes[1].set(title="BN: training-mode vs inference-mode outputs", xlabel="batch size", xscale="log")
     for ax in axes:
         ax.set_xticks(args.batch_sizes, [str(b) for b in args.batch_sizes])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    _common.save_figure(fig, path)
+    _common.finish_figure(fig, axes, path, legend_fontsize=8)
 
 
 def main(argv=None) -> dict:

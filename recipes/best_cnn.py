@@ -113,9 +113,7 @@ def _plot(history: dict, path) -> None:
     ax.plot(epochs, history["accuracy"], marker="o", label="train accuracy")
     ax.plot(epochs, history["val_accuracy"], marker="o", label="test accuracy")
     ax.set(xlabel="epoch", title="best small CNN")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    _common.save_figure(fig, path)
+    _common.finish_figure(fig, [ax], path)
 
 
 def main(argv=None) -> dict:

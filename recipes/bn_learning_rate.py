@@ -142,10 +142,7 @@ def _plot(results: dict, grid, datasets: dict, path, target: float):
     axes[0].set(title=f"final test accuracy ({next(iter(datasets.values())).name}; diverged = 0)",
                 xlabel="learning rate", xscale="log", ylim=(0, 1))
     axes[1].set(title=f"steps to {target} test accuracy", xlabel="learning rate", xscale="log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    _common.save_figure(fig, path)
+    _common.finish_figure(fig, axes, path, legend_fontsize=8)
 
 
 def main(argv=None) -> dict:

@@ -89,10 +89,7 @@ def _plot(history: dict, path, dataset: str):
         axes[1].plot(epochs, curves["test_accuracy"], marker="o", label=run)
     axes[0].set(title=f"train loss ({dataset})", xlabel="epoch")
     axes[1].set(title="test accuracy", xlabel="epoch")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    _common.save_figure(fig, path)
+    _common.finish_figure(fig, axes, path)
 
 
 def main(argv=None) -> dict:

@@ -99,9 +99,7 @@ def _plot(results: dict, c2f, path):
             ax.semilogx([t.hparams["learning_rate"] for t in bad], [0.0] * len(bad), "x",
                         color=points[0].get_color(), label=f"{label}: killed")
         ax.set(title=title, xlabel="learning rate", ylabel="validation accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    _common.save_figure(fig, path)
+    _common.finish_figure(fig, axes, path)
 
 
 def main(argv=None) -> dict:

@@ -176,10 +176,7 @@ def _plot_training(training: dict, path, dataset: str):
         axes[1].plot(h["step"], h["test_accuracy"], marker="o", label=config)
     axes[0].set(title=f"train loss ({dataset})", xlabel="step", yscale="log")
     axes[1].set(title="test accuracy", xlabel="step")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    _common.save_figure(fig, path)
+    _common.finish_figure(fig, axes, path, legend_fontsize=8)
 
 
 def main(argv=None) -> dict:
