@@ -28,21 +28,24 @@ import numpy as np  # noqa: E402
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 
-CONFIGS = ("bare", "preset", "grad_norms_every_100", "grad_norms_every_1", "keras_tb_hist0", "keras_tb_hist1")
+CONFIGS = (
+    "bare", "preset", "preset_figures_every_epoch", "grad_norms_every_100", "grad_norms_every_1",
+    "keras_tb_hist0", "keras_tb_hist1",
+)
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall time of each epoch, from epoch begin until every other callback's epoch end."""
+    """Wall and process CPU time of each epoch, from epoch begin until every other callback's epoch end."""
 
     def __init__(self):
         super().__init__()
         self.times = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
+        self.times.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
 
 
 def make_callbacks(config: str, log_dir: str, probe) -> list:
@@ -50,6 +53,8 @@ def make_callbacks(config: str, log_dir: str, probe) -> list:
         return []
     if config == "preset":
         return kbc.diagnostics(log_dir, probe=probe)  # default cadence
+    if config == "preset_figures_every_epoch":
+        return kbc.diagnostics(log_dir, probe=probe, figure_secs=0)
     if config == "grad_norms_every_100":
         return [kbc.GradientNorms(log_dir, every=100, figures=False)]
     if config == "grad_norms_every_1":
@@ -73,20 +78,24 @@ def epoch_time(build, x, y, config: str, batch_size: int) -> float:
 
 
 def bench(name: str, build, x, y, repeats: int, batch_size: int) -> dict:
-    times = {c: [] for c in CONFIGS}
+    times = {c: [] for c in CONFIGS}  # config -> [(wall, cpu) per repeat]
     for repeat in range(repeats):
         order = CONFIGS[repeat % len(CONFIGS):] + CONFIGS[: repeat % len(CONFIGS)]
         for config in order:
             times[config].append(epoch_time(build, x, y, config, batch_size))
-    bare = times["bare"]
+        print(f"  {name}: repeat {repeat + 1}/{repeats} done", flush=True)
+    bare_wall = statistics.median(w for w, _ in times["bare"])
     steps = int(np.ceil(len(x) / batch_size))
-    print(f"\n{name}: {steps} steps/epoch, bare epoch median {statistics.median(bare):.2f} s "
-          f"({1000 * statistics.median(bare) / steps:.2f} ms/step), {repeats} alternating repeats")
+    print(f"\n{name}: {steps} steps/epoch, bare epoch median {bare_wall:.2f} s "
+          f"({1000 * bare_wall / steps:.2f} ms/step), {repeats} alternating repeats")
     ratios = {}
     for config in CONFIGS[1:]:
-        per_repeat = [t / b for t, b in zip(times[config], bare)]
-        ratios[config] = statistics.median(per_repeat)
-        print(f"  {config:22s} {ratios[config]:.3f}x   (per repeat: {', '.join(f'{r:.3f}' for r in per_repeat)})")
+        row = []
+        for kind, index in (("wall", 0), ("cpu", 1)):
+            per_repeat = [t[index] / b[index] for t, b in zip(times[config], times["bare"])]
+            ratios[config, kind] = statistics.median(per_repeat)
+            row.append(f"{kind} {ratios[config, kind]:.3f}x ({' '.join(f'{r:.2f}' for r in per_repeat)})")
+        print(f"  {config:27s} " + "   ".join(row))
     return ratios
 
 
@@ -97,7 +106,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     rng = np.random.default_rng(0)
-    mlp_n, cnn_n = (6400, 640) if args.quick else (32000, 3200)
+    mlp_n, cnn_n = (6400, 640) if args.quick else (60000, 9600)
     x_mlp = rng.random((mlp_n, 784), dtype=np.float32)
     y_mlp = rng.integers(0, 10, mlp_n)
     x_cnn = rng.random((cnn_n, 28, 28, 1), dtype=np.float32)

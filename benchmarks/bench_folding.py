@@ -4,19 +4,25 @@ For the small CNN (keras_bn.build_conv((28, 28, 1), [32, 64], 10)) and MobileNet
 (weights=None, alpha=0.35, 32x32 by default: XLA on CPU is very
 slow on its depthwise convolutions, about 20 s a batch of 256 at 96x96), at batch 1 and 256, through eager ``model(x)`` calls,
 ``model.predict``, a plain ``tf.function`` and an XLA-compiled ``tf.function``. Unfolded and
-folded runs alternate; each figure is the median over `--repeats` rounds, and the ratio is
-unfolded time / folded time (> 1: folding is faster).
+folded runs alternate in short rounds (about 20 ms a side: a few calls, or one call where a
+call takes longer), as many rounds as fit in `--budget` seconds; the ratio is the median over
+rounds of unfolded time / folded time (> 1: folding is faster). It also prints the
+instruction counts of the XLA-optimized HLO of both models, the deterministic side of the
+XLA figure: XLA already fuses BN into the convolution's epilogue, so folding can only remove
+instructions there, never add work.
 
 Usage::
 
-    python benchmarks/bench_folding.py              # about 4 minutes on 2 cores
+    python benchmarks/bench_folding.py              # about 5 minutes on 2 cores
     python benchmarks/bench_folding.py --quick      # fewer rounds, a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import re
 import statistics
 import time
 
@@ -28,6 +34,8 @@ import tensorflow as tf  # noqa: E402
 
 import keras_bn  # noqa: E402
 from keras_bn.folding import fold_batchnorm  # noqa: E402
+
+ROUND_S = 0.02  # seconds per side of an alternating round
 
 
 def _randomize_bn(model, seed=0):
@@ -66,41 +74,51 @@ def _time_per_call(fn, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def bench(name, model, folded, batch, repeats, budget_s):
+def xla_instructions(model, x) -> collections.Counter:
+    """Opcode counts of the XLA-optimized HLO of ``model(x, training=False)``."""
+    fn = tf.function(lambda t: model(t, training=False), jit_compile=True)
+    hlo = fn.experimental_get_compiler_ir(tf.constant(x))(stage="optimized_hlo")
+    return collections.Counter(re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ ([a-z-]+)\(", hlo, re.M))
+
+
+def bench(name, model, folded, batch, min_rounds, budget_s):
     x = np.random.default_rng(1).normal(size=(batch, *model.inputs[0].shape[1:])).astype("float32")
     a, b = _callers(model, x), _callers(folded, x)
     rows = []
     for mode in a:
         for fn in (a[mode], b[mode]):  # warm up, trace and compile
             fn(), fn()
-        once = max(_time_per_call(a[mode], 1), 1e-6)
-        calls = max(1, min(200, int(budget_s / repeats / 2 / once)))
+        once = max(_time_per_call(a[mode], 3), 1e-6)
+        calls = max(1, int(ROUND_S / once))  # calls per side of a round (~ROUND_S seconds)
+        rounds = max(min_rounds, int(budget_s / (2 * calls * once)))
         times_a, times_b, ratios = [], [], []
-        for r in range(repeats):  # alternate, starting side swapped each round
+        for r in range(rounds):  # alternate, starting side swapped each round
             if r % 2 == 0:
                 ta, tb = _time_per_call(a[mode], calls), _time_per_call(b[mode], calls)
             else:
                 tb, ta = _time_per_call(b[mode], calls), _time_per_call(a[mode], calls)
             times_a.append(ta), times_b.append(tb), ratios.append(ta / tb)
-        # The ratio is the median of per-round ratios: each round's two runs share the load
-        # of the (shared) machine, so slow drifts cancel.
+        # The ratio is the median of per-round ratios: the two sides of a round are a few
+        # milliseconds apart and share the load of the (shared) machine, so drifts cancel.
         ta, tb, ratio = statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
-        rows.append((name, batch, mode, ta * 1e3, tb * 1e3, ratio))
+        q1, q3 = np.percentile(ratios, [25, 75])
+        rows.append((name, batch, mode, ta * 1e3, tb * 1e3, ratio, rounds, q1, q3))
         print(f"{name:12s} batch {batch:3d}  {mode:11s}  unfolded {ta * 1e3:9.3f} ms  "
-              f"folded {tb * 1e3:9.3f} ms  ratio {ratio:5.2f}x", flush=True)
+              f"folded {tb * 1e3:9.3f} ms  ratio {ratio:5.3f}x  (IQR {q1:.3f}-{q3:.3f}, "
+              f"{rounds} rounds x {calls} calls)", flush=True)
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=11, help="alternating rounds per figure")
+    parser.add_argument("--rounds", type=int, default=15, help="least alternating rounds per figure")
     parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: TF default)")
     parser.add_argument("--size", type=int, default=32, help="MobileNetV2 input size (>= 32)")
-    parser.add_argument("--budget", type=float, default=3.0, help="seconds per (model, batch, mode)")
+    parser.add_argument("--budget", type=float, default=8.0, help="seconds per (model, batch, mode)")
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 s each: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.budget = 3, 1.0
+        args.rounds, args.budget = 3, 0.5
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -110,7 +128,8 @@ def main(argv=None):
     mnv2 = keras.applications.MobileNetV2(input_shape=(args.size, args.size, 3), alpha=0.35, weights=None,
                                           include_top=False, pooling="avg")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs visible, "
-          f"TF threads: {args.threads or 'default'}, {args.repeats} rounds, MobileNetV2 {args.size}x{args.size}")
+          f"TF threads: {args.threads or 'default'}, at least {args.rounds} rounds and {args.budget:g} s "
+          f"per figure, MobileNetV2 {args.size}x{args.size}")
     rows = []
     for name, model in (("small_cnn", cnn), ("mobilenetv2", mnv2)):
         _randomize_bn(model)
@@ -119,11 +138,16 @@ def main(argv=None):
         diff = np.max(np.abs(np.asarray(model(x1 + 0.5)) - np.asarray(folded(x1 + 0.5))))
         print(f"{name}: {len(report.folded)} BN folded, {len(report.skipped)} kept; graph ops "
               f"{_graph_ops(model, x1)} -> {_graph_ops(folded, x1)}; max |diff| {diff:.2e}")
+        hlo_a, hlo_b = xla_instructions(model, x1), xla_instructions(folded, x1)
+        heavy = ("convolution", "dot", "custom-call")
+        print(f"{name}: XLA-optimized HLO instructions {sum(hlo_a.values())} -> {sum(hlo_b.values())}; "
+              + ", ".join(f"{op} {hlo_a[op]} -> {hlo_b[op]}" for op in heavy))
         for batch in (1, 256):
-            rows += bench(name, model, folded, batch, args.repeats, args.budget)
-    print("\n| model | batch | call | unfolded ms | folded ms | ratio |\n|---|---|---|---|---|---|")
-    for name, batch, mode, ta, tb, ratio in rows:
-        print(f"| {name} | {batch} | {mode} | {ta:.3f} | {tb:.3f} | {ratio:.2f}x |")
+            rows += bench(name, model, folded, batch, args.rounds, args.budget)
+    print("\n| model | batch | call | unfolded ms | folded ms | ratio (IQR over rounds) | rounds |\n"
+          "|---|---|---|---|---|---|---|")
+    for name, batch, mode, ta, tb, ratio, rounds, q1, q3 in rows:
+        print(f"| {name} | {batch} | {mode} | {ta:.3f} | {tb:.3f} | {ratio:.2f}x ({q1:.2f}-{q3:.2f}) | {rounds} |")
 
 
 if __name__ == "__main__":

@@ -402,3 +402,32 @@ def test_probe_and_layer_errors_come_before_training(tmp_path):
         model.fit(x, y, verbose=0, callbacks=[kbc.ActivationStats(str(tmp_path), x, layers=["block1_rleu"])])
     assert int(model.optimizer.iterations.numpy()) == 0
     assert not os.path.exists(tmp_path / "train")  # writers are lazy: nothing was written
+
+
+@pytest.mark.parametrize("figure_secs, expected", [(60.0, 1), (0.0, 3)])
+def test_figures_come_at_train_end_unless_their_interval_passed(tmp_path, figure_secs, expected):
+    # Three sub-second epochs: with the default 60 s interval only the train-end figure is
+    # drawn (no figure lands inside a short epoch); with 0 every epoch end draws one.
+    model = keras_bn.build_dense((6,), [5], 3)
+    model.compile(keras.optimizers.Adam(1e-3), LOSS)
+    x = np.random.default_rng(6).normal(size=(16, 6)).astype("float32")
+    y = np.arange(16) % 3
+    fit(model, x, y, kbc.diagnostics(str(tmp_path), probe=x[:8], every=1, figure_secs=figure_secs), epochs=3)
+    values, _ = read_run(str(tmp_path / "train"))
+    for tag in ("figures/grad_norms", "figures/activation_histograms"):
+        assert len(values[tag]) == expected, (tag, [step for step, _ in values[tag]])
+        assert values[tag][-1][0] == 3  # the last figure shows the final state
+
+
+def test_histogram_grid_blanks_unused_panels():
+    from keras_bn.callbacks.figures import activation_histogram_grid
+
+    edges, counts = np.linspace(-1, 1, 11), np.arange(10.0)
+    grid = activation_histogram_grid({f"layer{i}": (edges, counts) for i in range(5)}, columns=4)
+    height, width, channels = grid.shape
+    assert channels == 4 and grid.dtype == np.uint8
+    # 5 panels in a 2 x 4 grid: the last three cells of the second row are empty (white).
+    empty = grid[height // 2 + 10:, width // 4 + 10:, :3]
+    assert (empty == 255).all()
+    used = grid[height // 2 + 10:, 10:width // 4 - 10, :3]
+    assert (used < 255).any()

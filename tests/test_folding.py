@@ -329,6 +329,29 @@ def test_small_cnn_has_fewer_graph_ops():
     assert after < before * 0.7, (before, after)
 
 
+
+def _xla_opcodes(model, x):
+    import collections
+    import re
+
+    fn = tf.function(lambda t: model(t, training=False), jit_compile=True)
+    hlo = fn.experimental_get_compiler_ir(tf.constant(x))(stage="optimized_hlo")
+    return collections.Counter(re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ ([a-z-]+)\(", hlo, re.M))
+
+
+def test_small_cnn_compiles_to_less_xla_work():
+    # XLA already fuses inference BN into the convolution's elementwise epilogue; the folded
+    # model must compile to the same heavy ops and strictly fewer instructions overall
+    # (benchmarks/bench_folding.py times the same two programs).
+    model = keras_bn.build_conv((28, 28, 1), [8, 16], 10)
+    _randomize_bn(model)
+    x = _x(model)
+    before, after = _xla_opcodes(model, x), _xla_opcodes(fold_batchnorm(model), x)
+    for heavy in ("convolution", "dot"):
+        assert after[heavy] == before[heavy] > 0, (heavy, before, after)
+    assert sum(after.values()) < sum(before.values()), (before, after)
+    assert after["fusion"] <= before["fusion"], (before, after)
+
 # --- saving and serving -----------------------------------------------------------------
 
 

@@ -12,9 +12,10 @@ these callbacks overrides ``on_train_batch_end``, so none needs ``async_safe``.
 after the step they describe); ``epoch_*`` scalars use the epoch index, as Keras' TensorBoard
 callback does. Every quantity is also logged at each epoch end.
 
-**Figures** are drawn on the writers' background thread at an epoch end when `figure_secs`
-have passed since the last one (the first epoch end always), and once more at train end
-for the final state, so matplotlib does not slow training down.
+**Figures** are drawn on the writers' background thread at an epoch end once `figure_secs`
+have passed since training began or since the last figure, and once more at train end for
+the final state: a figure costs 0.1-0.5 s of CPU, which must not land in every short epoch
+(``figure_secs=0`` draws one at every epoch end).
 
 **Failure.** Keras calls ``on_train_end`` only when ``fit`` returns. Each callback therefore
 adds a handler to a thin wrapper around ``model.train_function`` which, when the step raises
@@ -177,6 +178,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
             )
         self._steps_at_epoch_start = self._optimizer_step()
         self._last_logged_step = self._steps_at_epoch_start
+        self._last_figure = (None, time.monotonic())
         self._attach()
         add_failure_handler(self.model, self._on_failure)
 
