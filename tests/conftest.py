@@ -12,6 +12,19 @@ SHARED_FASHION_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "
 
 
 @pytest.fixture(autouse=True)
+def _exact_activation_cadence(monkeypatch):
+    """The preset's activation reads on every schedule, as tests of per-step logging expect.
+
+    Its time budget (``max_overhead=0.02``) makes the cadence depend on the machine's speed;
+    test_callbacks.py::test_max_overhead_skips_scheduled_reads_not_epoch_ends tests it with
+    a fake clock (and `monkeypatch.undo()` to see the real default).
+    """
+    from keras_bn.callbacks import preset
+
+    monkeypatch.setattr(preset, "ACTIVATION_OVERHEAD", None)
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
     yield

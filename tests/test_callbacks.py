@@ -431,3 +431,38 @@ def test_histogram_grid_blanks_unused_panels():
     assert (empty == 255).all()
     used = grid[height // 2 + 10:, 10:width // 4 - 10, :3]
     assert (used < 255).any()
+
+
+class FakeClock:
+    """A clock that advances by `tick` seconds at every reading."""
+
+    def __init__(self, tick):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+
+def test_max_overhead_skips_scheduled_reads_not_epoch_ends(tmp_path, monkeypatch):
+    # Each clock reading advances 1 s, so every read "costs" 1 s and the time between the end
+    # of one read and the next scheduled one is 1 s: a 1 s read is more than 0.5 x 1 s, so
+    # with max_overhead=0.5 every other scheduled read is skipped; epoch ends always read.
+    x, y = np.ones((16, 4), "float32"), np.arange(16) % 2
+    logged = {}
+    for budget in (None, 0.5):
+        model = keras_bn.build_dense((4,), [6], 2)
+        model.compile("adam", LOSS)
+        cb = kbc.ActivationStats(str(tmp_path / str(budget)), x[:4], every=1, max_overhead=budget, figures=False)
+        cb._clock = FakeClock(1.0)
+        fit(model, x, y, [cb], batch_size=2, epochs=2)
+        values, _ = read_run(str(tmp_path / str(budget) / "train"))
+        logged[budget] = [s for s, _ in values["activation_mean/block1_relu"]]
+        assert cb.get_config()["max_overhead"] == budget
+    assert logged[None] == list(range(1, 17))  # 8 steps per epoch: every step read
+    # Read, skip, read, ...; steps 8 and 16 are epoch ends (always read), so step 9 is skipped.
+    assert logged[0.5] == [1, 3, 5, 7, 8, 10, 12, 14, 16]
+    with pytest.raises(ValueError, match="max_overhead"):
+        kbc.ActivationStats(str(tmp_path), x[:4], max_overhead=0.0)
+    monkeypatch.undo()  # conftest turns the preset's budget off for the other tests
+    assert kbc.diagnostics(str(tmp_path / "preset"), probe=x[:4])[-1].max_overhead == 0.02

@@ -22,12 +22,20 @@ of the last axis, that is <= 0 for every probe sample and position) and the zero
 activation *layers* (whose input is the pre-activation) the 15th, 50th and 85th percentile
 of the input of unit 0 over the probe batch: the BN paper's Figure 1 view over time.
 
+**Cost.** A read runs the network forward on the probe and reduces every watched output: on
+the small CNN with a 256-image probe about 70 ms, 4-5 training steps. `max_overhead` bounds
+that share of training time: a scheduled read is skipped while the last read took more than
+``max_overhead`` times the training time since it (epoch-end reads always happen). The
+`diagnostics` preset sets it to 0.02; on its own the callback reads on every schedule.
+
 Usage::
 
     cb = keras_bn.callbacks.ActivationStats("logs/run1", probe=x_val[:256], every=100)
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -159,16 +167,22 @@ def _check_probe_shapes(model: keras.Model, probe) -> None:
         )
 
 
+def _finite_values(tf, flat):
+    """The finite entries of a flat tensor: `flat` itself when all are finite (the usual case;
+    a boolean mask would copy every element and costs as much as the rest of the statistics)."""
+    finite = tf.math.is_finite(flat)
+    return tf.cond(tf.reduce_all(finite), lambda: flat, lambda: tf.boolean_mask(flat, finite))
+
+
 def _reduce_output(tf, y, family, bins, tanh_threshold, sigmoid_band):
     """Small float32 summaries of one layer output (a graph function body)."""
     y = tf.cast(y, tf.float32)
     flat = tf.reshape(y, [-1])
-    finite = tf.math.is_finite(flat)
-    values = tf.boolean_mask(flat, finite)
+    values = _finite_values(tf, flat)
     count = tf.maximum(tf.cast(tf.size(values), tf.float32), 1.0)
     has_values = tf.size(values) > 0
-    low = tf.where(has_values, tf.reduce_min(tf.concat([values, [np.inf]], 0)), 0.0)
-    high = tf.where(has_values, tf.reduce_max(tf.concat([values, [-np.inf]], 0)), 1.0)
+    low = tf.where(has_values, tf.reduce_min(values), 0.0)  # reduce_min of nothing is +inf: masked
+    high = tf.where(has_values, tf.reduce_max(values), 1.0)
     high = tf.where(high > low, high, low + 1.0)
     mean = tf.reduce_sum(values) / count
     stats = {
@@ -195,7 +209,7 @@ def _reduce_output(tf, y, family, bins, tanh_threshold, sigmoid_band):
 def _unit_percentiles(tf, x):
     """15/50/85th percentiles of unit 0 (first feature of the last axis) of `x`, finite values only."""
     unit = tf.reshape(tf.cast(x, tf.float32), [-1, tf.shape(x)[-1]])[:, 0]
-    unit = tf.sort(tf.boolean_mask(unit, tf.math.is_finite(unit)))
+    unit = tf.sort(_finite_values(tf, unit))
     last = tf.maximum(tf.size(unit) - 1, 0)
     padded = tf.concat([unit, [np.nan]], 0)  # no finite value -> NaN
     ranks = [tf.cast(tf.round(q / 100.0 * tf.cast(last, tf.float32)), tf.int32) for q in PERCENTILES]
@@ -206,12 +220,12 @@ def _chunk_sums(tf, y, family, tanh_threshold, sigmoid_band):
     """First pass over one probe chunk: sums that add up over chunks (a graph function body)."""
     y = tf.cast(y, tf.float32)
     flat = tf.reshape(y, [-1])
-    values = tf.boolean_mask(flat, tf.math.is_finite(flat))
+    values = _finite_values(tf, flat)
     sums = {
         "count": tf.size(values),
         "sum": tf.reduce_sum(values),
-        "low": tf.reduce_min(tf.concat([values, [np.inf]], 0)),
-        "high": tf.reduce_max(tf.concat([values, [-np.inf]], 0)),
+        "low": tf.reduce_min(values),  # +inf / -inf when empty, as the merge expects
+        "high": tf.reduce_max(values),
         "nonfinite": tf.size(flat) - tf.size(values),
     }
     if family == "relu":
@@ -227,7 +241,7 @@ def _chunk_sums(tf, y, family, tanh_threshold, sigmoid_band):
 
 def _finite_unit0(tf, x):
     unit = tf.reshape(tf.cast(x, tf.float32), [-1, tf.shape(x)[-1]])[:, 0]
-    return tf.boolean_mask(unit, tf.math.is_finite(unit))
+    return _finite_values(tf, unit)
 
 
 def _combine_chunks(first, second, family):
@@ -284,6 +298,10 @@ class ActivationStats(DiagnosticCallback):
             squared deviations and histogram counts), so no more than about this much of
             layer outputs is held at once. Results equal the one-pass ones up to float
             rounding of the sums.
+        max_overhead: None (read on every schedule) or the largest share of training time,
+            in (0, 1], the reads may take: a scheduled read is skipped while the last one
+            took more than ``max_overhead`` x the training time since it. Epoch-end reads
+            always happen.
         figures: draw the activation-histogram grid (at an epoch end, at most every
             `figure_secs`, and at train end).
         figure_secs: least wall time between two figures.
@@ -307,11 +325,20 @@ class ActivationStats(DiagnosticCallback):
         sigmoid_band=(0.03, 0.97),
         max_probe_samples: int = 512,
         max_probe_mb: float = 256.0,
+        max_overhead: float | None = None,
         figures: bool = True,
         figure_secs: float = 60.0,
         writers: RunWriters | None = None,
     ):
         super().__init__(log_dir, every, figures=figures, figure_secs=figure_secs, writers=writers)
+        self.max_overhead = (
+            None if max_overhead is None
+            else check_float("max_overhead", max_overhead, low=0.0, high=1.0, low_inclusive=False)
+        )
+        self._clock = time.perf_counter  # tests replace it
+        self._last_read = None  # (cost in s, end time) of the last read
+        self._epoch_end = False
+        self.skipped_reads = 0
         self.max_probe_samples = check_positive_int("max_probe_samples", max_probe_samples)
         self.max_probe_mb = check_float("max_probe_mb", max_probe_mb, low=0.0, low_inclusive=False)
         self.probe = _as_probe(probe, self.max_probe_samples)
@@ -453,8 +480,7 @@ class ActivationStats(DiagnosticCallback):
             result, j = [], 0
             for (path, kind), t in zip(keys, outputs_of(inputs)):
                 if kind == "output":
-                    flat = tf.reshape(tf.cast(t, tf.float32), [-1])
-                    values = tf.boolean_mask(flat, tf.math.is_finite(flat))
+                    values = _finite_values(tf, tf.reshape(tf.cast(t, tf.float32), [-1]))
                     squares = tf.reduce_sum(tf.square(values - means[j]))
                     counts = tf.histogram_fixed_width(values, tf.stack([lows[j], highs[j]]), nbins=self.bins)
                     result.append((squares, counts))
@@ -521,9 +547,38 @@ class ActivationStats(DiagnosticCallback):
         return charts
 
     # --- logging ------------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        self._last_read = None
+        super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epoch_end = True
+        try:
+            super().on_epoch_end(epoch, logs)
+        finally:
+            self._epoch_end = False
+
+    def _over_budget(self, now: float) -> bool:
+        """True when a scheduled read now would push the reads over `max_overhead`."""
+        if self.max_overhead is None or self._epoch_end or self._last_read is None:
+            return False
+        cost, end = self._last_read
+        return cost > self.max_overhead * (now - end)
+
     def _log_step(self, step):
         if self._compute is None:
             return
+        start = self._clock()
+        if self._over_budget(start):
+            self.skipped_reads += 1
+            return
+        try:
+            self._read_and_write(step)
+        finally:
+            end = self._clock()
+            self._last_read = (end - start, end)
+
+    def _read_and_write(self, step):
         results = self._chunked_results() if self._chunk_rows is not None else self._one_pass_results()
         scalars, histograms = {}, {}
         for path, family, pre in self._specs:
@@ -562,4 +617,5 @@ class ActivationStats(DiagnosticCallback):
             "sigmoid_band": self.sigmoid_band,
             "max_probe_samples": self.max_probe_samples,
             "max_probe_mb": self.max_probe_mb,
+            "max_overhead": self.max_overhead,
         }

@@ -19,6 +19,8 @@ from keras_bn.callbacks.gradient_norms import GradientNorms
 from keras_bn.callbacks.metrics_logger import MetricsLogger
 from keras_bn.callbacks.update_ratio import UpdateRatio
 
+ACTIVATION_OVERHEAD = 0.02  # the preset's bound on the probe's share of training time
+
 
 def diagnostics(
     log_dir,
@@ -59,7 +61,9 @@ def diagnostics(
         flush_secs: every summary is on disk at most this many seconds after it is written
             (and at each epoch end, train end, on a failing step and on SIGTERM).
         **activation_options: passed to `ActivationStats` (``bins``, ``tanh_threshold``,
-            ``sigmoid_band``, ``max_probe_samples``, ``max_probe_mb``).
+            ``sigmoid_band``, ``max_probe_samples``, ``max_probe_mb``, ``max_overhead``:
+            here 0.02 unless given, so the probe takes at most about 2% of training time;
+            None reads it on every schedule).
 
     Example::
 
@@ -82,6 +86,7 @@ def diagnostics(
     if bn_check:
         callbacks.append(BatchNormCheck(log_dir, every, writers=writers))
     if probe is not None:
+        activation_options.setdefault("max_overhead", ACTIVATION_OVERHEAD)
         callbacks.append(
             ActivationStats(
                 log_dir, probe, every, layers=layers, figures=figures, figure_secs=figure_secs,
