@@ -18,6 +18,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -99,10 +100,82 @@ def bench(name: str, build, x, y, repeats: int, batch_size: int) -> dict:
     return ratios
 
 
+class Turns:
+    """Two fits in two threads take turns, one epoch each (`--interleaved`)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.turn, self.done = 0, [False, False]
+
+    def wait(self, me: int) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == me or self.done[1 - me])
+
+    def hand_over(self, me: int, finished: bool = False) -> None:
+        with self.cond:
+            self.done[me] = self.done[me] or finished
+            self.turn = 1 - me
+            self.cond.notify_all()
+
+
+class TurnTimer(EpochTimer):
+    """EpochTimer that waits for its turn before an epoch and hands over after it."""
+
+    def __init__(self, turns: Turns, me: int):
+        super().__init__()
+        self.turns, self.me = turns, me
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.turns.wait(self.me)
+        super().on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self.turns.hand_over(self.me)
+
+    def on_train_end(self, logs=None):
+        self.turns.hand_over(self.me, finished=True)
+
+
+def interleaved(name: str, build, x, y, config: str, epochs: int, batch_size: int) -> tuple:
+    """Bare and `config` fit in two threads, alternating epoch by epoch: each round's two epochs
+    are seconds apart, so the machine's slow swings cancel in the per-round ratio."""
+    turns = Turns()
+    timers = [TurnTimer(turns, 0), TurnTimer(turns, 1)]
+    with tempfile.TemporaryDirectory() as log_dir:
+        models = []
+        for cfg in ("bare", config):
+            keras.utils.set_random_seed(0)
+            model = build()
+            model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+            models.append(model)
+        jobs = [
+            threading.Thread(target=model.fit, args=(x, y), kwargs=dict(
+                batch_size=batch_size, epochs=epochs, verbose=0,
+                callbacks=make_callbacks(cfg, os.path.join(log_dir, cfg), x[:256]) + [timer]))
+            for model, cfg, timer in zip(models, ("bare", config), timers)
+        ]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join()
+    bare, other = timers[0].times[1:], timers[1].times[1:]  # epoch 0 traces
+    wall = statistics.median(o[0] / b[0] for o, b in zip(other, bare))
+    cpu = statistics.median(o[1] / b[1] for o, b in zip(other, bare))
+    q = np.percentile([o[1] / b[1] for o, b in zip(other, bare)], [25, 75])
+    print(f"  {name:18s} {config:22s} wall {wall:.3f}x   cpu {cpu:.3f}x (IQR {q[0]:.3f}-{q[1]:.3f}), "
+          f"{len(bare)} rounds, bare {1000 * statistics.median(b[0] for b in bare) / (len(x) / batch_size):.2f} ms/step",
+          flush=True)
+    return wall, cpu
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few samples and repeats (smoke run)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--interleaved", type=int, default=0, metavar="EPOCHS",
+                        help="instead: bare and each of preset / grad_norms_every_100 fit in two threads "
+                             "taking turns epoch by epoch, for EPOCHS epochs of 600 (MLP) / 100 (CNN) steps")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     rng = np.random.default_rng(0)
@@ -112,6 +185,14 @@ def main(argv=None) -> None:
     x_cnn = rng.random((cnn_n, 28, 28, 1), dtype=np.float32)
     y_cnn = rng.integers(0, 10, cnn_n)
     print(f"keras {keras.__version__}, random data, batch 32")
+    if args.interleaved:
+        for name, build, x, y in (
+            ("MLP 784-32-32-10", lambda: keras_bn.build_dense((784,), [32, 32], 10), x_mlp[:19200], y_mlp[:19200]),
+            ("CNN [16, 32]", lambda: keras_bn.build_conv((28, 28, 1), [16, 32], 10), x_cnn[:3200], y_cnn[:3200]),
+        ):
+            for config in ("preset", "grad_norms_every_100"):
+                interleaved(name, build, x, y, config, args.interleaved, 32)
+        return
     bench("MLP 784-32-32-10", lambda: keras_bn.build_dense((784,), [32, 32], 10), x_mlp, y_mlp, repeats, 32)
     bench("CNN [16, 32]", lambda: keras_bn.build_conv((28, 28, 1), [16, 32], 10), x_cnn, y_cnn, repeats, 32)
 
