@@ -459,6 +459,7 @@ def test_max_overhead_skips_scheduled_reads_not_epoch_ends(tmp_path, monkeypatch
         values, _ = read_run(str(tmp_path / str(budget) / "train"))
         logged[budget] = [s for s, _ in values["activation_mean/block1_relu"]]
         assert cb.get_config()["max_overhead"] == budget
+        assert cb.skipped_reads == (0 if budget is None else 7)  # 14 scheduled, 7 read
     assert logged[None] == list(range(1, 17))  # 8 steps per epoch: every step read
     # Read, skip, read, ...; steps 8 and 16 are epoch ends (always read), so step 9 is skipped.
     assert logged[0.5] == [1, 3, 5, 7, 8, 10, 12, 14, 16]

@@ -301,7 +301,7 @@ class ActivationStats(DiagnosticCallback):
         max_overhead: None (read on every schedule) or the largest share of training time,
             in (0, 1], the reads may take: a scheduled read is skipped while the last one
             took more than ``max_overhead`` x the training time since it. Epoch-end reads
-            always happen.
+            always happen; ``skipped_reads`` counts the skipped ones.
         figures: draw the activation-histogram grid (at an epoch end, at most every
             `figure_secs`, and at train end).
         figure_secs: least wall time between two figures.
