@@ -20,9 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import collections
 import os
-import re
 import statistics
 import time
 
@@ -33,7 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_bn  # noqa: E402
-from keras_bn.folding import fold_batchnorm  # noqa: E402
+from keras_bn.folding import fold_batchnorm, xla_opcode_counts  # noqa: E402
 
 ROUND_S = 0.02  # seconds per side of an alternating round
 
@@ -72,13 +70,6 @@ def _time_per_call(fn, calls: int) -> float:
         out = fn()
     np.asarray(out)  # wait for the result
     return (time.perf_counter() - start) / calls
-
-
-def xla_instructions(model, x) -> collections.Counter:
-    """Opcode counts of the XLA-optimized HLO of ``model(x, training=False)``."""
-    fn = tf.function(lambda t: model(t, training=False), jit_compile=True)
-    hlo = fn.experimental_get_compiler_ir(tf.constant(x))(stage="optimized_hlo")
-    return collections.Counter(re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ ([a-z-]+)\(", hlo, re.M))
 
 
 def bench(name, model, folded, batch, min_rounds, budget_s):
@@ -138,7 +129,7 @@ def main(argv=None):
         diff = np.max(np.abs(np.asarray(model(x1 + 0.5)) - np.asarray(folded(x1 + 0.5))))
         print(f"{name}: {len(report.folded)} BN folded, {len(report.skipped)} kept; graph ops "
               f"{_graph_ops(model, x1)} -> {_graph_ops(folded, x1)}; max |diff| {diff:.2e}")
-        hlo_a, hlo_b = xla_instructions(model, x1), xla_instructions(folded, x1)
+        hlo_a, hlo_b = xla_opcode_counts(model, x1), xla_opcode_counts(folded, x1)
         heavy = ("convolution", "dot", "custom-call")
         print(f"{name}: XLA-optimized HLO instructions {sum(hlo_a.values())} -> {sum(hlo_b.values())}; "
               + ", ".join(f"{op} {hlo_a[op]} -> {hlo_b[op]}" for op in heavy))

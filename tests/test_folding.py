@@ -6,7 +6,7 @@ import tensorflow as tf
 import keras
 
 import keras_bn
-from keras_bn.folding import FoldReport, check_batchnorm, fold_batchnorm
+from keras_bn.folding import FoldReport, check_batchnorm, fold_batchnorm, xla_opcode_counts
 
 TOL = 1e-5  # max abs difference, float32
 
@@ -329,16 +329,6 @@ def test_small_cnn_has_fewer_graph_ops():
     assert after < before * 0.7, (before, after)
 
 
-
-def _xla_opcodes(model, x):
-    import collections
-    import re
-
-    fn = tf.function(lambda t: model(t, training=False), jit_compile=True)
-    hlo = fn.experimental_get_compiler_ir(tf.constant(x))(stage="optimized_hlo")
-    return collections.Counter(re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ ([a-z-]+)\(", hlo, re.M))
-
-
 def test_small_cnn_compiles_to_less_xla_work():
     # XLA already fuses inference BN into the convolution's elementwise epilogue; the folded
     # model must compile to the same heavy ops and strictly fewer instructions overall
@@ -346,7 +336,7 @@ def test_small_cnn_compiles_to_less_xla_work():
     model = keras_bn.build_conv((28, 28, 1), [8, 16], 10)
     _randomize_bn(model)
     x = _x(model)
-    before, after = _xla_opcodes(model, x), _xla_opcodes(fold_batchnorm(model), x)
+    before, after = xla_opcode_counts(model, x), xla_opcode_counts(fold_batchnorm(model), x)
     for heavy in ("convolution", "dot"):
         assert after[heavy] == before[heavy] > 0, (heavy, before, after)
     assert sum(after.values()) < sum(before.values()), (before, after)

@@ -21,7 +21,7 @@ from tests._event_records import strict_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 90.0
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="kills child processes with SIGKILL/SIGTERM, which only POSIX systems have")
 
 
 def start(*args):

@@ -547,9 +547,8 @@ class ActivationStats(DiagnosticCallback):
         return charts
 
     # --- logging ------------------------------------------------------------------------
-    def on_train_begin(self, logs=None):
-        self._last_read = None
-        super().on_train_begin(logs)
+    def _attach(self):
+        self._last_read = None  # the budget starts afresh with each fit
 
     def on_epoch_end(self, epoch, logs=None):
         self._epoch_end = True
