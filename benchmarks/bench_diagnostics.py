@@ -33,6 +33,7 @@ CONFIGS = (
     "bare", "preset", "preset_figures_every_epoch", "grad_norms_every_100", "grad_norms_every_1",
     "keras_tb_hist0", "keras_tb_hist1",
 )
+INTERLEAVED_CONFIGS = ("bare_again", "preset", "grad_norms_every_100")
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -50,7 +51,7 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def make_callbacks(config: str, log_dir: str, probe) -> list:
-    if config == "bare":
+    if config in ("bare", "bare_again"):  # bare_again: the A/A control of --interleaved
         return []
     if config == "preset":
         return kbc.diagnostics(log_dir, probe=probe)  # default cadence
@@ -169,13 +170,43 @@ def interleaved(name: str, build, x, y, config: str, epochs: int, batch_size: in
     return wall, cpu
 
 
+def added_step_ops(name: str, build, x, y) -> None:
+    """Ops in the traced training step, bare and with the preset's taps (a count, not a time:
+    the MLP's step is mostly per-op overhead, so this is what the taps cost it per step)."""
+    import collections
+
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(32)
+    counts = {}
+    for config in ("bare", "preset"):
+        keras.utils.set_random_seed(0)
+        model = build()
+        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+        with tempfile.TemporaryDirectory() as log_dir:
+            callbacks = make_callbacks(config, log_dir, x[:32])
+            for callback in callbacks:
+                callback.set_model(model)
+                callback.on_train_begin()
+            graph = tf.function(model.train_step).get_concrete_function(dataset.element_spec).graph.as_graph_def()
+            for callback in callbacks:
+                callback.on_train_end()
+        counts[config] = collections.Counter(n.op for n in graph.node) + collections.Counter(
+            n.op for f in graph.library.function for n in f.node_def)
+    added = counts["preset"] - counts["bare"]
+    print(f"  {name}: training step {sum(counts['bare'].values())} graph nodes bare, preset adds "
+          f"{sum(added.values())}: {', '.join(f'{op} {n}' for op, n in sorted(added.items()))}", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few samples and repeats (smoke run)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--interleaved", type=int, default=0, metavar="EPOCHS",
-                        help="instead: bare and each of preset / grad_norms_every_100 fit in two threads "
-                             "taking turns epoch by epoch, for EPOCHS epochs of 600 (MLP) / 100 (CNN) steps")
+                        help="instead: bare and each of bare_again (A/A control) / preset / "
+                             "grad_norms_every_100 fit in two threads taking turns epoch by epoch, "
+                             "for EPOCHS epochs of 600 (MLP) / 300 (CNN) steps")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     rng = np.random.default_rng(0)
@@ -185,12 +216,14 @@ def main(argv=None) -> None:
     x_cnn = rng.random((cnn_n, 28, 28, 1), dtype=np.float32)
     y_cnn = rng.integers(0, 10, cnn_n)
     print(f"keras {keras.__version__}, random data, batch 32")
+    added_step_ops("MLP 784-32-32-10", lambda: keras_bn.build_dense((784,), [32, 32], 10), x_mlp, y_mlp)
+    added_step_ops("CNN [16, 32]", lambda: keras_bn.build_conv((28, 28, 1), [16, 32], 10), x_cnn, y_cnn)
     if args.interleaved:
         for name, build, x, y in (
             ("MLP 784-32-32-10", lambda: keras_bn.build_dense((784,), [32, 32], 10), x_mlp[:19200], y_mlp[:19200]),
-            ("CNN [16, 32]", lambda: keras_bn.build_conv((28, 28, 1), [16, 32], 10), x_cnn[:3200], y_cnn[:3200]),
+            ("CNN [16, 32]", lambda: keras_bn.build_conv((28, 28, 1), [16, 32], 10), x_cnn, y_cnn),
         ):
-            for config in ("preset", "grad_norms_every_100"):
+            for config in INTERLEAVED_CONFIGS:
                 interleaved(name, build, x, y, config, args.interleaved, 32)
         return
     bench("MLP 784-32-32-10", lambda: keras_bn.build_dense((784,), [32, 32], 10), x_mlp, y_mlp, repeats, 32)

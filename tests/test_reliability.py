@@ -17,6 +17,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_bn import callbacks as kbc  # noqa: E402
+from keras_bn.callbacks import bn_check  # noqa: E402
 from keras_bn.report import read_run  # noqa: E402
 from keras_bn.sanity import LossGuard  # noqa: E402
 from tests._event_records import loader_values, strict_steps  # noqa: E402
@@ -297,6 +298,25 @@ def test_batch_norm_on_one_sample_warns_once_naming_the_layer(tmp_path, samples,
     # The check never syncs per step: it does not override the batch-end hook.
     assert kbc.BatchNormCheck.on_train_batch_end is keras.callbacks.Callback.on_train_batch_end
 
+
+
+@pytest.mark.parametrize("size,warns", [(1, True), (3, False)])
+def test_batch_norm_check_on_conv_maps_counts_pixels_too(tmp_path, size, warns):
+    """With batch size 1, a 1x1 feature map is one value per channel (warns); a 3x3 map is 9
+    (no warning, and the static shape says so: the step carries no check op for that layer)."""
+    inputs = keras.Input((size, size, 2))
+    hidden = keras.layers.BatchNormalization(name="conv_bn")(keras.layers.Conv2D(4, 1, name="conv")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(hidden)))
+    model.compile(keras.optimizers.SGD(0.01), LOSS)
+    x = np.random.default_rng(0).normal(size=(4, size, size, 2)).astype("float32")
+    y = np.arange(4) % 3
+    check = kbc.BatchNormCheck(str(tmp_path), every=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=1, epochs=1, verbose=0, callbacks=[check])
+    messages = [str(w.message) for w in caught if str(w.message).startswith("keras_bn: BatchNormalization")]
+    assert len(messages) == (1 if warns else 0)
+    assert int(check._counts["conv_bn"].numpy()) == (1 if warns else bn_check.NO_COUNT)
 
 # --- memory: streamed probe ---------------------------------------------------------------------
 def test_large_probe_is_streamed_in_chunks_with_the_same_statistics(tmp_path):

@@ -8,7 +8,8 @@ How, without a host sync per step: at train begin the callback wraps ``call`` of
 trainable BatchNormalization layer on the instance (restored at train end or when a step
 raises) and rebuilds the train function, so every training step stores, inside the compiled
 step, the smallest number of values any channel was normalised over into one ``tf.Variable``
-per layer (a ``reduce_prod`` of the input shape and an ``assign``). The host reads those
+per layer (the batch size, or a product of the input shape, and an ``assign``; nothing where
+the static shape shows more than one value per channel, as after any conv larger than 1x1). The host reads those
 variables every `every` steps and at each epoch end, as the other callbacks read theirs, and
 warns (``UserWarning`` starting with ``"keras_bn"``) once per layer when the count was 1. It
 writes nothing to TensorBoard. Under a tf.distribute strategy it does nothing.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import warnings
 
 import keras
+import numpy as np
 
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import iter_layers
@@ -74,10 +76,9 @@ class BatchNormCheck(DiagnosticCallback):
         def call(inputs, *args, **kwargs):
             training = kwargs.get("training", args[0] if args else None)
             if training is True and layer.trainable:
-                shape = tf.shape(inputs, out_type=tf.int64)
-                axes = [a for a in range(len(inputs.shape)) if a not in {ax % len(inputs.shape) for ax in _axes(layer)}]
-                values = tf.reduce_prod(tf.gather(shape, axes))
-                count.assign(tf.minimum(count, values))
+                values = _values_per_channel(inputs, _axes(layer))
+                if values is not None:
+                    count.assign(tf.minimum(count, values))
             return original(inputs, *args, **kwargs)
 
         layer.call = call
@@ -106,6 +107,24 @@ class BatchNormCheck(DiagnosticCallback):
                     UserWarning,
                     stacklevel=2,
                 )
+
+
+def _values_per_channel(inputs, channel_axes):
+    """How many values each channel is normalised over: a scalar tensor, or None when the
+    static shape already shows it is more than 1 (then the step needs no op at all, e.g. any
+    conv feature map larger than 1x1)."""
+    import tensorflow as tf
+
+    rank = len(inputs.shape)
+    channel_axes = {axis % rank for axis in channel_axes}
+    reduced = [axis for axis in range(rank) if axis not in channel_axes]
+    known = [inputs.shape[axis] for axis in reduced if inputs.shape[axis] is not None]
+    if int(np.prod(known)) > 1:
+        return None
+    unknown = [axis for axis in reduced if inputs.shape[axis] is None]
+    if unknown == [0]:  # the usual case: a Dense input, only the batch size is dynamic
+        return tf.shape(inputs, out_type=tf.int64)[0]
+    return tf.reduce_prod(tf.gather(tf.shape(inputs, out_type=tf.int64), reduced))
 
 
 def _axes(layer) -> list[int]:

@@ -3,10 +3,11 @@
 **Where the gradients are read.** At train begin the callback wraps the optimizer's
 ``apply(grads, variables)`` on the instance (no subclass; restored at train end or when a
 step raises) and rebuilds ``model.train_function`` so the wrapped step is traced. Every
-step, inside the compiled step, the wrapper stores each variable's sum of squares
-``sum(square(g))`` (``keras.ops.norm`` fails on conv kernels) before and after clipping in two
-small ``tf.Variable`` vectors and counts clipped and non-finite steps. That costs a few
-reductions, no host transfer; the host reads the vectors only every `every` steps.
+step, inside the compiled step, the wrapper stores each variable's sum of squares (one
+``tf.nn.l2_loss`` per variable; ``keras.ops.norm`` fails on conv kernels) in a small
+``tf.Variable`` vector (a second one after clipping, only when the optimizer clips) and counts
+clipped and non-finite steps. That costs a few ops and no host transfer; the host reads the
+statistics in one compiled call only every `every` steps.
 
 Why ``apply``: it is public, it is the one call every Keras 3 train step makes with exactly
 the gradients of that step (no second backward pass on a probe batch, unlike W&B's
@@ -68,9 +69,11 @@ def _base_optimizer(optimizer):
 class ApplyTap:
     """Records per-variable gradient statistics each time ``optimizer.apply`` runs.
 
-    Statistics (``tf.Variable``s, read by the host at its own cadence):
-    ``preclip_sumsq`` / ``applied_sumsq`` (one entry per variable of `variables`, in order),
-    ``steps``, ``clipped_steps`` and ``nonfinite_steps`` (running counts).
+    Statistics (``tf.Variable``s, read by the host at its own cadence with `read`):
+    ``preclip_sumsq`` (one entry per variable of `variables`, in order), ``applied_sumsq``
+    (only when the optimizer clips; else the applied gradient is the pre-clip one),
+    ``clipped_steps`` and ``nonfinite_steps`` (running counts). Per step that is one ``L2Loss``
+    per variable and a handful of ops on the stacked vector.
     """
 
     def __init__(self, optimizer, variables):
@@ -91,9 +94,10 @@ class ApplyTap:
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         with kb_distribute.scope(self.strategy):
             self.preclip_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_preclip_sumsq", **options)
-            self.applied_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_applied_sumsq", **options)
+            self.applied_sumsq = self.preclip_sumsq
+            if self.mode is not None:
+                self.applied_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_applied_sumsq", **options)
             counter = dict(initial_value=tf.constant(0, tf.int64), trainable=False, **options)
-            self.steps = tf.Variable(**counter, name="keras_bn_steps")
             self.clipped_steps = tf.Variable(**counter, name="keras_bn_clipped_steps")
             self.nonfinite_steps = tf.Variable(**counter, name="keras_bn_nonfinite_steps")
         self._installed = None  # "apply" or the AggregationHook in use
@@ -147,10 +151,10 @@ class ApplyTap:
         self._installed = None
 
     # --- what is recorded -----------------------------------------------------------------
-    def _sumsq(self, grad):
+    def _half_sumsq(self, grad):
         tf = self._tf
         values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
-        return tf.reduce_sum(tf.square(tf.cast(values, tf.float32)))
+        return tf.nn.l2_loss(tf.cast(values, tf.float32))  # one op: sum(g**2) / 2
 
     def record(self, grads, variables, unscale: bool = True) -> None:
         """Store this step's per-variable sums of squares (before and after clipping);
@@ -163,19 +167,19 @@ class ApplyTap:
             index = self._position.get(id(variable))
             if grad is None or index is None:
                 continue
-            preclip[index] = self._sumsq(grad)
+            preclip[index] = self._half_sumsq(grad)
             if self.mode == "clipvalue":
                 clip_values.append((index, grad))
-        preclip = tf.stack(preclip)
+        preclip = 2.0 * tf.stack(preclip)
         scale = getattr(self.optimizer, "loss_scale_factor", None) if unscale else None
         if scale is not None:
             preclip = preclip / float(scale) ** 2
         global_sumsq = tf.reduce_sum(preclip)
-        applied, clipped = self._applied(preclip, global_sumsq, clip_values)
         self.preclip_sumsq.assign(preclip)
-        self.applied_sumsq.assign(applied)
-        self.steps.assign_add(1)
-        self.clipped_steps.assign_add(tf.cast(clipped, tf.int64))
+        if self.mode is not None:
+            applied, clipped = self._applied(preclip, global_sumsq, clip_values)
+            self.applied_sumsq.assign(applied)
+            self.clipped_steps.assign_add(tf.cast(clipped, tf.int64))
         self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(tf.math.is_finite(global_sumsq)), tf.int64))
 
     def _applied(self, preclip, global_sumsq, clip_values):
@@ -195,18 +199,19 @@ class ApplyTap:
             engaged = tf.constant(False)
             for index, grad in clip_values:
                 values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
-                applied[index] = self._sumsq(tf.clip_by_value(values, -limit, limit))
+                applied[index] = 2.0 * self._half_sumsq(tf.clip_by_value(values, -limit, limit))
                 engaged = tf.logical_or(engaged, tf.reduce_max(tf.abs(values)) > limit)
             return (tf.stack(applied) if applied else preclip), engaged
-        return preclip, tf.constant(False)
+        raise ValueError(f"unknown clipping mode {self.mode!r}")
 
     def read(self) -> dict:
-        """The current statistics as NumPy values (one host transfer)."""
+        """The current statistics as NumPy values (two reads when the optimizer does not clip)."""
+        preclip = self.preclip_sumsq.numpy()
+        clipping = self.mode is not None
         return {
-            "preclip_sumsq": self.preclip_sumsq.numpy(),
-            "applied_sumsq": self.applied_sumsq.numpy(),
-            "steps": int(self.steps.numpy()),
-            "clipped_steps": int(self.clipped_steps.numpy()),
+            "preclip_sumsq": preclip,
+            "applied_sumsq": self.applied_sumsq.numpy() if clipping else preclip,
+            "clipped_steps": int(self.clipped_steps.numpy()) if clipping else 0,
             "nonfinite_steps": int(self.nonfinite_steps.numpy()),
         }
 
@@ -246,7 +251,7 @@ class GradientNorms(DiagnosticCallback):
     ):
         super().__init__(log_dir, every, figures=figures, figure_secs=figure_secs, writers=writers)
         self._tap = None
-        self._last = {"steps": 0, "clipped_steps": 0, "nonfinite_steps": 0}
+        self._last = {"step": 0, "clipped_steps": 0, "nonfinite_steps": 0}
         self.latest_norms: dict[str, float] = {}
 
     def _attach(self):
@@ -257,7 +262,7 @@ class GradientNorms(DiagnosticCallback):
         self._tap = ApplyTap(_base_optimizer(optimizer), self.model.trainable_variables)
         self._tap.install()
         self.model.make_train_function(force=True)  # trace the step with the tap in place
-        self._last = {"steps": 0, "clipped_steps": 0, "nonfinite_steps": 0}
+        self._last = {"step": self._last_logged_step, "clipped_steps": 0, "nonfinite_steps": 0}
         charts = {"gradient norm per layer": r"grad_norm/.*"}
         if self._tap.mode is not None:
             charts["gradient norm before clipping per layer"] = r"grad_norm_preclip/.*"
@@ -278,14 +283,14 @@ class GradientNorms(DiagnosticCallback):
         applied = group_norms(stats["applied_sumsq"], self._groups, count)
         scalars = {f"grad_norm/{name}": value for name, value in zip(self._layer_names, applied)}
         scalars[f"grad_{GLOBAL}/norm"] = float(np.sqrt(np.sum(stats["applied_sumsq"], dtype=np.float64)))
-        window = max(stats["steps"] - self._last["steps"], 1)
+        window = max(step - self._last["step"], 1)
         if self._tap.mode is not None:
             preclip = group_norms(stats["preclip_sumsq"], self._groups, count)
             scalars.update({f"grad_norm_preclip/{n}": v for n, v in zip(self._layer_names, preclip)})
             scalars[f"grad_{GLOBAL}/norm_preclip"] = float(np.sqrt(np.sum(stats["preclip_sumsq"], dtype=np.float64)))
             scalars[f"grad_{GLOBAL}/clip_fraction"] = (stats["clipped_steps"] - self._last["clipped_steps"]) / window
         scalars["nonfinite/grad_steps"] = stats["nonfinite_steps"] - self._last["nonfinite_steps"]
-        self._last = stats
+        self._last = dict(stats, step=step)
         self.latest_norms = dict(zip(self._layer_names, applied.tolist()))
         with self.writers.writing("train", step) as write:
             write.scalars(scalars)

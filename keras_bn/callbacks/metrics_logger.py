@@ -32,13 +32,21 @@ class MetricsLogger(DiagnosticCallback):
     _needs_built_model = False  # reads only the metrics
 
     def _attach(self):
+        import tensorflow as tf
+
+        # One compiled call for all metric results (eagerly, each result is several ops).
+        self._metrics_result = tf.function(self.model.get_metrics_result)
         self.writers.add_charts({
             "loss (batch: running epoch mean; epoch: train and validation)": r"(batch|epoch)_loss",
             "metrics (batch and epoch)": r"(batch|epoch)_(?!loss$|learning_rate$).*",
         })
 
     def _log_step(self, step):
-        metrics = self.model.get_metrics_result()
+        try:
+            metrics = self._metrics_result()
+        except Exception:  # noqa: BLE001  a get_metrics_result that cannot be traced: read eagerly
+            self._metrics_result = self.model.get_metrics_result
+            metrics = self._metrics_result()
         if metrics:
             with self.writers.writing("train", step) as write:
                 write.scalars({f"batch_{name}": value for name, value in metrics.items()})
