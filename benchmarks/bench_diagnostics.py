@@ -207,6 +207,7 @@ def main(argv=None) -> None:
                         help="instead: bare and each of bare_again (A/A control) / preset / "
                              "grad_norms_every_100 fit in two threads taking turns epoch by epoch, "
                              "for EPOCHS epochs of 600 (MLP) / 300 (CNN) steps")
+    parser.add_argument("--model", choices=("mlp", "cnn", "both"), default="both", help="which model(s) to time")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     rng = np.random.default_rng(0)
@@ -216,18 +217,20 @@ def main(argv=None) -> None:
     x_cnn = rng.random((cnn_n, 28, 28, 1), dtype=np.float32)
     y_cnn = rng.integers(0, 10, cnn_n)
     print(f"keras {keras.__version__}, random data, batch 32")
-    added_step_ops("MLP 784-32-32-10", lambda: keras_bn.build_dense((784,), [32, 32], 10), x_mlp, y_mlp)
-    added_step_ops("CNN [16, 32]", lambda: keras_bn.build_conv((28, 28, 1), [16, 32], 10), x_cnn, y_cnn)
-    if args.interleaved:
-        for name, build, x, y in (
-            ("MLP 784-32-32-10", lambda: keras_bn.build_dense((784,), [32, 32], 10), x_mlp[:19200], y_mlp[:19200]),
-            ("CNN [16, 32]", lambda: keras_bn.build_conv((28, 28, 1), [16, 32], 10), x_cnn, y_cnn),
-        ):
+    models = {  # name, builder, data, steps per epoch with --interleaved
+        "mlp": ("MLP 784-32-32-10", lambda: keras_bn.build_dense((784,), [32, 32], 10), x_mlp, y_mlp, 600),
+        "cnn": ("CNN [16, 32]", lambda: keras_bn.build_conv((28, 28, 1), [16, 32], 10), x_cnn, y_cnn, 300),
+    }
+    chosen = [models[m] for m in (("mlp", "cnn") if args.model == "both" else (args.model,))]
+    for name, build, x, y, _ in chosen:
+        added_step_ops(name, build, x, y)
+    for name, build, x, y, interleaved_steps in chosen:
+        if args.interleaved:
+            n = interleaved_steps * 32
             for config in INTERLEAVED_CONFIGS:
-                interleaved(name, build, x, y, config, args.interleaved, 32)
-        return
-    bench("MLP 784-32-32-10", lambda: keras_bn.build_dense((784,), [32, 32], 10), x_mlp, y_mlp, repeats, 32)
-    bench("CNN [16, 32]", lambda: keras_bn.build_conv((28, 28, 1), [16, 32], 10), x_cnn, y_cnn, repeats, 32)
+                interleaved(name, build, x[:n], y[:n], config, args.interleaved, 32)
+        else:
+            bench(name, build, x, y, repeats, 32)
 
 
 if __name__ == "__main__":
