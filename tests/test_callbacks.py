@@ -467,3 +467,33 @@ def test_max_overhead_skips_scheduled_reads_not_epoch_ends(tmp_path, monkeypatch
         kbc.ActivationStats(str(tmp_path), x[:4], max_overhead=0.0)
     monkeypatch.undo()  # conftest turns the preset's budget off for the other tests
     assert kbc.diagnostics(str(tmp_path / "preset"), probe=x[:4])[-1].max_overhead == 0.02
+
+
+def test_run_writers_events_read_back_with_tensorboards_accumulator(tmp_path):
+    """Scalars, histograms and images written without TF ops come back through TensorBoard's
+    EventAccumulator with their values, kinds and plugin metadata (given once per tag)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    writers = kbc.RunWriters(str(tmp_path))
+    rgba = np.zeros((6, 10, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    for step in (1, 2):
+        with writers.writing("train", step) as write:
+            write.scalar("grad_norm/dense", 0.25 * step)
+            write.histogram_buckets("activations/dense", [0.0, 1.0, 3.0], [4, step])
+            write.image("figures/chart", rgba)
+    writers.close()
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tensors = {tag: acc.Tensors(tag) for tag in acc.Tags()["tensors"]}
+    assert [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in tensors["grad_norm/dense"]] == [(1, 0.25), (2, 0.5)]
+    histogram = tensor_util.make_ndarray(tensors["activations/dense"][-1].tensor_proto)
+    np.testing.assert_array_equal(histogram, [[0.0, 1.0, 4.0], [1.0, 3.0, 2.0]])
+    width, height, png = tensor_util.make_ndarray(tensors["figures/chart"][0].tensor_proto)
+    assert (int(width), int(height)) == (10, 6) and png.startswith(b"\x89PNG")
+    plugins = {tag: acc.SummaryMetadata(tag).plugin_data.plugin_name for tag in tensors}
+    assert plugins == {"grad_norm/dense": "scalars", "activations/dense": "histograms", "figures/chart": "images"}
+    records = [r for path in sorted(glob.glob(str(tmp_path / "train" / "events.out.tfevents.*")))
+               for r in event_file_loader.EventFileLoader(path).Load()]
+    described = [v.tag for r in records for v in r.summary.value if v.metadata.plugin_data.plugin_name]
+    assert sorted(described) == ["activations/dense", "figures/chart", "grad_norm/dense"]  # once each
