@@ -8,8 +8,13 @@ and times its second epoch (the first includes tracing); epoch-end work of the c
 
 Usage::
 
-    python benchmarks/bench_diagnostics.py            # full: about 10 minutes on 2 busy cores
-    python benchmarks/bench_diagnostics.py --quick    # smoke run, about 2 minutes
+    python benchmarks/bench_diagnostics.py                  # alternating repeats (3): about 10 minutes
+    python benchmarks/bench_diagnostics.py --quick          # smoke run, about 2 minutes
+    python benchmarks/bench_diagnostics.py --interleaved 24 # bare and instrumented fits taking turns
+                                                            # epoch by epoch, with an A/A control: 19 min
+    python benchmarks/bench_diagnostics.py --step-cost 400  # the taps' per-step cost alone: 3 minutes
+
+Every mode first prints how many graph nodes the preset adds to the traced training step.
 """
 
 from __future__ import annotations
@@ -170,6 +175,20 @@ def interleaved(name: str, build, x, y, config: str, epochs: int, batch_size: in
     return wall, cpu
 
 
+def instrumented(build, x, y, config: str, log_dir: str):
+    """A compiled, built model with `config`'s callbacks attached by hand (their taps installed,
+    the train function rebuilt), for measurements outside ``fit``; returns (model, callbacks)."""
+    keras.utils.set_random_seed(0)
+    model = build()
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+    callbacks = make_callbacks(config, log_dir, x[:32])
+    for callback in callbacks:
+        callback.set_model(model)
+        callback.on_train_begin()
+    return model, callbacks
+
+
 def added_step_ops(name: str, build, x, y) -> None:
     """Ops in the traced training step, bare and with the preset's taps (a count, not a time:
     the MLP's step is mostly per-op overhead, so this is what the taps cost it per step)."""
@@ -180,15 +199,8 @@ def added_step_ops(name: str, build, x, y) -> None:
     dataset = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(32)
     counts = {}
     for config in ("bare", "preset"):
-        keras.utils.set_random_seed(0)
-        model = build()
-        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-        model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
         with tempfile.TemporaryDirectory() as log_dir:
-            callbacks = make_callbacks(config, log_dir, x[:32])
-            for callback in callbacks:
-                callback.set_model(model)
-                callback.on_train_begin()
+            model, callbacks = instrumented(build, x, y, config, log_dir)
             graph = tf.function(model.train_step).get_concrete_function(dataset.element_spec).graph.as_graph_def()
             for callback in callbacks:
                 callback.on_train_end()
@@ -210,13 +222,7 @@ def step_cost(name: str, build, x, y, rounds: int, steps: int = 25) -> None:
     functions = {}
     with tempfile.TemporaryDirectory() as log_dir:
         for config in ("bare", "grad_norms_every_100", "preset"):
-            keras.utils.set_random_seed(0)
-            model = build()
-            model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-            model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
-            for callback in make_callbacks(config, os.path.join(log_dir, config), x[:32]):
-                callback.set_model(model)
-                callback.on_train_begin()  # installs the taps and rebuilds the train function
+            model, _ = instrumented(build, x, y, config, os.path.join(log_dir, config))
             function = model.make_train_function()
             function = getattr(function, "_keras_bn_original", function)  # skip the failure guard
             iterator = iter(dataset)

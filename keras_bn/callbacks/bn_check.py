@@ -8,10 +8,10 @@ How, without a host sync per step: at train begin the callback wraps ``call`` of
 trainable BatchNormalization layer on the instance (restored at train end or when a step
 raises) and rebuilds the train function, so every training step stores, inside the compiled
 step, the smallest number of values any channel was normalised over into one ``tf.Variable``
-per layer (the batch size, or a product of the input shape, and an ``assign``; nothing where
-the static shape shows more than one value per channel, as after any conv larger than 1x1). The host reads those
-variables every `every` steps and at each epoch end, as the other callbacks read theirs, and
-warns (``UserWarning`` starting with ``"keras_bn"``) once per layer when the count was 1. It
+per layer (the batch size, or a product of the input shape, and an ``assign``; nothing
+where the static shape shows more than one value per channel, as after any conv larger than
+1x1). The host reads those variables every `every` steps and at each epoch end, as the other
+callbacks read theirs, and warns (``UserWarning`` starting with ``"keras_bn"``) once per layer when the count was 1. It
 writes nothing to TensorBoard. Under a tf.distribute strategy it does nothing.
 
 Usage::

@@ -2,7 +2,8 @@
 
 Only the object-oriented API is used (``Figure`` + ``FigureCanvasAgg``), never pyplot, so
 drawing neither opens windows nor touches global state. Each function returns an RGBA
-``uint8`` array ``[height, width, 4]`` ready for ``write.image`` of ``RunWriters.writing`` (or ``tf.summary.image``).
+``uint8`` array ``[height, width, 4]`` ready for ``write.image`` inside
+``RunWriters.writing`` (or ``tf.summary.image``).
 
 Usage::
 

@@ -7,7 +7,7 @@ step, inside the compiled step, the wrapper stores each variable's sum of square
 ``tf.nn.l2_loss`` per variable; ``keras.ops.norm`` fails on conv kernels) in a small
 ``tf.Variable`` vector (a second one after clipping, only when the optimizer clips) and counts
 clipped and non-finite steps. That costs a few ops and no host transfer; the host reads the
-statistics in one compiled call only every `every` steps.
+statistics only every `every` steps (two small reads when the optimizer does not clip).
 
 Why ``apply``: it is public, it is the one call every Keras 3 train step makes with exactly
 the gradients of that step (no second backward pass on a probe batch, unlike W&B's
