@@ -221,8 +221,10 @@ def step_cost(name: str, build, x, y, rounds: int, steps: int = 25) -> None:
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32, drop_remainder=True).repeat().prefetch(2)
     functions = {}
     with tempfile.TemporaryDirectory() as log_dir:
+        callbacks = []
         for config in ("bare", "grad_norms_every_100", "preset"):
-            model, _ = instrumented(build, x, y, config, os.path.join(log_dir, config))
+            model, attached = instrumented(build, x, y, config, os.path.join(log_dir, config))
+            callbacks += attached
             function = model.make_train_function()
             function = getattr(function, "_keras_bn_original", function)  # skip the failure guard
             iterator = iter(dataset)
@@ -237,6 +239,8 @@ def step_cost(name: str, build, x, y, rounds: int, steps: int = 25) -> None:
                     logs = function(iterator)
                 float(logs["loss"])  # wait for the last step
                 times[config].append(time.perf_counter() - start)
+        for callback in callbacks:
+            callback.on_train_end()  # remove the taps, close the writers
     bare = np.array(times["bare"])
     for config in ("grad_norms_every_100", "preset"):
         t = np.array(times[config])

@@ -50,12 +50,13 @@ class BatchNormCheck(DiagnosticCallback):
         super().__init__(log_dir, every, writers=writers)
         self.warned: set[str] = set()
         self._counts: dict = {}
+        self._traced: set[str] = set()  # layers whose traced step records a count
         self._wrapped: list = []
 
     def _attach(self):
         import tensorflow as tf
 
-        self._counts, self._wrapped = {}, []
+        self._counts, self._traced, self._wrapped = {}, set(), []
         strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
         if type(strategy).__name__ != "_DefaultDistributionStrategy":
             return  # replica-local counts would need a mirrored variable: not checked there
@@ -63,11 +64,11 @@ class BatchNormCheck(DiagnosticCallback):
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
                 count = tf.Variable(tf.constant(NO_COUNT, tf.int64), trainable=False, name="keras_bn_bn_count")
                 self._counts[path] = count
-                self._wrap(layer, count)
+                self._wrap(path, layer, count)
         if self._wrapped:
             self.model.make_train_function(force=True)  # trace the step with the wrappers in place
 
-    def _wrap(self, layer, count):
+    def _wrap(self, path, layer, count):
         import tensorflow as tf
 
         had_own = "call" in vars(layer)
@@ -78,6 +79,7 @@ class BatchNormCheck(DiagnosticCallback):
             if training is True and layer.trainable:
                 values = _values_per_channel(inputs, _axes(layer))
                 if values is not None:
+                    self._traced.add(path)  # at trace time: only these counts are worth reading
                     count.assign(tf.minimum(count, values))
             return original(inputs, *args, **kwargs)
 
@@ -95,8 +97,8 @@ class BatchNormCheck(DiagnosticCallback):
         self._wrapped = []
 
     def _log_step(self, step):
-        for path, count in self._counts.items():
-            if path not in self.warned and int(count.numpy()) == 1:
+        for path in sorted(self._traced - self.warned):
+            if int(self._counts[path].numpy()) == 1:
                 self.warned.add(path)
                 warnings.warn(
                     f"keras_bn: BatchNormalization layer {path!r} normalised each channel over 1 "
