@@ -9,7 +9,8 @@ call takes longer), as many rounds as fit in `--budget` seconds; the ratio is th
 rounds of unfolded time / folded time (> 1: folding is faster). It also prints the
 instruction counts of the XLA-optimized HLO of both models, the deterministic side of the
 XLA figure: XLA already fuses BN into the convolution's epilogue, so folding can only remove
-instructions there, never add work.
+instructions there, never add work (benchmarks/bench_folding_xla.py explains the small CNN's
+2-3% through XLA: an LLVM unroll heuristic, and the option that removes it).
 
 Usage::
 
