@@ -11,8 +11,9 @@ step, the smallest number of values any channel was normalised over into one ``t
 per layer (the batch size, or a product of the input shape, and an ``assign``; nothing
 where the static shape shows more than one value per channel, as after any conv larger than
 1x1). The host reads those variables every `every` steps and at each epoch end, as the other
-callbacks read theirs, and warns (``UserWarning`` starting with ``"keras_bn"``) once per layer when the count was 1. It
-writes nothing to TensorBoard. Under a tf.distribute strategy it does nothing.
+callbacks read theirs, and warns (``UserWarning`` starting with ``"keras_bn"``) once per
+layer when the count was 1. It writes nothing to TensorBoard. Under a tf.distribute strategy
+it does nothing.
 
 Usage::
 
