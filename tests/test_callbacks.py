@@ -372,6 +372,51 @@ def test_an_exception_inside_fit_leaves_readable_event_files(tmp_path):
     model.fit(np.ones((4, 4), "float32"), np.arange(4) % 2, verbose=0)
 
 
+def test_preset_keeps_its_traced_reads_across_fits_of_one_model(tmp_path):
+    x, y = np.random.default_rng(0).normal(size=(8, 4)).astype("float32"), np.arange(8) % 2
+    model = keras_bn.build_dense(4, [6], 2)
+    model.compile("sgd", LOSS)
+    callbacks = kbc.diagnostics(str(tmp_path), probe=x[:4], every=1)
+    by_type = {type(cb).__name__: cb for cb in callbacks}
+
+    def traced():
+        return (by_type["ActivationStats"]._compute, by_type["UpdateRatio"]._reduce,
+                by_type["MetricsLogger"]._metrics_result)
+
+    seen = []
+    for epoch in range(3):  # one fit per epoch, as the bn_vs_no_bn recipe runs
+        fit(model, x, y, callbacks, batch_size=4, epochs=epoch + 1, initial_epoch=epoch)
+        seen.append(traced())
+    assert seen == [seen[0]] * 3
+    values, _ = read_run(str(tmp_path / "train"))
+    # Each fit still logs as a first fit does: ratios of its second step, a histogram a step.
+    assert [s for s, _ in values["update_ratio/block1_dense"]] == [2, 4, 6]
+    assert [s for s, _ in values["activation_hist/block1_relu"]] == [1, 2, 3, 4, 5, 6]
+    by_type["ActivationStats"].probe = x[4:]  # a new probe: traced again for it
+    fit(model, x, y, callbacks, batch_size=4)
+    assert by_type["ActivationStats"]._compute is not seen[0][0]
+
+
+def test_metrics_logger_traces_its_read_once_across_fits_and_again_after_recompile(tmp_path):
+    x, y = np.random.default_rng(0).normal(size=(8, 4)).astype("float32"), np.arange(8) % 2
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", LOSS)
+    logger = kbc.MetricsLogger(str(tmp_path), every=1)
+    reads = []
+    for epoch in range(3):  # one fit per epoch, as the bn_vs_no_bn recipe runs
+        fit(model, x, y, [logger], batch_size=4, epochs=epoch + 1, initial_epoch=epoch)
+        reads.append(logger._metrics_result)
+    first_read = reads[0]
+    assert reads == [first_read] * 3 and first_read.experimental_get_tracing_count() == 1
+    model.compile("sgd", LOSS, metrics=["accuracy"])  # new metric variables (and optimizer)
+    fit(model, x, y, [logger], batch_size=4)
+    assert logger._metrics_result is not first_read
+    values, _ = read_run(str(tmp_path / "train"))
+    assert [s for s, _ in values["batch_loss"]] == [1, 2, 3, 4, 5, 6, 1, 2]  # new optimizer: steps restart
+    assert [s for s, _ in values["batch_accuracy"]] == [1, 2]
+    assert 0.0 <= scalar(values, "batch_accuracy") <= 1.0
+
+
 # --- argument errors ---------------------------------------------------------------------------
 def test_bad_arguments_name_the_value(tmp_path):
     with pytest.raises(ValueError, match="every=0"):

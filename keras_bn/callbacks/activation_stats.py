@@ -362,6 +362,7 @@ class ActivationStats(DiagnosticCallback):
         self.latest_histograms: dict[str, tuple] = {}
         self._compute = None
         self._chunk_rows = None
+        self._prepared_for = None  # (model, probe) the traced probe functions were made for
 
     # --- set-up -------------------------------------------------------------------------
     def _watched(self, model) -> list[tuple[str, str | None, bool]]:
@@ -395,6 +396,8 @@ class ActivationStats(DiagnosticCallback):
         super().set_model(model)
         import tensorflow as tf
 
+        if self._prepared_for is not None and self._prepared_for[0] is model and self._prepared_for[1] is self.probe:
+            return  # a further fit of the same model and probe: keep the traced functions
         if _graph_of(model) is None:
             raise ValueError(
                 f"ActivationStats needs a Functional or Sequential model to read layer outputs; "
@@ -448,6 +451,7 @@ class ActivationStats(DiagnosticCallback):
         if self._chunk_rows is not None:
             self._build_chunked(tf, probe_model, families)
         self.writers.add_charts(self._charts())
+        self._prepared_for = (model, self.probe)
 
     def _rows_per_chunk(self, probe_model) -> int | None:
         """Probe rows per chunk when the watched outputs exceed `max_probe_mb`, else None."""

@@ -31,11 +31,18 @@ class MetricsLogger(DiagnosticCallback):
 
     _needs_built_model = False  # reads only the metrics
 
+    _read_for: tuple = ()  # the model and metric variables `_metrics_result` was made for
+
     def _attach(self):
         import tensorflow as tf
 
-        # One compiled call for all metric results (eagerly, each result is several ops).
-        self._metrics_result = tf.function(self.model.get_metrics_result)
+        # One compiled call for all metric results (eagerly, each result is several ops),
+        # traced once however many fits follow (a recipe may fit one epoch at a time); a new
+        # model, or a recompile with new metrics, gets a new one.
+        read_for = (self.model, *self.model.metrics_variables)
+        if len(read_for) != len(self._read_for) or any(a is not b for a, b in zip(read_for, self._read_for)):
+            self._read_for = read_for
+            self._metrics_result = tf.function(self.model.get_metrics_result)
         self.writers.add_charts({
             "loss (batch: running epoch mean; epoch: train and validation)": r"(batch|epoch)_loss",
             "metrics (batch and epoch)": r"(batch|epoch)_(?!loss$|learning_rate$).*",

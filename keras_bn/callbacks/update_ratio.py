@@ -47,9 +47,14 @@ class UpdateRatio(DiagnosticCallback):
     def _attach(self):
         import tensorflow as tf
 
-        self._variables = list(self.model.trainable_variables)
-        self._layer_names, self._groups = variable_groups(self.model)
         self._before = None
+        self.writers.add_charts({"update / weight ratio per layer (guide line 1e-3)": r"update_ratio/.*"})
+        variables = list(self.model.trainable_variables)
+        if self._reduce is not None and [id(v) for v in variables] == [id(v) for v in self._variables]:
+            return  # a further fit with the same variables: keep the traced reduction
+
+        self._variables = variables
+        self._layer_names, self._groups = variable_groups(self.model)
 
         @tf.function(reduce_retracing=True)
         def reduce(before, after):
@@ -58,7 +63,6 @@ class UpdateRatio(DiagnosticCallback):
             return tf.stack(diff), tf.stack(base)
 
         self._reduce = reduce
-        self.writers.add_charts({"update / weight ratio per layer (guide line 1e-3)": r"update_ratio/.*"})
 
     def _detach(self):
         self._before = None
