@@ -223,6 +223,23 @@ class RunWriters:
         self._executor = None
         self._pending: list = []
         self._flush_timer = None
+        self._listeners: list = []
+
+    def add_listener(self, listener) -> None:
+        """Call ``listener(run, step, scalars)`` after every write with that write's scalars
+        (``{tag: float}``); e.g. the live doctor reads the values the callbacks already read.
+        A listener that raises is reported once as a RuntimeWarning and removed."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def _notify(self, run: str, write: "_Write") -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(run, write.step, dict(write.scalar_values))
+            except Exception as error:  # noqa: BLE001  a broken listener must not stop training
+                self._listeners.remove(listener)
+                warnings.warn(f"keras_bn writer listener {listener!r} failed and was removed: {error!r}",
+                              RuntimeWarning, stacklevel=2)
 
     @property
     def is_chief(self) -> bool:
@@ -248,13 +265,16 @@ class RunWriters:
         if run not in RUNS:
             raise ValueError(f"`run` must be one of: {', '.join(map(repr, RUNS))}. Received: run={run!r}")
         if not self.is_chief:  # the chief gate: under multi-worker training only the chief writes
-            yield _Write(step)
+            write = _Write(step)
+            yield write
+            self._notify(run, write)
             return
         with self._lock:
             writer = self._writer(run)
             write = _Write(step)
             yield write
             writer.write(write)
+            self._notify(run, write)
             if run == "train" and self._layout_charts and not self._layout_written:
                 self._write_layout(writer)
             if time.monotonic() - self._last_flush >= self.flush_secs:
