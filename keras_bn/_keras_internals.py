@@ -16,14 +16,36 @@ Usage (inside keras-bn only)::
 
 from __future__ import annotations
 
+import threading
+
 # (importable module path, attribute path inside it) for every private name this module uses.
 # Sections append their own entries next to their functions.
 REQUIRED: list[tuple[str, str]] = []
 
 
+# (kind of object, attribute) for private attributes set on instances, not classes; the kinds are
+# made by `_instance_of` (a small compiled Functional model, its Adam optimizer).
+REQUIRED_ON_INSTANCES: list[tuple[str, str]] = []
+
+
 def require(module: str, attribute: str) -> None:
     """Record that this module relies on ``module.attribute`` (checked by the existence test)."""
     REQUIRED.append((module, attribute))
+
+
+def require_on_instance(kind: str, attribute: str) -> None:
+    """Record that this module relies on `attribute` of every `kind` ("model", "optimizer")."""
+    REQUIRED_ON_INSTANCES.append((kind, attribute))
+
+
+def _instance_of(kind: str):
+    import keras
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return {"model": model, "optimizer": model.optimizer}[kind]
 
 
 def missing_names() -> list[str]:
@@ -42,4 +64,180 @@ def missing_names() -> list[str]:
                 missing.append(f"{module_name}:{attribute}")
                 break
             value = getattr(value, part)
+    instances: dict = {}
+    for kind, attribute in REQUIRED_ON_INSTANCES:
+        if kind not in instances:
+            instances[kind] = _instance_of(kind)
+        if not hasattr(instances[kind], attribute):
+            missing.append(f"<{kind} instance>.{attribute}")
     return missing
+
+
+# --- optimizer and gradient aggregation (owner: keras_bn.callbacks._taps, keras_bn.distribute) ---
+# Keras' TensorFlow optimizer clips each replica's share in ``apply`` (``_clip_gradients``), then
+# sums the shares in ``_backend_update_step -> _all_reduce_sum_gradients``; the summed gradient
+# exists only there.
+require("keras.src.optimizers.base_optimizer", "BaseOptimizer._clip_gradients")
+require("keras.src.backend.tensorflow.optimizer", "TFOptimizer._all_reduce_sum_gradients")
+require_on_instance("optimizer", "_distribution_strategy")
+
+
+def optimizer_variables_default(optimizer) -> list:
+    """The variables ``optimizer.apply(grads)`` updates when called without them."""
+    return list(optimizer._trainable_variables)
+
+
+require_on_instance("optimizer", "_trainable_variables")
+
+
+def optimizer_strategy_object(optimizer):
+    """The tf.distribute strategy `optimizer` was created under (TF's default one included)."""
+    return getattr(optimizer, "_distribution_strategy", None)
+
+
+def has_aggregation_point(optimizer) -> bool:
+    """Whether this Keras' optimizer has the private methods around the cross-replica sum."""
+    cls = type(optimizer)
+    return callable(getattr(cls, "_all_reduce_sum_gradients", None)) and callable(getattr(cls, "_clip_gradients", None))
+
+
+def wrap_aggregation(optimizer, after_sum, clip_after_sum: bool):
+    """Wrap ``_all_reduce_sum_gradients`` on the `optimizer` instance so that ``after_sum(grads,
+    variables)`` sees the summed gradients (and, with `clip_after_sum`, Keras' clipping moves from
+    each replica's share to the sum). Returns a function that undoes exactly this wrap."""
+    cls = type(optimizer)
+    original_reduce = cls._all_reduce_sum_gradients.__get__(optimizer)
+    original_clip = cls._clip_gradients.__get__(optimizer)
+    had = {name: optimizer.__dict__[name] for name in ("_clip_gradients", "_all_reduce_sum_gradients")
+           if name in optimizer.__dict__}
+
+    def _all_reduce_sum_gradients(grads_and_vars):
+        reduced = list(original_reduce(grads_and_vars))
+        grads = [g for g, _ in reduced]
+        variables = [v for _, v in reduced]
+        after_sum(grads, variables)
+        if clip_after_sum:
+            present = [i for i, g in enumerate(grads) if g is not None]
+            clipped = original_clip([grads[i] for i in present]) if present else []
+            for i, g in zip(present, clipped):
+                grads[i] = g
+        return list(zip(grads, variables))
+
+    optimizer._all_reduce_sum_gradients = _all_reduce_sum_gradients
+    if clip_after_sum:
+        optimizer._clip_gradients = lambda grads: grads  # clipped after the sum instead
+
+    def undo():
+        for name in ("_clip_gradients", "_all_reduce_sum_gradients"):
+            optimizer.__dict__.pop(name, None)
+            if name in had:
+                optimizer.__dict__[name] = had[name]
+
+    return undo
+
+
+# --- tf.distribute (owner: keras_bn.distribute) ---
+require("tensorflow.python.distribute.distribute_lib", "_DefaultDistributionStrategy")
+
+
+def is_default_strategy(strategy) -> bool:
+    """True for TensorFlow's default (no-op) strategy, which every TF program runs under."""
+    return type(strategy).__name__ == "_DefaultDistributionStrategy"
+
+
+require("keras.src.backend.tensorflow.trainer", "TensorFlowTrainer._maybe_symbolic_build")
+require("keras.src.backend.tensorflow.trainer", "TensorFlowTrainer._symbolic_build")
+require_on_instance("model", "_distribute_strategy")
+require("keras.src.backend.tensorflow.trainer", "reduce_per_replica")
+require("keras.src.backend.tensorflow.trainer", "_collective_all_reduce_multi_worker")
+
+
+def tensorflow_trainer_module():
+    """Keras' TensorFlow trainer module (for the multi-worker compatibility wrappers), or None."""
+    try:
+        from keras.src.backend.tensorflow import trainer
+    except ImportError:
+        return None
+    return trainer
+
+
+# --- multi-worker fit compatibility (owner: keras_bn.distribute; keras#20585, tensorflow#72388) ---
+_COMPAT_LOCK = threading.Lock()
+_COMPAT_APPLIED = False
+_COMPAT_USED: set[str] = set()
+
+
+def multiworker_compat_used() -> set[str]:
+    """Which compatibility fallbacks have run in this process: "symbolic_build" (keras#20585),
+    "reduce_scalar" (tensorflow#72388). Empty when Keras' own code worked."""
+    return set(_COMPAT_USED)
+
+
+def _local_first(strategy, batch):
+    import keras
+    import tensorflow as tf
+
+    def first(x):
+        if isinstance(x, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(x)[0]
+        return x
+
+    return keras.tree.map_structure(first, batch)
+
+
+def apply_multiworker_compat() -> bool:
+    """Wrap Keras' ``_maybe_symbolic_build`` and ``reduce_per_replica`` (once per process) so
+    multi-worker ``fit`` works; returns whether the wrappers are in place (False when this
+    Keras lacks the functions, i.e. its code changed and the fix does not apply)."""
+    global _COMPAT_APPLIED
+    with _COMPAT_LOCK:
+        if _COMPAT_APPLIED:
+            return True
+        tf_trainer = tensorflow_trainer_module()
+        if tf_trainer is None:
+            return False
+        trainer_cls = getattr(tf_trainer, "TensorFlowTrainer", None)
+        original_build = getattr(trainer_cls, "_maybe_symbolic_build", None)
+        original_reduce = getattr(tf_trainer, "reduce_per_replica", None)
+        multi_worker = getattr(tf_trainer, "_collective_all_reduce_multi_worker", None)
+        if not (callable(original_build) and callable(original_reduce) and callable(multi_worker)):
+            return False
+
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            strategy = getattr(self, "_distribute_strategy", None)
+            if iterator is None or strategy is None or not multi_worker(strategy):
+                return original_build(self, iterator=iterator, data_batch=data_batch)
+            try:
+                return original_build(self, iterator=iterator, data_batch=data_batch)
+            except (TypeError, ValueError) as error:
+                if "PerReplica" not in str(error):
+                    raise
+            _COMPAT_USED.add("symbolic_build")
+            for _, _, it in iterator:
+                data_batch = _local_first(strategy, next(it))
+                break
+            with strategy.scope():
+                self._symbolic_build(data_batch=data_batch)
+
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction not in ("auto", "mean") or not multi_worker(strategy):
+                return original_reduce(values, strategy, reduction)
+            import keras
+
+            def reduce_one(value):
+                try:
+                    return original_reduce(value, strategy, reduction)
+                except ValueError as error:
+                    if "reduction dimension" not in str(error):
+                        raise
+                _COMPAT_USED.add("reduce_scalar")
+                return strategy.reduce("MEAN", value, axis=None)
+
+            return keras.tree.map_structure(reduce_one, values)
+
+        _maybe_symbolic_build._keras_bn_original = original_build
+        reduce_per_replica._keras_bn_original = original_reduce
+        trainer_cls._maybe_symbolic_build = _maybe_symbolic_build
+        tf_trainer.reduce_per_replica = reduce_per_replica
+        _COMPAT_APPLIED = True
+        return True

@@ -42,8 +42,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import warnings
+
+from keras_bn import _keras_internals as internals
 
 STRATEGIES = ("none", "mirrored", "multiworker")
 MIXED_PRECISION = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -106,12 +107,12 @@ def is_chief(tf_config: str | None = None) -> bool:
 
 def is_distributed(strategy) -> bool:
     """True for any strategy but TF's default (no-op) one."""
-    return strategy is not None and type(strategy).__name__ != "_DefaultDistributionStrategy"
+    return strategy is not None and not internals.is_default_strategy(strategy)
 
 
 def optimizer_strategy(optimizer):
     """The strategy `optimizer` was created under (None when there was none)."""
-    strategy = getattr(optimizer, "_distribution_strategy", None)
+    strategy = internals.optimizer_strategy_object(optimizer)
     return strategy if is_distributed(strategy) else None
 
 
@@ -119,22 +120,23 @@ def optimizer_strategy(optimizer):
 class AggregationHook:
     """Sums gradients across replicas, shows the sum to observers, then clips it.
 
-    Installed on one optimizer instance (`install`); `observers` are called as
-    ``observer(grads, variables)`` with the summed gradients inside the compiled step (replica
-    context; the value is the same on every replica). The variables are the optimizer's
-    ``tf.Variable``s (``keras_variable.value``).
+    Installed on one optimizer instance by `clip_after_aggregation` (an explicit choice; the
+    diagnostics never install it); `observers` are called as ``observer(grads, variables)``
+    with the summed gradients inside the compiled step (replica context; the value is the same
+    on every replica). The variables are the optimizer's ``tf.Variable``s
+    (``keras_variable.value``).
     """
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
         self.observers: list = []
-        self.keep = False  # installed by a clipping preset: stays after the observers leave
+        self.keep = True
+        self._undo = None
 
     @staticmethod
     def supported(optimizer) -> bool:
         """Whether the installed Keras has the private methods the hook wraps."""
-        cls = type(optimizer)
-        return callable(getattr(cls, "_all_reduce_sum_gradients", None)) and callable(getattr(cls, "_clip_gradients", None))
+        return internals.has_aggregation_point(optimizer)
 
     @classmethod
     def of(cls, optimizer, create: bool = True):
@@ -145,34 +147,20 @@ class AggregationHook:
             hook._install()
         return hook
 
+    def _show(self, grads, variables) -> None:
+        for observer in list(self.observers):
+            observer(grads, variables)
+
     def _install(self) -> None:
-        optimizer = self.optimizer
-        cls = type(optimizer)
-        original_reduce = cls._all_reduce_sum_gradients.__get__(optimizer)
-        original_clip = cls._clip_gradients.__get__(optimizer)
-
-        def _all_reduce_sum_gradients(grads_and_vars):
-            reduced = list(original_reduce(grads_and_vars))
-            grads = [g for g, _ in reduced]
-            variables = [v for _, v in reduced]
-            for observer in list(self.observers):
-                observer(grads, variables)
-            present = [i for i, g in enumerate(grads) if g is not None]
-            clipped = original_clip([grads[i] for i in present]) if present else []
-            for i, g in zip(present, clipped):
-                grads[i] = g
-            return list(zip(grads, variables))
-
-        optimizer.__dict__[_HOOK_ATTR] = self
-        optimizer._clip_gradients = lambda grads: grads  # clipped after the sum instead
-        optimizer._all_reduce_sum_gradients = _all_reduce_sum_gradients
+        self._undo = internals.wrap_aggregation(self.optimizer, self._show, clip_after_sum=True)
+        self.optimizer.__dict__[_HOOK_ATTR] = self
 
     def release(self) -> None:
-        """Uninstall unless a preset asked to keep it or observers remain."""
-        if self.keep or self.observers:
-            return
-        for name in ("_clip_gradients", "_all_reduce_sum_gradients", _HOOK_ATTR):
-            self.optimizer.__dict__.pop(name, None)
+        """Uninstall: Keras clips each replica's share again."""
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+        self.optimizer.__dict__.pop(_HOOK_ATTR, None)
 
 
 def clip_after_aggregation(optimizer):
@@ -192,89 +180,19 @@ def clip_after_aggregation(optimizer):
                 "clips each replica's gradient before the sum (tensorflow#33929).",
                 RuntimeWarning, stacklevel=2,
             )
-        else:
-            hook.keep = True
     return optimizer
 
 
 # --- Keras multi-worker compatibility (keras-team/keras#20585, tensorflow#72388) -------------
-_COMPAT_LOCK = threading.Lock()
-_COMPAT_APPLIED = False
-_COMPAT_USED: set[str] = set()
-
-
 def compat_used() -> set[str]:
     """Which compatibility fallbacks have run in this process: "symbolic_build" (keras#20585),
     "reduce_scalar" (tensorflow#72388). Empty when Keras' own code worked."""
-    return set(_COMPAT_USED)
-
-
-def _local_first(strategy, batch):
-    import tensorflow as tf
-    from keras.src import tree
-
-    def first(x):
-        if isinstance(x, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(x)[0]
-        return x
-
-    return tree.map_structure(first, batch)
+    return internals.multiworker_compat_used()
 
 
 def apply_keras_compat() -> bool:
     """Wrap Keras' ``_maybe_symbolic_build`` and ``reduce_per_replica`` (once per process) so
     multi-worker ``fit`` works; returns whether the wrappers are in place (False when this
-    Keras lacks the functions, i.e. its code changed and the fix does not apply)."""
-    global _COMPAT_APPLIED
-    with _COMPAT_LOCK:
-        if _COMPAT_APPLIED:
-            return True
-        try:
-            from keras.src.backend.tensorflow import trainer as tf_trainer
-        except ImportError:
-            return False
-        trainer_cls = getattr(tf_trainer, "TensorFlowTrainer", None)
-        original_build = getattr(trainer_cls, "_maybe_symbolic_build", None)
-        original_reduce = getattr(tf_trainer, "reduce_per_replica", None)
-        multi_worker = getattr(tf_trainer, "_collective_all_reduce_multi_worker", None)
-        if not (callable(original_build) and callable(original_reduce) and callable(multi_worker)):
-            return False
-
-        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-            strategy = getattr(self, "_distribute_strategy", None)
-            if iterator is None or strategy is None or not multi_worker(strategy):
-                return original_build(self, iterator=iterator, data_batch=data_batch)
-            try:
-                return original_build(self, iterator=iterator, data_batch=data_batch)
-            except (TypeError, ValueError) as error:
-                if "PerReplica" not in str(error):
-                    raise
-            _COMPAT_USED.add("symbolic_build")
-            for _, _, it in iterator:
-                data_batch = _local_first(strategy, next(it))
-                break
-            with strategy.scope():
-                self._symbolic_build(data_batch=data_batch)
-
-        def reduce_per_replica(values, strategy, reduction):
-            if reduction not in ("auto", "mean") or not multi_worker(strategy):
-                return original_reduce(values, strategy, reduction)
-            from keras.src import tree
-
-            def reduce_one(value):
-                try:
-                    return original_reduce(value, strategy, reduction)
-                except ValueError as error:
-                    if "reduction dimension" not in str(error):
-                        raise
-                _COMPAT_USED.add("reduce_scalar")
-                return strategy.reduce("MEAN", value, axis=None)
-
-            return tree.map_structure(reduce_one, values)
-
-        _maybe_symbolic_build._keras_bn_original = original_build
-        reduce_per_replica._keras_bn_original = original_reduce
-        trainer_cls._maybe_symbolic_build = _maybe_symbolic_build
-        tf_trainer.reduce_per_replica = reduce_per_replica
-        _COMPAT_APPLIED = True
-        return True
+    Keras lacks the functions, i.e. its code changed and the fix does not apply). Each wrapper
+    runs Keras' own code first and falls back only on the known error."""
+    return internals.apply_multiworker_compat()

@@ -207,29 +207,3 @@ def test_recipe_runs_under_strategy_and_mixed_precision(tmp_path, capsys):
         assert max(counts.values()) == 1
         norms = list(scalar_series(tmp_path / "bn_vs_no_bn" / run / "train", "grad_global/norm").values())
         assert norms and all(0 < v < 1e3 for v in norms)  # unscaled, finite
-
-
-def test_gradient_norms_hook_is_removed_after_fit_and_warns_on_clipping(tmp_path):
-    """One-device MirroredStrategy in this process: the tap hooks the all-reduce, says that it
-    moves the user's clipping after the sum, and leaves the optimizer as it was."""
-    import keras
-    import tensorflow as tf
-
-    import keras_bn
-
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    with strategy.scope():
-        model = keras_bn.build_dense((6,), [8], 3)
-        optimizer = keras.optimizers.Adam(1e-3, clipnorm=1e-3)
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
-    x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
-    y = np.arange(32, dtype="int32") % 3
-    cb = keras_bn.callbacks.GradientNorms(str(tmp_path), every=1, figures=False)
-    with pytest.warns(RuntimeWarning, match="summed over replicas"):
-        model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb])
-    preclip = scalar_series(tmp_path / "train", "grad_global/norm_preclip")
-    applied = scalar_series(tmp_path / "train", "grad_global/norm")
-    assert sorted(applied) == [1, 2] and all(applied[s] < preclip[s] for s in applied)
-    assert max(cb.latest_norms.values()) <= 1e-3 * np.sqrt(2) * (1 + 1e-5)  # kernel and bias at 1e-3 each
-    assert distribute.AggregationHook.of(optimizer, create=False) is None
-    assert "_clip_gradients" not in optimizer.__dict__ and "_all_reduce_sum_gradients" not in optimizer.__dict__

@@ -229,17 +229,18 @@ def test_model_without_relu_or_tanh_watches_every_layer_with_weights(tmp_path):
     # softmax counts as neither family: a reduced set (mean, std, histogram, non-finite count).
 
 
-def test_model_without_trainable_weights_logs_zero_gradients(tmp_path):
+def test_model_without_trainable_weights_writes_no_gradient_number_and_says_why(tmp_path):
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="frozen", trainable=False)(inputs))
     model.compile(keras.optimizers.SGD(0.01), LOSS)
     x, y = data(8)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.filterwarnings("ignore", "The model does not have any trainable weights")
         model.fit(x, y, batch_size=4, verbose=0, callbacks=kbc.diagnostics(str(tmp_path), probe=x, every=1, figures=False))
+    assert [str(w.message) for w in caught if "no trainable weights" in str(w.message)]
     values = loader_values(tmp_path / "train")
-    assert [float(v) for _, v in values["grad_global/norm"]] == [0.0, 0.0]
-    assert not any(t.startswith(("grad_norm/", "update_ratio/")) for t in values)
+    assert not any(t.startswith(("grad_", "update_ratio/")) for t in values)
     assert "activation_mean/frozen" in values  # it still has (frozen) weights to watch
     no_weights = keras.Model(inputs, keras.layers.Softmax(name="softmax")(inputs))
     no_weights.compile(keras.optimizers.SGD(0.01), LOSS)
@@ -316,7 +317,7 @@ def test_batch_norm_check_on_conv_maps_counts_pixels_too(tmp_path, size, warns):
         model.fit(x, y, batch_size=1, epochs=1, verbose=0, callbacks=[check])
     messages = [str(w.message) for w in caught if str(w.message).startswith("keras_bn: BatchNormalization")]
     assert len(messages) == (1 if warns else 0)
-    assert int(check._counts["conv_bn"].numpy()) == (1 if warns else bn_check.NO_COUNT)
+    assert check.counts()["conv_bn"] == (1 if warns else bn_check.NO_COUNT)
 
 # --- memory: streamed probe ---------------------------------------------------------------------
 def test_large_probe_is_streamed_in_chunks_with_the_same_statistics(tmp_path):

@@ -51,6 +51,7 @@ their own folders.
 """
 
 from keras_bn.callbacks._runs import unique_run_dir
+from keras_bn.callbacks._taps import record_gradients
 from keras_bn.callbacks._writer import RunWriters, close_all_writers
 from keras_bn.callbacks.activation_stats import ActivationStats
 from keras_bn.callbacks.bn_check import BatchNormCheck
@@ -68,5 +69,6 @@ __all__ = [
     "UpdateRatio",
     "close_all_writers",
     "diagnostics",
+    "record_gradients",
     "unique_run_dir",
 ]

@@ -1,12 +1,14 @@
 """What every keras-bn diagnostics callback shares: cadence, step counting, writers, failure.
 
-**Cadence without a host sync.** Keras 3 turns off asynchronous batch dispatch for the whole
-``fit`` as soon as one callback overrides ``on_train_batch_end`` (callback_list.py checks it
-with ``utils.is_default``; ``async_safe = True`` opts out). ``on_train_batch_begin`` is not
-part of that check, so the callbacks count steps there in plain Python and act only when a
-multiple of `every` has been passed: the statistics of the step just finished sit in
-variables updated inside the training step and are read then, never on other steps. None of
-these callbacks overrides ``on_train_batch_end``, so none needs ``async_safe``.
+**Cadence: statistics stay on the device between reads.** Every quantity of the training step
+sits in variables updated inside the compiled step and is read by the host only every `every`
+optimizer steps (and at each epoch end), never on other steps: that is what keeps the
+callbacks cheap, since a host read of a device value costs a synchronization. The steps are
+counted in plain Python in ``on_train_batch_begin``. None of these callbacks overrides
+``on_train_batch_end``: on the JAX and PyTorch backends that keeps Keras' asynchronous batch
+dispatch (callback_list.py turns it off for the whole ``fit`` when a callback overrides a
+batch-end hook). On TensorFlow, Keras >= 3.7 never dispatches asynchronously
+(``IS_THREAD_SAFE = False``), so there the saving is the host reads alone.
 
 **Steps.** Summaries of training quantities use the optimizer step (``optimizer.iterations``
 after the step they describe); ``epoch_*`` scalars use the epoch index, as Keras' TensorBoard
@@ -17,14 +19,15 @@ have passed since training began or since the last figure, and once more at trai
 the final state: a figure costs 0.1-0.5 s of CPU, which must not land in every short epoch
 (``figure_secs=0`` draws one at every epoch end).
 
-**Failure.** Keras calls ``on_train_end`` only when ``fit`` returns. Each callback therefore
-adds a handler to a thin wrapper around ``model.train_function`` which, when the step raises
-(anything but the end-of-data signal), restores what the callback patched and closes the
-writers, then re-raises. Writers are flushed at each epoch end and at most `flush_secs`
-(5 s) after any write (by a timer, even if nothing else is written), and closed at
-interpreter exit and on SIGTERM, so an error raised anywhere else (another callback, the
-user's code) loses nothing either; SIGKILL loses at most the last `flush_secs`. A log
-directory that cannot be written raises ValueError at train begin, before the first step.
+**Failure.** Keras calls ``on_train_end`` only when ``fit`` returns. The model's `StepTaps`
+(keras_bn.callbacks._taps) owns the instrumented train function: when a step raises (anything
+but the end of the data) it ends every keras-bn callback of the fit (their patches are already
+gone: they exist only while a step runs) and closes the writers, then re-raises; a fit ended by
+another callback's error is cleaned up at the next step or fit. Writers are flushed at each
+epoch end and at most `flush_secs` (5 s) after any write (by a timer, even if nothing else is
+written), and closed at interpreter exit and on SIGTERM, so an error raised anywhere else loses
+nothing either; SIGKILL loses at most the last `flush_secs`. A log directory that cannot be
+written raises ValueError at train begin, before the first step.
 
 **Resuming.** Steps come from ``optimizer.iterations``, so a restored model (``.keras`` file or
 checkpoint with its optimizer) fit again with ``initial_epoch`` into the same log directory
@@ -40,61 +43,24 @@ import os
 import time
 import traceback
 import warnings
-import weakref
 
 import keras
 
 from keras_bn._validation import check_float, check_positive_int
 from keras_bn.callbacks._runs import check_writable_log_dir
+from keras_bn.callbacks._taps import StepTaps
 from keras_bn.callbacks._writer import RunWriters
-
-# model -> list of zero-argument handlers run when its train step raises.
-_FAILURE_HANDLERS: "weakref.WeakKeyDictionary[keras.Model, list]" = weakref.WeakKeyDictionary()
-
-
-def _is_end_of_data(error: BaseException) -> bool:
-    import tensorflow as tf
-
-    return isinstance(error, (StopIteration, tf.errors.OutOfRangeError))
-
-
-def _guard_train_function(model: keras.Model) -> None:
-    """Wrap ``model.train_function`` (once) so the model's failure handlers run when it raises."""
-    function = getattr(model, "train_function", None)
-    if function is None or getattr(function, "_keras_bn_guarded", False):
-        return
-    handlers = _FAILURE_HANDLERS.setdefault(model, [])
-
-    def guarded_train_function(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except BaseException as error:
-            if not _is_end_of_data(error):
-                for handler in list(handlers):
-                    handler()
-            raise
-
-    guarded_train_function._keras_bn_guarded = True
-    guarded_train_function._keras_bn_original = function
-    model.train_function = guarded_train_function
 
 
 def add_failure_handler(model: keras.Model, handler) -> None:
-    """Run `handler()` if one of `model`'s training steps raises (until removed)."""
-    handlers = _FAILURE_HANDLERS.setdefault(model, [])
-    if handler not in handlers:
-        handlers.append(handler)
-    _guard_train_function(model)
+    """Run ``handler()`` once if one of `model`'s training steps raises during the current fit
+    (for callbacks that are not `DiagnosticCallback`s, e.g. to write a report when training dies)."""
+    StepTaps.of(model).add_failure_handler(handler)
 
 
 def remove_failure_handler(model: keras.Model, handler) -> None:
-    """Forget `handler`; unwrap the train function once no handler is left."""
-    handlers = _FAILURE_HANDLERS.get(model, [])
-    if handler in handlers:
-        handlers.remove(handler)
-    function = getattr(model, "train_function", None)
-    if not handlers and getattr(function, "_keras_bn_guarded", False):
-        model.train_function = function._keras_bn_original
+    """Forget `handler` (call it in ``on_train_end``)."""
+    StepTaps.of(model).remove_failure_handler(handler)
 
 
 def check_log_dir(log_dir) -> str:
@@ -168,6 +134,8 @@ class DiagnosticCallback(keras.callbacks.Callback):
 
     # --- Keras hooks ----------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        self._taps = StepTaps.of(self.model)
+        self._taps.begin(self)
         if getattr(self.writers, "is_chief", True):  # fail before the first step, not with a warning per log
             check_writable_log_dir(self.writers.log_dir)
         if self._needs_built_model and not self.model.built:
@@ -179,10 +147,11 @@ class DiagnosticCallback(keras.callbacks.Callback):
         self._steps_at_epoch_start = self._optimizer_step()
         self._last_logged_step = self._steps_at_epoch_start
         self._last_figure = (None, time.monotonic())
+        self._in_fit = True
         self._attach()
-        add_failure_handler(self.model, self._on_failure)
 
     def on_train_batch_begin(self, batch, logs=None):
+        self._taps.arm()
         step = self._steps_at_epoch_start + batch  # steps finished so far
         if step // self.every > self._last_logged_step // self.every:
             self._last_logged_step = step
@@ -205,16 +174,19 @@ class DiagnosticCallback(keras.callbacks.Callback):
             self.writers.submit(self._draw, step)
 
     def on_train_end(self, logs=None):
-        remove_failure_handler(self.model, self._on_failure)
         self._submit_figure(self._last_logged_step)  # the final state, if not drawn yet
-        self._run_safely(self._detach)
-        self.writers.close()
+        self._end_fit()
 
     # --- helpers --------------------------------------------------------------------
-    def _on_failure(self) -> None:
-        remove_failure_handler(self.model, self._on_failure)
+    def _end_fit(self) -> None:
+        """Undo the fit's attachments once: at train end, when a step raised, or when the next
+        fit finds this callback left over from a fit that a callback ended with an error."""
+        if not getattr(self, "_in_fit", False):
+            return
+        self._in_fit = False
         self._run_safely(self._detach)
         self.writers.close()
+        self._taps.end(self)
 
     def _optimizer_step(self) -> int:
         optimizer = getattr(self.model, "optimizer", None)

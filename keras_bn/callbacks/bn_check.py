@@ -4,10 +4,10 @@ With batch size 1 (a Dense input, or a last partial batch of 1) a BatchNormaliza
 training mode normalises each channel over a single value: the batch variance is exactly 0,
 every output equals ``beta`` and ``gamma`` gets no gradient. Keras trains on silently.
 
-How, without a host sync per step: at train begin the callback wraps ``call`` of each
-trainable BatchNormalization layer on the instance (restored at train end or when a step
-raises) and rebuilds the train function, so every training step stores, inside the compiled
-step, the smallest number of values any channel was normalised over into one ``tf.Variable``
+How, without a host sync per step: the callback registers a tap with the model's `StepTaps`
+(keras_bn.callbacks._taps), which wraps ``call`` of each trainable BatchNormalization layer on
+the instance only while a step of ``fit`` runs and traces the step with it once, so every
+training step stores, inside the compiled step, the smallest number of values any channel was normalised over into one ``tf.Variable``
 per layer (the batch size, or a product of the input shape, and an ``assign``; nothing
 where the static shape shows more than one value per channel, as after any conv larger than
 1x1). The host reads those variables every `every` steps and at each epoch end, as the other
@@ -30,8 +30,60 @@ import numpy as np
 
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import iter_layers
+from keras_bn.distribute import is_distributed
+
+__all__ = ["BatchNormCheck"]
 
 NO_COUNT = 2**62  # "no training call seen yet"
+
+
+class _BatchNormCountTap:
+    """One int64 variable per trainable BatchNormalization layer: the smallest number of values
+    a channel was normalised over in a training step (`NO_COUNT` before the first)."""
+
+    def __init__(self, layers: dict):
+        import tensorflow as tf
+
+        self.layers = layers  # path -> layer
+        self.counts = {path: tf.Variable(tf.constant(NO_COUNT, tf.int64), trainable=False, name="keras_bn_bn_count")
+                       for path in layers}
+        self.traced: set[str] = set()  # layers whose traced step records a count
+        self._undo: list = []
+
+    def patch(self) -> None:
+        for path, layer in self.layers.items():
+            self._undo.append(self._wrap(path, layer))
+
+    def unpatch(self) -> None:
+        undo, self._undo = self._undo, []
+        for restore in reversed(undo):
+            restore()
+
+    def _wrap(self, path, layer):
+        import tensorflow as tf
+
+        had_own = "call" in vars(layer)
+        original = layer.call
+        count = self.counts[path]
+
+        def call(inputs, *args, **kwargs):
+            training = kwargs.get("training", args[0] if args else None)
+            if training is True and layer.trainable:
+                values = _values_per_channel(inputs, _axes(layer))
+                if values is not None:
+                    self.traced.add(path)  # at trace time: only these counts are worth reading
+                    count.assign(tf.minimum(count, values))
+            return original(inputs, *args, **kwargs)
+
+        layer.call = call
+
+        def restore():
+            if had_own:
+                layer.call = original
+            else:
+                vars(layer).pop("call", None)
+
+        return restore
 
 
 class BatchNormCheck(DiagnosticCallback):
@@ -50,56 +102,34 @@ class BatchNormCheck(DiagnosticCallback):
     def __init__(self, log_dir, every: int = 100, *, writers=None):
         super().__init__(log_dir, every, writers=writers)
         self.warned: set[str] = set()
-        self._counts: dict = {}
-        self._traced: set[str] = set()  # layers whose traced step records a count
-        self._wrapped: list = []
+        self._tap = None
 
     def _attach(self):
-        import tensorflow as tf
-
-        self._counts, self._traced, self._wrapped = {}, set(), []
-        strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
-        if type(strategy).__name__ != "_DefaultDistributionStrategy":
+        self._tap = None
+        if is_distributed(getattr(self.model, "distribute_strategy", None)):
             return  # replica-local counts would need a mirrored variable: not checked there
-        for path, layer in iter_layers(self.model):
-            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
-                count = tf.Variable(tf.constant(NO_COUNT, tf.int64), trainable=False, name="keras_bn_bn_count")
-                self._counts[path] = count
-                self._wrap(path, layer, count)
-        if self._wrapped:
-            self.model.make_train_function(force=True)  # trace the step with the wrappers in place
-
-    def _wrap(self, path, layer, count):
-        import tensorflow as tf
-
-        had_own = "call" in vars(layer)
-        original = layer.call
-
-        def call(inputs, *args, **kwargs):
-            training = kwargs.get("training", args[0] if args else None)
-            if training is True and layer.trainable:
-                values = _values_per_channel(inputs, _axes(layer))
-                if values is not None:
-                    self._traced.add(path)  # at trace time: only these counts are worth reading
-                    count.assign(tf.minimum(count, values))
-            return original(inputs, *args, **kwargs)
-
-        layer.call = call
-        self._wrapped.append((layer, had_own, original))
+        layers = {path: layer for path, layer in iter_layers(self.model)
+                  if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable}
+        if layers:
+            key = ("batchnorm_counts", tuple((path, id(layer)) for path, layer in layers.items()))
+            self._tap = self._taps.shared(key, lambda: _BatchNormCountTap(layers))
+            self._taps.register(self._tap)
 
     def _detach(self):
-        for layer, had_own, original in self._wrapped:
-            if had_own:
-                layer.call = original
-            else:
-                vars(layer).pop("call", None)
-        if self._wrapped:
-            self.model.train_function = None  # the next fit traces a clean step
-        self._wrapped = []
+        pass  # the tap stays with the model (its traced step is reused); nothing is patched now
+
+    def counts(self) -> dict[str, int]:
+        """Per watched layer, the fewest values a channel was normalised over in a training
+        step so far (`NO_COUNT` if none was recorded)."""
+        if self._tap is None:
+            return {}
+        return {path: int(count.numpy()) for path, count in self._tap.counts.items()}
 
     def _log_step(self, step):
-        for path in sorted(self._traced - self.warned):
-            if int(self._counts[path].numpy()) == 1:
+        if self._tap is None:
+            return
+        for path in sorted(self._tap.traced - self.warned):
+            if int(self._tap.counts[path].numpy()) == 1:
                 self.warned.add(path)
                 warnings.warn(
                     f"keras_bn: BatchNormalization layer {path!r} normalised each channel over 1 "

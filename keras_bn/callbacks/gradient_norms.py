@@ -1,37 +1,15 @@
 """GradientNorms: the L2 norms of the gradients the optimizer applied in the real training step.
 
-**Where the gradients are read.** At train begin the callback wraps the optimizer's
-``apply(grads, variables)`` on the instance (no subclass; restored at train end or when a
-step raises) and rebuilds ``model.train_function`` so the wrapped step is traced. Every
-step, inside the compiled step, the wrapper stores each variable's sum of squares (one
-``tf.nn.l2_loss`` per variable; ``keras.ops.norm`` fails on conv kernels) in a small
-``tf.Variable`` vector (a second one after clipping, only when the optimizer clips) and counts
-clipped and non-finite steps. That costs a few ops and no host transfer; the host reads the
-statistics only every `every` steps (two small reads when the optimizer does not clip).
+The statistics come from the model's `GradientTap` (keras_bn.callbacks._gradient_tap: where the
+gradients are seen, with and without tf.distribute, and what clipping means there), which the
+model's `StepTaps` puts into the traced training step of ``fit``: one ``L2Loss`` per variable and
+a few ops per step, no host transfer; the host reads the statistics only every `every` steps.
+A custom training loop calls `keras_bn.callbacks.record_gradients` inside its step instead.
 
-Why ``apply``: it is public, it is the one call every Keras 3 train step makes with exactly
-the gradients of that step (no second backward pass on a probe batch, unlike W&B's
-log_gradients or keract), and it sees the gradient *before* clipping, so both the pre-clip
-norm and the applied norm are known: the applied norm follows exactly from Keras' rules
-(``clipnorm``: each variable's norm becomes ``min(n, c)``; ``global_clipnorm``: every norm is
-scaled by ``min(1, c / global)``; ``clipvalue``: computed from the clipped values). The loss
-scale of mixed precision is divided out, as ``apply`` itself does.
-
-**Aggregation point and tf.distribute.** Under a distribution strategy ``apply`` runs once per
-replica with that replica's share, *before* the all-reduce; the aggregated gradient exists
-only inside the TF optimizer's private ``_backend_update_step`` / ``_all_reduce_sum_gradients``.
-So when the optimizer was created under a strategy, `ApplyTap.install` does not wrap ``apply``:
-it registers `record` as an observer of `keras_bn.distribute.AggregationHook`, which wraps
-``_all_reduce_sum_gradients`` on the instance and shows the *summed* gradients (the global
-batch's; what the optimizer applies) and then clips that sum with Keras' own rules, so
-``clipnorm``/``global_clipnorm`` act on the global batch's gradient, not on each replica's
-share (tensorflow#33929; a warning says so when the optimizer clips). The statistics live in
-``ON_READ`` variables created in the strategy's scope (aggregation ``ONLY_FIRST_REPLICA``: every
-replica writes the same sum into its own copy; reading one costs no collective). If the
-installed Keras lacks the private method, the tap falls back to ``apply`` and warns that the
-norms are per replica. On one device both points see the same gradients. With mixed
-precision the tap sits on ``LossScaleOptimizer.inner_optimizer``, which receives gradients
-already divided by the loss scale, so the logged norms are unscaled.
+**Nothing unmeasured is written.** The tap counts its firings inside the step; when the count
+did not move since the last read (the step was traced before the callback attached, or a custom
+loop does not call `record_gradients`), no ``grad_*`` scalar is written for those steps and one
+warning says why.
 
 Usage::
 
@@ -40,180 +18,22 @@ Usage::
 
 from __future__ import annotations
 
-import numpy as np
-
 import warnings
 
-from keras_bn import distribute as kb_distribute
+import numpy as np
+
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import group_norms, variable_groups
 from keras_bn.callbacks._writer import RunWriters
 
+__all__ = ["GradientNorms"]
+
 GLOBAL = "global"
-
-
-def clipping_mode(optimizer) -> str | None:
-    """"clipnorm", "global_clipnorm", "clipvalue" or None: how `optimizer` clips gradients."""
-    for mode in ("clipnorm", "global_clipnorm", "clipvalue"):
-        value = getattr(optimizer, mode, None)
-        if value is not None and value > 0:
-            return mode
-    return None
 
 
 def _base_optimizer(optimizer):
     """The optimizer whose ``apply`` sees unscaled gradients (LossScaleOptimizer's inner one)."""
     return getattr(optimizer, "inner_optimizer", None) or optimizer
-
-
-class ApplyTap:
-    """Records per-variable gradient statistics each time ``optimizer.apply`` runs.
-
-    Statistics (``tf.Variable``s, read by the host at its own cadence with `read`):
-    ``preclip_sumsq`` (one entry per variable of `variables`, in order), ``applied_sumsq``
-    (only when the optimizer clips; else the applied gradient is the pre-clip one),
-    ``clipped_steps`` and ``nonfinite_steps`` (running counts). Per step that is one ``L2Loss``
-    per variable and a handful of ops on the stacked vector.
-    """
-
-    def __init__(self, optimizer, variables):
-        import tensorflow as tf
-
-        self._tf = tf
-        self.optimizer = optimizer
-        self.mode = clipping_mode(optimizer)
-        self.strategy = kb_distribute.optimizer_strategy(optimizer)
-        self._position = {}
-        for i, v in enumerate(variables):
-            self._position[id(v)] = i
-            self._position.setdefault(id(getattr(v, "value", v)), i)  # the tf.Variable under a Keras one
-        size = self._size = len(variables)
-        options = {}
-        if self.strategy is not None:  # each replica writes its own copy; reads take the first
-            options = dict(synchronization=tf.VariableSynchronization.ON_READ,
-                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        with kb_distribute.scope(self.strategy):
-            self.preclip_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_preclip_sumsq", **options)
-            self.applied_sumsq = self.preclip_sumsq
-            if self.mode is not None:
-                self.applied_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_applied_sumsq", **options)
-            counter = dict(initial_value=tf.constant(0, tf.int64), trainable=False, **options)
-            self.clipped_steps = tf.Variable(**counter, name="keras_bn_clipped_steps")
-            self.nonfinite_steps = tf.Variable(**counter, name="keras_bn_nonfinite_steps")
-        self._installed = None  # "apply" or the AggregationHook in use
-
-    # --- where the gradients are observed -----------------------------------------------
-    def install(self) -> None:
-        """Observe the gradients: after the cross-replica sum under a strategy, else wrap
-        ``optimizer.apply`` on the instance."""
-        if self._installed is not None:
-            return
-        if self.strategy is not None:
-            hook = kb_distribute.AggregationHook.of(self.optimizer)
-            if hook is not None:
-                hook.observers.append(self._record_aggregated)
-                self._installed = hook
-                if self.mode is not None and not hook.keep:
-                    warnings.warn(
-                        f"keras_bn GradientNorms: under {type(self.strategy).__name__} the optimizer's "
-                        f"{self.mode} now clips the gradient summed over replicas (the global batch's), "
-                        "not each replica's share as Keras does (tensorflow#33929).",
-                        RuntimeWarning, stacklevel=2,
-                    )
-                return
-            warnings.warn(
-                "keras_bn GradientNorms: this Keras has no `_all_reduce_sum_gradients`; the logged "
-                "norms are of one replica's share of the gradient, before the cross-replica sum.",
-                RuntimeWarning, stacklevel=2,
-            )
-        original_apply = self.optimizer.apply
-
-        def apply(grads, trainable_variables=None):
-            variables = trainable_variables if trainable_variables is not None else self.optimizer._trainable_variables
-            self.record(list(grads), list(variables))
-            return original_apply(grads, trainable_variables)
-
-        self.optimizer.apply = apply
-        self._installed = "apply"
-
-    def _record_aggregated(self, grads, variables) -> None:
-        self.record(grads, variables, unscale=False)  # ``apply`` divided by the loss scale already
-
-    def remove(self) -> None:
-        """Undo `install`."""
-        if self._installed == "apply":
-            del self.optimizer.apply
-        elif self._installed is not None:
-            hook = self._installed
-            if self._record_aggregated in hook.observers:
-                hook.observers.remove(self._record_aggregated)
-            hook.release()
-        self._installed = None
-
-    # --- what is recorded -----------------------------------------------------------------
-    def _half_sumsq(self, grad):
-        tf = self._tf
-        values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
-        return tf.nn.l2_loss(tf.cast(values, tf.float32))  # one op: sum(g**2) / 2
-
-    def record(self, grads, variables, unscale: bool = True) -> None:
-        """Store this step's per-variable sums of squares (before and after clipping);
-        `unscale` divides by the optimizer's ``loss_scale_factor`` (as ``apply`` does)."""
-        tf = self._tf
-        zero = tf.constant(0.0)
-        preclip = [zero] * self._size
-        clip_values = []
-        for grad, variable in zip(grads, variables):
-            index = self._position.get(id(variable))
-            if grad is None or index is None:
-                continue
-            preclip[index] = self._half_sumsq(grad)
-            if self.mode == "clipvalue":
-                clip_values.append((index, grad))
-        preclip = 2.0 * tf.stack(preclip)
-        scale = getattr(self.optimizer, "loss_scale_factor", None) if unscale else None
-        if scale is not None:
-            preclip = preclip / float(scale) ** 2
-        global_sumsq = tf.reduce_sum(preclip)
-        self.preclip_sumsq.assign(preclip)
-        if self.mode is not None:
-            applied, clipped = self._applied(preclip, global_sumsq, clip_values)
-            self.applied_sumsq.assign(applied)
-            self.clipped_steps.assign_add(tf.cast(clipped, tf.int64))
-        self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(tf.math.is_finite(global_sumsq)), tf.int64))
-
-    def _applied(self, preclip, global_sumsq, clip_values):
-        """Sums of squares after Keras' clipping, and whether clipping engaged this step."""
-        tf = self._tf
-        if self.mode == "clipnorm":
-            limit = float(self.optimizer.clipnorm) ** 2
-            return tf.minimum(preclip, limit), tf.reduce_any(preclip > limit)
-        if self.mode == "global_clipnorm":
-            limit = float(self.optimizer.global_clipnorm)
-            norm = tf.sqrt(global_sumsq)
-            factor = limit * tf.minimum(1.0 / norm, 1.0 / limit)
-            return preclip * tf.square(factor), norm > limit
-        if self.mode == "clipvalue":
-            limit = float(self.optimizer.clipvalue)
-            applied = tf.unstack(preclip) if clip_values else []
-            engaged = tf.constant(False)
-            for index, grad in clip_values:
-                values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
-                applied[index] = 2.0 * self._half_sumsq(tf.clip_by_value(values, -limit, limit))
-                engaged = tf.logical_or(engaged, tf.reduce_max(tf.abs(values)) > limit)
-            return (tf.stack(applied) if applied else preclip), engaged
-        raise ValueError(f"unknown clipping mode {self.mode!r}")
-
-    def read(self) -> dict:
-        """The current statistics as NumPy values (two reads when the optimizer does not clip)."""
-        preclip = self.preclip_sumsq.numpy()
-        clipping = self.mode is not None
-        return {
-            "preclip_sumsq": preclip,
-            "applied_sumsq": self.applied_sumsq.numpy() if clipping else preclip,
-            "clipped_steps": int(self.clipped_steps.numpy()) if clipping else 0,
-            "nonfinite_steps": int(self.nonfinite_steps.numpy()),
-        }
 
 
 class GradientNorms(DiagnosticCallback):
@@ -251,40 +71,75 @@ class GradientNorms(DiagnosticCallback):
     ):
         super().__init__(log_dir, every, figures=figures, figure_secs=figure_secs, writers=writers)
         self._tap = None
-        self._last = {"step": 0, "clipped_steps": 0, "nonfinite_steps": 0}
+        self._last = {"step": 0, "clipped_steps": 0, "nonfinite_steps": 0, "fired_steps": 0}
         self.latest_norms: dict[str, float] = {}
+        self.unmeasured_steps = 0  # steps whose gradients the tap did not see (nothing written)
+        self.clipping_in_effect: str | None = None  # e.g. "global (one device)", set at train begin
+        self._warned_unmeasured = False
 
     def _attach(self):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             raise ValueError("GradientNorms needs a compiled model; call `model.compile(optimizer=...)` first.")
+        if not self.model.trainable_variables:
+            warnings.warn(
+                f"keras_bn GradientNorms: model {self.model.name!r} has no trainable weights, so "
+                f"there is no gradient to measure and no grad_* scalar is written.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._tap = None
+            return
         self._layer_names, self._groups = variable_groups(self.model)
-        self._tap = ApplyTap(_base_optimizer(optimizer), self.model.trainable_variables)
-        self._tap.install()
-        self.model.make_train_function(force=True)  # trace the step with the tap in place
-        self._last = {"step": self._last_logged_step, "clipped_steps": 0, "nonfinite_steps": 0}
+        self._tap = self._taps.gradient_tap(_base_optimizer(optimizer))
+        self._taps.register(self._tap)
+        stats = self._tap.read()
+        self._last = {"step": self._last_logged_step, "clipped_steps": stats["clipped_steps"],
+                      "nonfinite_steps": stats["nonfinite_steps"], "fired_steps": stats["fired_steps"]}
         charts = {"gradient norm per layer": r"grad_norm/.*"}
-        if self._tap.mode is not None:
+        if self._tap.clipping != "none" and self._tap.preclip_known:
             charts["gradient norm before clipping per layer"] = r"grad_norm_preclip/.*"
             charts["global gradient norm and clip fraction (share of steps clipped)"] = r"grad_global/.*"
         self.writers.add_charts(charts)
+        self.clipping_in_effect = f"{self._tap.clipping} ({self._tap.clip_point})"
 
     def _detach(self):
-        if self._tap is not None:
-            self._tap.remove()
-            self._tap = None
-            self.model.train_function = None  # the next fit traces a clean step
+        self._tap = None
+
+    def _unmeasured(self, first, last) -> None:
+        self.unmeasured_steps += max(last - first, 1)
+        if self._warned_unmeasured:
+            return
+        self._warned_unmeasured = True
+        if self._taps.calls == 0:
+            reason = ("the steps did not run through model.fit's train function (a custom training "
+                      "loop, or a step traced before the callback attached): call "
+                      "keras_bn.callbacks.record_gradients(model, grads, variables) inside the step")
+        else:
+            reason = ("the model's train step does not call optimizer.apply with its gradients (a "
+                      "custom train_step?): call keras_bn.callbacks.record_gradients(model, grads, "
+                      "variables) inside it")
+        warnings.warn(
+            f"keras_bn GradientNorms: no gradient was recorded in steps {first + 1}-{last}, so no "
+            f"grad_* scalar was written for them: {reason}.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def _log_step(self, step):
         if self._tap is None:
             return
         stats = self._tap.read()
+        if stats["fired_steps"] == self._last["fired_steps"]:  # the tap saw no step since the last read
+            self._unmeasured(self._last["step"], step)
+            self._last["step"] = step
+            return
         count = len(self._layer_names)
         applied = group_norms(stats["applied_sumsq"], self._groups, count)
         scalars = {f"grad_norm/{name}": value for name, value in zip(self._layer_names, applied)}
         scalars[f"grad_{GLOBAL}/norm"] = float(np.sqrt(np.sum(stats["applied_sumsq"], dtype=np.float64)))
         window = max(step - self._last["step"], 1)
-        if self._tap.mode is not None:
+        if self._tap.clipping != "none" and self._tap.preclip_known:
             preclip = group_norms(stats["preclip_sumsq"], self._groups, count)
             scalars.update({f"grad_norm_preclip/{n}": v for n, v in zip(self._layer_names, preclip)})
             scalars[f"grad_{GLOBAL}/norm_preclip"] = float(np.sqrt(np.sum(stats["preclip_sumsq"], dtype=np.float64)))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from keras_bn.callbacks._base import DiagnosticCallback
 
+__all__ = ["MetricsLogger"]
+
 
 class MetricsLogger(DiagnosticCallback):
     """Writes ``batch_<metric>`` every `every` steps and ``epoch_<metric>`` at each epoch end.
@@ -31,18 +33,14 @@ class MetricsLogger(DiagnosticCallback):
 
     _needs_built_model = False  # reads only the metrics
 
-    _read_for: tuple = ()  # the model and metric variables `_metrics_result` was made for
-
     def _attach(self):
         import tensorflow as tf
 
         # One compiled call for all metric results (eagerly, each result is several ops),
-        # traced once however many fits follow (a recipe may fit one epoch at a time); a new
-        # model, or a recompile with new metrics, gets a new one.
-        read_for = (self.model, *self.model.metrics_variables)
-        if len(read_for) != len(self._read_for) or any(a is not b for a, b in zip(read_for, self._read_for)):
-            self._read_for = read_for
-            self._metrics_result = tf.function(self.model.get_metrics_result)
+        # traced once per model however many fits and callbacks follow (a recipe may fit one
+        # epoch at a time); a recompile with new metrics gets a new one.
+        self._metrics_result = self._taps.cached("metrics_result", self.model.metrics_variables,
+                                                 lambda: tf.function(self.model.get_metrics_result))
         self.writers.add_charts({
             "loss (batch: running epoch mean; epoch: train and validation)": r"(batch|epoch)_loss",
             "metrics (batch and epoch)": r"(batch|epoch)_(?!loss$|learning_rate$).*",
@@ -53,6 +51,7 @@ class MetricsLogger(DiagnosticCallback):
             metrics = self._metrics_result()
         except Exception:  # noqa: BLE001  a get_metrics_result that cannot be traced: read eagerly
             self._metrics_result = self.model.get_metrics_result
+            self._taps.forget("metrics_result")
             metrics = self._metrics_result()
         if metrics:
             with self.writers.writing("train", step) as write:

@@ -23,6 +23,8 @@ from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import group_norms, variable_groups
 from keras_bn.callbacks._writer import RunWriters
 
+__all__ = ["UpdateRatio"]
+
 GUIDE_LINE = 1e-3  # CS231n: update / weight magnitude should be around this
 
 
@@ -49,20 +51,15 @@ class UpdateRatio(DiagnosticCallback):
 
         self._before = None
         self.writers.add_charts({"update / weight ratio per layer (guide line 1e-3)": r"update_ratio/.*"})
-        variables = list(self.model.trainable_variables)
-        if self._reduce is not None and [id(v) for v in variables] == [id(v) for v in self._variables]:
-            return  # a further fit with the same variables: keep the traced reduction
-
-        self._variables = variables
+        self._variables = list(self.model.trainable_variables)
         self._layer_names, self._groups = variable_groups(self.model)
-
-        @tf.function(reduce_retracing=True)
         def reduce(before, after):
             diff = [tf.reduce_sum(tf.square(tf.cast(a - b, tf.float32))) for a, b in zip(after, before)]
             base = [tf.reduce_sum(tf.square(tf.cast(b, tf.float32))) for b in before]
             return tf.stack(diff), tf.stack(base)
 
-        self._reduce = reduce
+        # One traced reduction per model and variable list, kept across fits and callbacks.
+        self._reduce = self._taps.cached("update_ratio", self._variables, lambda: tf.function(reduce))
 
     def _detach(self):
         self._before = None

@@ -1,0 +1,252 @@
+"""StepTaps: the one owner of a model's training-step instrumentation.
+
+A *tap* records statistics inside the real training step (the gradient statistics of
+`GradientTap`, the per-channel counts of `BatchNormCheck`). Callbacks never patch anything
+themselves: each registers its taps with the model's `StepTaps` at train begin, and the owner
+
+- makes one instrumented train function per (Keras train function, set of taps): Keras' own
+  ``make_train_function(force=True)``, traced on its first call with every tap's patches in
+  place, and kept, so later fits of the same model with the same taps trace nothing again;
+- puts a thin wrapper on ``model.train_function`` for the fit (Keras' ``fit`` looks the
+  attribute up at every step, and calls ``make_train_function()`` before ``on_train_begin``);
+- applies each tap's patches (``optimizer.apply`` on the instance, a layer's ``call``) only
+  *during* a call of that wrapper, in a ``try/finally``: on every way out of ``fit`` (a step that
+  raises, a callback that raises, KeyboardInterrupt) the optimizer and layers are as the user
+  made them;
+- restores Keras' own train function at train end; after a ``fit`` that a callback ended with
+  an exception (Keras then skips ``on_train_end``), the wrapper finds at its next call that no
+  keras-bn callback armed it (Keras calls ``on_train_batch_begin`` before every
+  ``train_function`` call) and puts Keras' function back itself;
+- runs the callbacks' failure handlers when a step raises (anything but the end of the data).
+
+Every tap counts, inside the traced step, how often it fired; a callback compares the count
+between two reads and never writes a statistic whose count did not move (a step traced before
+the tap was attached, a custom training loop that does not call `record_gradients`).
+
+Usage (inside a callback)::
+
+    taps = StepTaps.of(model)
+    taps.begin(self)                      # on_train_begin
+    tap = taps.gradient_tap(optimizer)    # shared by every callback that wants it
+    taps.arm()                            # on_train_batch_begin
+    taps.end(self)                        # on_train_end
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+__all__ = ["StepTaps", "record_gradients"]
+
+
+def _is_end_of_data(error: BaseException) -> bool:
+    if isinstance(error, StopIteration):
+        return True
+    import tensorflow as tf
+
+    return isinstance(error, tf.errors.OutOfRangeError)
+
+
+class StepTaps:
+    """The instrumentation of one model's training step (one per model: `StepTaps.of`)."""
+
+    _owners: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, model) -> "StepTaps":
+        owner = cls._owners.get(model)
+        if owner is None:
+            owner = cls._owners[model] = cls(model)
+        return owner
+
+    def __init__(self, model):
+        self._model = weakref.ref(model)
+        self.taps: list = []  # registered for the current fit, in registration order
+        self.members: list = []  # the keras-bn callbacks of the current fit
+        self._cache: dict = {}  # kind -> (objects, compiled helper), kept across fits of this model
+        self._traced: dict = {}  # tap ids -> (Keras train function, instrumented function)
+        self._shared: dict = {}  # key -> tap, kept across fits so their traced step is reused
+        self._keras_function = None
+        self._wrapper = None
+        self._armed = False
+        self._starting = False
+        self.calls = 0  # instrumented train-function calls so far (a tap that did not fire: why)
+        self.failure_handlers: list = []  # run once when a step raises (other callbacks' needs)
+
+    # --- the fit's members ------------------------------------------------------------------
+    def begin(self, callback) -> None:
+        """`callback` takes part in the fit that is starting (its ``on_train_begin``)."""
+        if not self._starting:  # the first keras-bn callback of a new fit
+            self._drop_stale_members()
+            self._starting = True
+        if callback not in self.members:
+            self.members.append(callback)
+
+    def end(self, callback) -> None:
+        """`callback`'s fit is over; once every member has ended, Keras' train function is back."""
+        if callback in self.members:
+            self.members.remove(callback)
+        if not self.members:
+            self._release()
+            self.taps = []
+            self._starting = False
+
+    def _drop_stale_members(self) -> None:
+        """Members of a fit that ended without ``on_train_end`` (a callback raised)."""
+        for callback in list(self.members):
+            callback._end_fit()
+        self.members = []
+        self.taps = []
+        self._release()
+
+    def add_failure_handler(self, handler) -> None:
+        """Run ``handler()`` when a step of the current fit raises."""
+        if handler not in self.failure_handlers:
+            self.failure_handlers.append(handler)
+
+    def remove_failure_handler(self, handler) -> None:
+        if handler in self.failure_handlers:
+            self.failure_handlers.remove(handler)
+
+    def register(self, tap) -> None:
+        """Have `tap` in the instrumented step of this fit (call in ``on_train_begin``)."""
+        if tap not in self.taps:
+            self.taps.append(tap)
+
+    def cached(self, kind: str, objects, make):
+        """A compiled helper of this model (e.g. a traced reduction over `objects`, its
+        variables), made by ``make()`` once and kept across fits and callbacks while `objects`
+        are the same objects (compared by identity: a recompile's new variables get a new one)."""
+        objects = tuple(objects)
+        entry = self._cache.get(kind)
+        if entry is None or len(entry[0]) != len(objects) or any(a is not b for a, b in zip(entry[0], objects)):
+            entry = self._cache[kind] = (objects, make())
+        return entry[1]
+
+    def forget(self, kind: str) -> None:
+        """Drop the helper `cached` keeps for `kind`."""
+        self._cache.pop(kind, None)
+
+    def shared(self, key, make, still_valid=lambda tap: True):
+        """The tap stored under `key` (made by ``make()`` the first time, or again when
+        ``still_valid(tap)`` is False), kept across fits so that their traced step is reused."""
+        tap = self._shared.get(key)
+        if tap is None or not still_valid(tap):
+            tap = self._shared[key] = make()
+        return tap
+
+    def gradient_tap(self, optimizer):
+        """The gradient tap of `optimizer` on this model's trainable variables, made once and
+        shared (a later fit, or another callback, reuses it and its traced step)."""
+        from keras_bn.callbacks._gradient_tap import GradientTap
+
+        variables = list(self._model().trainable_variables)
+        key = ("gradients", id(optimizer), tuple(id(v) for v in variables))
+        return self.shared(key, lambda: GradientTap(optimizer, variables),
+                           lambda tap: tap.optimizer is optimizer and tap.same_setting())
+
+    def current_gradient_tap(self):
+        """The gradient tap registered for the current fit, or None."""
+        from keras_bn.callbacks._gradient_tap import GradientTap
+
+        return next((t for t in self.taps if isinstance(t, GradientTap)), None)
+
+    # --- the train function ---------------------------------------------------------------
+    def arm(self) -> None:
+        """Called in ``on_train_batch_begin``: the next train-function call is a step of a fit
+        with keras-bn callbacks. Installs the instrumented function at the first one."""
+        self._armed = True
+        self._starting = False
+        model = self._model()
+        function = getattr(model, "train_function", None)
+        if function is None or function is self._wrapper:
+            return
+        self._install(model, function)
+
+    def _install(self, model, keras_function) -> None:
+        self._keras_function = keras_function
+        instrumented = keras_function
+        if self.taps:
+            key = tuple(id(t) for t in self.taps)
+            cached = self._traced.get(key)
+            if cached is not None and cached[0] is keras_function:
+                instrumented = cached[1]
+            else:
+                model.make_train_function(force=True)  # traced at its first call, taps patched
+                instrumented = model.train_function
+                self._traced = {k: v for k, v in self._traced.items() if v[0] is keras_function}
+                self._traced[key] = (keras_function, instrumented)
+        self._wrapper = self._wrap(keras_function, instrumented, list(self.taps))
+        model.train_function = self._wrapper
+
+    def _wrap(self, keras_function, instrumented, taps):
+        def train_function(*args, **kwargs):
+            if not self._armed:  # a fit without keras-bn callbacks: be Keras' function again
+                self._release()
+                return keras_function(*args, **kwargs)
+            self._armed = False
+            self.calls += 1
+            patched = []
+            try:
+                for tap in taps:
+                    tap.patch()
+                    patched.append(tap)
+                return instrumented(*args, **kwargs)
+            except BaseException as error:
+                if not _is_end_of_data(error):
+                    self._fail()
+                raise
+            finally:
+                for tap in reversed(patched):
+                    tap.unpatch()
+
+        return train_function
+
+    def _release(self) -> None:
+        model = self._model()
+        if model is not None and self._wrapper is not None and getattr(model, "train_function", None) is self._wrapper:
+            model.train_function = self._keras_function
+        self._wrapper = None
+        self._armed = False
+
+    def _fail(self) -> None:
+        """A training step raised: every member ends its fit now (Keras skips on_train_end)."""
+        handlers, self.failure_handlers = self.failure_handlers, []
+        for handler in handlers:
+            try:
+                handler()
+            except Exception as error:  # noqa: BLE001  the step's own error is what the user must see
+                warnings.warn(f"keras_bn failure handler {handler!r} failed: {error!r}", RuntimeWarning, stacklevel=2)
+        for callback in list(self.members):
+            callback._end_fit()
+        self.members = []
+        self.taps = []
+        self._release()
+        self._starting = False
+
+
+def record_gradients(model, grads, variables) -> None:
+    """Record this step's gradients for the diagnostics, from inside a custom training step.
+
+    ``fit`` needs no call: its steps are tapped. A custom loop calls it inside its (traced) step
+    with the gradients it applies; the callbacks must have begun (``on_train_begin``) before the
+    step is traced. Without a `GradientNorms` attached it warns once and records nothing.
+
+    Usage::
+
+        grads = tape.gradient(loss, model.trainable_variables)
+        keras_bn.callbacks.record_gradients(model, grads, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+    """
+    tap = StepTaps.of(model).current_gradient_tap()
+    if tap is None:
+        warnings.warn(
+            "keras_bn record_gradients: no GradientNorms callback has begun on this model, so "
+            "nothing is recorded. Call the callbacks' on_train_begin() (e.g. through "
+            "keras.callbacks.CallbackList(callbacks, model=model)) before your step is traced.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return
+    tap.record(list(grads), list(variables))

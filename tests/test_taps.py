@@ -1,0 +1,213 @@
+"""The tap owner (keras_bn.callbacks._taps): taps that prove they fired, custom training loops,
+patches that exist only while a step runs, and one traced step kept across fits."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_bn  # noqa: E402
+from keras_bn import callbacks as kbc  # noqa: E402
+from keras_bn.callbacks._taps import StepTaps  # noqa: E402
+from tests._events import scalar_series, tag_step_counts  # noqa: E402
+
+LOSS = "sparse_categorical_crossentropy"
+
+
+def mlp(norm=None, seed=3):
+    keras.utils.set_random_seed(seed)
+    model = keras_bn.build_dense((6,), [8, 8], 3, norm=norm)
+    model.compile(keras.optimizers.SGD(0.05), LOSS)
+    return model
+
+
+def data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6)).astype("float32"), (np.arange(n) % 3).astype("int32")
+
+
+def tape_global_norm(model, x, y):
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    return float(np.sqrt(sum(np.sum(np.square(g.numpy().astype(np.float64))) for g in grads)))
+
+
+def custom_loop(model, callbacks, x, y, step_fn, batch=8):
+    cbs = keras.callbacks.CallbackList(callbacks, model=model)
+    cbs.on_train_begin()
+    cbs.on_epoch_begin(0)
+    for i in range(len(x) // batch):
+        cbs.on_train_batch_begin(i)
+        step_fn(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
+        cbs.on_train_batch_end(i)
+    cbs.on_epoch_end(0, {})
+    cbs.on_train_end()
+
+
+def make_step(model, record):
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        if record:
+            kbc.record_gradients(model, grads, model.trainable_variables)
+        model.optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    return step
+
+
+def test_custom_loop_traced_before_the_callbacks_writes_no_gradient_number_and_warns_once(tmp_path):
+    model = mlp()
+    x, y = data(32)
+    step = make_step(model, record=False)
+    step(x[:8], y[:8])  # traced (and one step taken) before any callback attached
+    callback = kbc.GradientNorms(str(tmp_path), every=1, figures=False)
+    with pytest.warns(RuntimeWarning, match=r"no gradient was recorded.*record_gradients") as caught:
+        custom_loop(model, [callback], x, y, step)
+    assert len([w for w in caught if "no gradient was recorded" in str(w.message)]) == 1
+    counts = tag_step_counts(tmp_path / "train") if (tmp_path / "train").exists() else {}
+    assert not [tag for tag, _ in counts if tag.startswith("grad_")]
+    assert callback.unmeasured_steps == 4
+
+
+def test_custom_loop_with_record_gradients_logs_the_gradient_tape_norms(tmp_path):
+    model = mlp()
+    x, y = data(32)
+    expected = {}
+    callback = kbc.GradientNorms(str(tmp_path), every=1, figures=False)
+    cbs = keras.callbacks.CallbackList([callback], model=model)
+    cbs.on_train_begin()
+    step = make_step(model, record=True)  # traced after the callbacks began
+    for i in range(4):
+        xb, yb = x[i * 8:(i + 1) * 8], y[i * 8:(i + 1) * 8]
+        expected[i + 1] = tape_global_norm(model, xb, yb)
+        cbs.on_train_batch_begin(i)
+        step(xb, yb)
+        cbs.on_train_batch_end(i)
+    cbs.on_epoch_end(0, {})
+    cbs.on_train_end()
+    logged = scalar_series(tmp_path / "train", "grad_global/norm")
+    assert sorted(logged) == [1, 2, 3, 4]
+    for s, value in expected.items():
+        assert logged[s] == pytest.approx(value, rel=1e-5)
+
+
+def test_record_gradients_without_a_callback_warns_and_records_nothing():
+    model = mlp()
+    x, y = data(8)
+    step = make_step(model, record=True)
+    with pytest.warns(UserWarning, match="no GradientNorms callback has begun"):
+        step(x, y)
+
+
+class _RaiseAt(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.step:
+            raise RuntimeError("user callback failed")
+
+
+def test_a_user_callback_raising_mid_epoch_leaves_nothing_patched(tmp_path):
+    model = mlp(norm="batch")
+    x, y = data(64)
+    bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    callbacks = kbc.diagnostics(str(tmp_path), every=1, figures=False) + [_RaiseAt(2)]
+    with pytest.raises(RuntimeError, match="user callback failed"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
+    assert "apply" not in vars(model.optimizer)
+    assert all("call" not in vars(layer) for layer in bn_layers)
+    # A later fit without keras-bn callbacks runs Keras' own step: the taps stay still.
+    tap = StepTaps.of(model).gradient_tap(model.optimizer)
+    fired = int(tap.fired_steps.numpy())
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert int(tap.fired_steps.numpy()) == fired
+    assert StepTaps.of(model)._wrapper is None
+
+
+def test_a_failing_step_ends_every_callback_and_restores_the_optimizer(tmp_path):
+    model = mlp()
+    x, y = data(32)
+
+    def batches():
+        for i in range(3):
+            yield x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4]
+        raise ValueError("pipeline broke")
+
+    callbacks = kbc.diagnostics(str(tmp_path), every=1, figures=False)
+    with pytest.raises(Exception, match="pipeline broke"):
+        model.fit(batches(), epochs=1, verbose=0, callbacks=callbacks)
+    assert "apply" not in vars(model.optimizer)
+    assert StepTaps.of(model).members == []
+    assert sorted(scalar_series(tmp_path / "train", "grad_global/norm")) == [1, 2, 3]
+
+
+def test_the_instrumented_step_is_traced_once_across_fits_and_new_callbacks(tmp_path):
+    model = mlp()
+    x, y = data(32)
+    for run in range(3):
+        callbacks = kbc.diagnostics(str(tmp_path / f"run{run}"), every=2, figures=False)
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=callbacks)
+    owner = StepTaps.of(model)
+    (keras_function, _), = owner._traced.values()
+    assert owner.gradient_tap(model.optimizer).traced_records == 1  # one trace for three fits
+    assert model.train_function is keras_function  # Keras' own function is back after each fit
+    for run in range(3):
+        assert sorted(scalar_series(tmp_path / f"run{run}" / "train", "grad_global/norm")) == [4 * run + 2, 4 * run + 4]
+
+
+@pytest.mark.parametrize("setting", [{"jit_compile": True}, {"steps_per_execution": 2}])
+def test_taps_fire_once_per_step_under_xla_and_steps_per_execution(tmp_path, setting):
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.05), LOSS, **setting)
+    x, y = data(32)
+    expected_first = tape_global_norm(model, x[:8], y[:8])
+    callback = kbc.GradientNorms(str(tmp_path), every=1, figures=False)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
+    tap = StepTaps.of(model).gradient_tap(model.optimizer)
+    assert int(tap.fired_steps.numpy()) == 4 == int(model.optimizer.iterations.numpy())
+    logged = scalar_series(tmp_path / "train", "grad_global/norm")
+    if "jit_compile" in setting:
+        assert logged[1] == pytest.approx(expected_first, rel=1e-5)
+    else:  # one host read per execution of 2 steps: steps 2 and 4
+        assert sorted(logged) == [2, 4]
+
+
+def test_observing_does_not_move_keras_clipping_under_a_strategy(tmp_path):
+    """One-device MirroredStrategy: the tap reads the summed gradient, Keras keeps clipping each
+    replica's share (no pre-clip tags, since no unclipped sum exists), and nothing stays patched."""
+    from keras_bn import distribute
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = keras_bn.build_dense((6,), [8], 3)
+        optimizer = keras.optimizers.Adam(1e-3, clipnorm=1e-3)
+        model.compile(optimizer=optimizer, loss=LOSS)
+    x, y = data(32)
+    callback = kbc.GradientNorms(str(tmp_path), every=1, figures=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    counts = tag_step_counts(tmp_path / "train")
+    assert sorted(scalar_series(tmp_path / "train", "grad_global/norm")) == [1, 2]
+    assert not [tag for tag, _ in counts if "preclip" in tag or "clip_fraction" in tag]
+    assert max(callback.latest_norms.values()) <= 1e-3 * np.sqrt(2) * (1 + 1e-5)  # kernel and bias at 1e-3 each
+    assert callback.clipping_in_effect == "per_variable (each replica's share (Keras' default under a strategy))"
+    assert distribute.AggregationHook.of(optimizer, create=False) is None
+    assert "_clip_gradients" not in optimizer.__dict__ and "_all_reduce_sum_gradients" not in optimizer.__dict__
