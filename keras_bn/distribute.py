@@ -11,12 +11,13 @@ norm can reach ``R * c``. `AggregationHook` moves it: on the optimizer *instance
 ``_clip_gradients`` into the identity and wraps ``_all_reduce_sum_gradients`` so that it sums
 first, shows the summed (global-batch) gradients to its observers (`GradientNorms`), then
 clips them with Keras' own ``_clip_gradients``. Keras' clipping rules are unchanged; only the
-point where they apply moves after the cross-replica sum. `keras_bn.optimizers.adam` installs
-it when it is called inside a strategy scope; `GradientNorms` installs it (with a warning if
-the optimizer clips) when the model trains under a strategy. Without a strategy nothing is
-patched. The hook is version-guarded: if the installed Keras has no
-``_all_reduce_sum_gradients``/``_clip_gradients`` it is not installed and
-`AggregationHook.supported` says so.
+point where they apply moves after the cross-replica sum. It is always an explicit choice:
+`clip_after_aggregation`, which `keras_bn.optimizers.adam` applies when it is called inside a
+strategy scope. Observing never changes it: `GradientNorms` reads the summed gradient wherever
+clipping is, and reports which clipping is in effect (keras_bn.callbacks._gradient_tap).
+Without a strategy nothing is patched. The private names live in keras_bn._keras_internals;
+if the installed Keras lacks them the hook is not installed and `AggregationHook.supported`
+says so.
 
 **Multi-worker fit** (keras-team/keras#20585, tensorflow#72388): with
 ``MultiWorkerMirroredStrategy`` on several workers, ``TensorFlowTrainer._maybe_symbolic_build``
@@ -45,6 +46,12 @@ import os
 import warnings
 
 from keras_bn import _keras_internals as internals
+
+__all__ = [
+    "AggregationHook", "MIXED_PRECISION", "STRATEGIES", "apply_keras_compat", "clip_after_aggregation",
+    "compat_used", "is_chief", "is_distributed", "make_strategy", "optimizer_strategy", "scope",
+    "set_mixed_precision",
+]
 
 STRATEGIES = ("none", "mirrored", "multiworker")
 MIXED_PRECISION = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}

@@ -19,6 +19,8 @@ from keras_bn.callbacks.gradient_norms import GradientNorms
 from keras_bn.callbacks.metrics_logger import MetricsLogger
 from keras_bn.callbacks.update_ratio import UpdateRatio
 
+__all__ = ["diagnostics"]
+
 ACTIVATION_OVERHEAD = 0.02  # the preset's bound on the probe's share of training time
 
 

@@ -1,0 +1,76 @@
+"""The diagnostics preset's fixed cost per `fit` call, after the first call on a model.
+
+Fits the 784-32-32-10 MLP for 20 steps (`fit(epochs=1)`) again and again, taking turns: bare,
+the preset with a fresh `diagnostics()` list each call (what a recipe or a search trial does),
+and the same list reused. Prints the median wall time of each and the preset's fixed cost
+(median preset - median bare), against the target of 50 ms. The first call of each is left
+out (tracing).
+
+Usage::
+
+    python benchmarks/bench_fit_overhead.py            # 15 rounds, about a minute
+    python benchmarks/bench_fit_overhead.py --rounds 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_bn  # noqa: E402
+from keras_bn import callbacks as kbc  # noqa: E402
+
+TARGET_MS = 50.0
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--figures", action="store_true", help="the preset with figures on (default: on)", default=True)
+    parser.add_argument("--no-figures", dest="figures", action="store_false")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20 * 32, 784)).astype("float32")
+    y = rng.integers(0, 10, size=len(x))
+    probe = x[:256]
+    models = {}
+    for name in ("bare", "fresh_preset", "reused_preset"):
+        keras.utils.set_random_seed(0)
+        model = keras_bn.build_dense((784,), [32, 32], 10)
+        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        models[name] = model
+    root = tempfile.mkdtemp(prefix="bench_fit_overhead_")
+    reused = kbc.diagnostics(os.path.join(root, "reused"), probe=probe, every=100, figures=args.figures)
+    times = {name: [] for name in models}
+    for round_ in range(args.rounds + 1):
+        for name, model in models.items():
+            if name == "bare":
+                callbacks = []
+            elif name == "fresh_preset":
+                callbacks = kbc.diagnostics(os.path.join(root, f"fresh{round_}"), probe=probe, every=100, figures=args.figures)
+            else:
+                callbacks = reused
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=callbacks)
+            if round_ > 0:  # the first call traces
+                times[name].append(time.perf_counter() - start)
+    bare = statistics.median(times["bare"]) * 1e3
+    print(f"{args.rounds} rounds of a 20-step fit(epochs=1), MLP 784-32-32-10, figures={args.figures}")
+    print(f"{'config':<16}{'median ms':>10}{'fixed cost ms':>15}{'ratio':>8}")
+    for name, values in times.items():
+        median = statistics.median(values) * 1e3
+        print(f"{name:<16}{median:>10.1f}{median - bare:>15.1f}{median / bare:>8.2f}")
+    worst = max(statistics.median(times[n]) * 1e3 - bare for n in ("fresh_preset", "reused_preset"))
+    print(f"fixed cost per fit: {worst:.1f} ms (target <= {TARGET_MS:.0f} ms): {'met' if worst <= TARGET_MS else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

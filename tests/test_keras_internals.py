@@ -1,0 +1,100 @@
+"""keras_bn/_keras_internals.py is the one module that touches private Keras / TensorFlow /
+TensorBoard names: every name it relies on exists in the installed versions, and no other
+module of keras-bn (or recipe) names one."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from keras_bn import _keras_internals as internals
+
+ROOT = Path(__file__).resolve().parents[1]
+# Private module trees: anything imported from them is private.
+PRIVATE_MODULES = ("keras.src", "tensorflow.python", "tensorboard.compat", "tensorboard.plugins",
+                   "tensorboard.util", "tensorboard.backend", "tensorboard.summary.writer")
+# Private attributes keras-bn used before they moved here, and a few more that are easy to reach for.
+KNOWN_PRIVATE = {"_nodes_by_depth", "_keras_history", "_functional", "_input_layers", "_trainable_variables",
+                 "_clip_gradients", "_all_reduce_sum_gradients", "_distribution_strategy", "_maybe_symbolic_build",
+                 "_symbolic_build", "_distribute_strategy", "_collective_all_reduce_multi_worker",
+                 "_DefaultDistributionStrategy", "_backend_update_step", "_operation_history"}
+
+
+def _private_names() -> set[str]:
+    names = set(KNOWN_PRIVATE)
+    for _, attribute in internals.REQUIRED + internals.REQUIRED_ON_INSTANCES:
+        names.update(part for part in attribute.split(".") if part.startswith("_"))
+        names.add(attribute.split(".")[-1])
+    return names
+
+
+def _uses(tree: ast.AST, names: set[str]):
+    """(line, what) for each use of a private name: an attribute, a name, an import from a private
+    module, or a string given to getattr/hasattr/setattr/delattr. Docstrings and comments are not uses."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in names:
+            yield node.lineno, f".{node.attr}"
+        elif isinstance(node, ast.Name) and node.id in names:
+            yield node.lineno, node.id
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PRIVATE_MODULES):
+            yield node.lineno, f"from {node.module}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith(PRIVATE_MODULES):
+                    yield node.lineno, f"import {alias.name}"
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "hasattr", "setattr", "delattr") and len(node.args) > 1
+              and isinstance(node.args[1], ast.Constant) and node.args[1].value in names):
+            yield node.lineno, f"{node.func.id}(..., {node.args[1].value!r})"
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+            dotted = _dotted(node)
+            if dotted and dotted.startswith(PRIVATE_MODULES):
+                yield node.lineno, dotted
+
+
+def _dotted(node) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def test_every_private_name_exists():
+    assert internals.REQUIRED, "the internals module lists what it relies on"
+    missing = internals.missing_names()
+    assert not missing, ("This Keras / TensorFlow / TensorBoard lacks private names keras-bn relies on "
+                         f"(keras_bn/_keras_internals.py): {missing}")
+
+
+def test_missing_names_reports_a_name_that_does_not_exist(monkeypatch):
+    monkeypatch.setattr(internals, "REQUIRED", internals.REQUIRED + [("keras", "_no_such_name_anywhere")])
+    assert internals.missing_names() == ["keras:_no_such_name_anywhere"]
+
+
+def test_no_other_module_names_a_private_keras_name():
+    names = _private_names()
+    offenders = []
+    for path in sorted([*ROOT.glob("keras_bn/**/*.py"), *ROOT.glob("recipes/*.py")]):
+        if path.name == "_keras_internals.py":
+            continue
+        for line, what in sorted(set(_uses(ast.parse(path.read_text()), names))):
+            offenders.append(f"{path.relative_to(ROOT)}:{line}: {what}")
+    assert not offenders, "private names outside keras_bn/_keras_internals.py:\n" + "\n".join(offenders)
+
+
+def test_the_private_name_check_sees_each_kind_of_use():
+    source = (
+        "from keras.src import tree\n"
+        "import tensorboard.compat.proto\n"
+        "x = model._nodes_by_depth\n"
+        "y = getattr(optimizer, '_clip_gradients', None)\n"
+        '"""docstrings may name ``_nodes_by_depth``"""  # and comments: _keras_history\n'
+    )
+    found = [what for _, what in _uses(ast.parse(source), _private_names())]
+    assert found.count("._nodes_by_depth") == 1
+    assert "from keras.src" in found and "import tensorboard.compat.proto" in found
+    assert "getattr(..., '_clip_gradients')" in found and len(found) == 4
