@@ -52,7 +52,8 @@ require("tensorboard.compat.proto.event_pb2", "Event")
 require("tensorboard.compat.proto.summary_pb2", "Summary")
 require("tensorboard.util.tensor_util", "make_tensor_proto")
 require("tensorboard.plugins.custom_scalar.layout_pb2", "Layout")
-require("tensorboard.plugins.custom_scalar.summary", "pb")
+require("tensorboard.plugins.custom_scalar.metadata", "create_summary_metadata")
+require("tensorboard.plugins.custom_scalar.metadata", "CONFIG_SUMMARY_TAG")
 require("tensorboard.plugins.scalar.metadata", "create_summary_metadata")
 require("tensorboard.plugins.histogram.metadata", "create_summary_metadata")
 require("tensorboard.plugins.image.metadata", "create_summary_metadata")
@@ -97,7 +98,14 @@ def tensorboard_layout_pb2():
 
 
 def tensorboard_layout_summary(layout):
-    """The ``Summary`` proto that carries a custom-scalars `layout`."""
-    from tensorboard.plugins.custom_scalar import summary
+    """The ``Summary`` proto that carries a custom-scalars `layout` (what the plugin's
+    ``summary.pb`` builds, without the TensorFlow import it makes)."""
+    import numpy as np
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.custom_scalar import metadata
+    from tensorboard.util import tensor_util
 
-    return summary.pb(layout)
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=metadata.CONFIG_SUMMARY_TAG, metadata=metadata.create_summary_metadata(),
+                      tensor=tensor_util.make_tensor_proto(np.array(layout.SerializeToString(), dtype=object)))
+    return summary

@@ -20,7 +20,7 @@ from keras_bn import callbacks as kbc  # noqa: E402
 from keras_bn.callbacks import bn_check  # noqa: E402
 from keras_bn.report import read_run  # noqa: E402
 from keras_bn.sanity import LossGuard  # noqa: E402
-from tests._event_records import loader_values, strict_steps  # noqa: E402
+from tests._events import strict_steps, tensorboard_values as loader_values  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error:keras_bn:RuntimeWarning")
 LOSS = "sparse_categorical_crossentropy"
