@@ -335,6 +335,11 @@ def read_run(log_dir) -> dict[str, list[tuple[int, float]]]:
     return {tag: series.pairs() for tag, series in read_run_details(log_dir).scalars.items()}
 
 
+def _open_for_append(path: str):
+    """An unbuffered binary file for appending (one place, so that tests can simulate a full disk)."""
+    return open(path, "ab", buffering=0)
+
+
 class EventFileWriter:
     """Append TensorBoard events to a new event file in `run_dir`, whole records only.
 
@@ -390,7 +395,7 @@ class EventFileWriter:
             return
         if self._file is None:
             os.makedirs(self.run_dir, exist_ok=True)
-            self._file = open(self.path, "ab", buffering=0)
+            self._file = _open_for_append(self.path)
             self._size = os.fstat(self._file.fileno()).st_size
         data = b"".join(self._pending)
         written = 0
@@ -399,6 +404,8 @@ class EventFileWriter:
                 written += self._file.write(memoryview(data)[written:]) or 0
         except OSError:
             self._keep_whole_records(written)
+            if self._size == 0:  # nothing of this run reached the disk: leave no empty file behind
+                self._discard_file()
             raise
         self._size += written
         self._pending, self._pending_bytes = [], 0
@@ -415,6 +422,14 @@ class EventFileWriter:
             except OSError:  # the reader skips the partial record (and reports it) if this fails
                 pass
         self._size += whole
+
+    def _discard_file(self) -> None:
+        try:
+            self._file.close()
+            os.unlink(self.path)
+        except OSError:
+            pass
+        self._file = None
 
     def close(self) -> None:
         """Flush and close the file (the file stays closed even when the flush raises)."""

@@ -88,6 +88,10 @@ class _EventFile:
     def dropped(self) -> int:
         return self._writer.dropped
 
+    @property
+    def pending_bytes(self) -> int:
+        return self._writer.pending_bytes
+
     def write(self, write: _Write) -> None:
         summary = internals.tensorboard_summary_class()()
         for kind, values in (("scalar", write.scalar_values), ("histogram", write.histogram_values)):
@@ -193,6 +197,7 @@ class RunWriters:
     whole records.
     """
 
+    MIN_BACKOFF_SECS = 1.0
     MAX_BACKOFF_SECS = 60.0
 
     def __init__(self, log_dir: str, flush_secs: float = 5.0):
@@ -327,7 +332,7 @@ class RunWriters:
             self._disk_recovered()
 
     def _disk_failed(self, error: Exception) -> None:
-        self._backoff = min(self.MAX_BACKOFF_SECS, max(1.0, 2 * self._backoff))
+        self._backoff = min(self.MAX_BACKOFF_SECS, max(self.MIN_BACKOFF_SECS, 2 * self._backoff))
         self._retry_at = time.monotonic() + self._backoff
         if self._failure is None:
             self._failure = f"{type(error).__name__}: {error}"
@@ -360,6 +365,11 @@ class RunWriters:
                 self._executor = None
             self._write_out(lambda writer: writer.flush())  # one last try, whatever the back-off
             writers, self._writers = self._writers, {}
+            unwritten = sum(writer.pending_bytes for writer in writers.values())
+            if unwritten:
+                warnings.warn(f"keras_bn could not write the last {unwritten} bytes of summaries to "
+                              f"{self.log_dir!r} ({self._failure}); what is on disk stays readable.",
+                              RuntimeWarning, stacklevel=2)
             self._layout_written = False
             for writer in writers.values():
                 try:
