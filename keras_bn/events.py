@@ -272,6 +272,7 @@ def read_run_details(log_dir) -> RunData:
         )
     steps: dict[str, array] = {}
     values: dict[str, array] = {}
+    appenders: dict[str, tuple] = {}
     other: set[str] = set()
     problems: list[RecordProblem] = []
     for path in files:
@@ -280,15 +281,21 @@ def read_run_details(log_dir) -> RunData:
                 continue
             step = event.step
             for value in event.summary.value:
-                number = _scalar(value)
-                tag = value.tag
-                if number is None:
-                    other.add(tag)
-                    continue
-                if tag not in steps:
+                tensor = value.tensor  # the fast path: a float32 scalar, as keras-bn and Keras write it
+                if tensor.dtype == 1 and len(tensor.float_val) == 1 and not tensor.tensor_shape.dim:
+                    number = tensor.float_val[0]
+                else:
+                    number = _scalar(value)
+                    if number is None:
+                        other.add(value.tag)
+                        continue
+                append = appenders.get(value.tag)
+                if append is None:
+                    tag = value.tag
                     steps[tag], values[tag] = array("q"), array("d")
-                steps[tag].append(step)
-                values[tag].append(number)
+                    append = appenders[tag] = (steps[tag].append, values[tag].append)
+                append[0](step)
+                append[1](number)
     scalars = {}
     for tag in list(steps):
         tag_steps = np.frombuffer(steps.pop(tag), dtype=np.int64)
