@@ -360,7 +360,7 @@ class EventFileWriter:
     Example::
 
         writer = EventFileWriter("logs/run1/train")
-        writer.add(event)  # a TensorBoard Event proto
+        writer.add_scalars(1, {"loss": 0.7})  # or writer.add(event), a TensorBoard Event proto
         writer.close()
     """
 
@@ -377,6 +377,7 @@ class EventFileWriter:
         self._pending_bytes = 0
         self._file = None
         self._size = 0  # bytes of whole records on disk
+        self._described: set[str] = set()
         event_class = internals.tensorboard_event_class()
         self.add(event_class(wall_time=time.time(), file_version="brain.Event:2"))
 
@@ -387,6 +388,17 @@ class EventFileWriter:
     def add(self, event) -> None:
         """Frame `event` (a TensorBoard ``Event``) for the next flush."""
         self.add_record(event.SerializeToString())
+
+    def add_scalars(self, step: int, values: dict) -> None:
+        """Add one event of ``{tag: number}`` scalars at `step` (float32, as ``tf.summary.scalar``
+        writes them; the scalar plugin's metadata goes with each tag's first value)."""
+        summary = internals.tensorboard_summary_class()()
+        for tag, number in values.items():
+            value = summary.value.add(tag=tag, tensor=internals.tensorboard_tensor_proto(np.float32(number)))
+            if tag not in self._described:
+                self._described.add(tag)
+                value.metadata.CopyFrom(internals.tensorboard_plugin_metadata("scalar"))
+        self.add(internals.tensorboard_event_class()(wall_time=time.time(), step=int(step), summary=summary))
 
     def add_record(self, data: bytes) -> None:
         record = encode_record(data)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import collections
 import os
 
-import numpy as np
-
 from keras_bn import events
 
 __all__ = ["event_files", "scalar_series", "strict_steps", "tag_step_counts", "tensorboard_values",
@@ -76,14 +74,9 @@ def tensorboard_values(run_dir) -> dict:
 def write_scalar_events(folder, series: dict) -> str:
     """Write ``{tag: [(step, value), ...]}`` as one event per value (in that order) to a new event
     file in `folder` with `keras_bn.events.EventFileWriter`; returns its path."""
-    from keras_bn import _keras_internals as internals
-
-    event_class, summary_class = internals.tensorboard_event_class(), internals.tensorboard_summary_class()
     writer = events.EventFileWriter(folder)
     for tag, pairs in series.items():
         for step, value in pairs:
-            summary = summary_class()
-            summary.value.add(tag=tag, tensor=internals.tensorboard_tensor_proto(np.float32(value)))
-            writer.add(event_class(step=step, summary=summary))
+            writer.add_scalars(step, {tag: value})
     writer.close()
     return writer.path

@@ -192,3 +192,12 @@ def test_event_files_are_written_and_read_without_tensorflow(tmp_path):
 
 def test_the_event_proto_names_the_reader_relies_on_exist():
     assert not [name for name in internals.missing_names() if "tensorboard" in name]
+
+
+def test_the_docs_example_runs_and_prints_what_it_says(tmp_path):
+    text = open(os.path.join(REPO, "docs", "EVENTS.md")).read()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = [line.split("#")[1].strip() for line in code.splitlines() if line.startswith("print(")]
+    assert result.stdout.strip().splitlines() == printed
