@@ -120,7 +120,8 @@ def main() -> None:
         if "baseline" in results:
             for mode in ("package", "alone"):
                 print(f"ratio {mode} / baseline: peak RSS {results[mode]['peak_rss_mb'] / results['baseline']['peak_rss_mb']:.2f}x, "
-                      f"read time {results[mode]['read_s'] / results['baseline']['read_s']:.2f}x")
+                      f"read time {results[mode]['read_s'] / results['baseline']['read_s']:.2f}x, "
+                      f"CPU time {results[mode]['cpu_s'] / results['baseline']['cpu_s']:.2f}x")
         alone = results["alone"]
         ok = alone["peak_rss_mb"] <= 300 and alone["read_s"] + alone["import_s"] <= 10
         print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
