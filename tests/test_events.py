@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from keras_bn import events
+from keras_bn.events import runs
 from keras_bn import _keras_internals as internals
 from tests._events import write_scalar_events
 
@@ -46,10 +47,10 @@ def test_values_of_every_numeric_dtype_and_simple_value_are_read():
 
     for value in (np.float32(1.5), np.float64(-2.25), np.int32(7), np.int64(-9), np.float16(0.5), np.uint8(200)):
         proto = summary_pb2.Summary.Value(tag="x", tensor=tensor_util.make_tensor_proto(value))
-        assert events._scalar(proto) == float(value), value.dtype
-    assert events._scalar(summary_pb2.Summary.Value(tag="x", simple_value=3.5)) == 3.5
+        assert runs._scalar(proto) == float(value), value.dtype
+    assert runs._scalar(summary_pb2.Summary.Value(tag="x", simple_value=3.5)) == 3.5
     vector = summary_pb2.Summary.Value(tag="x", tensor=tensor_util.make_tensor_proto(np.zeros(3, np.float32)))
-    assert events._scalar(vector) is None
+    assert runs._scalar(vector) is None
 
 
 def test_random_bytes_are_reported_with_file_and_offset(tmp_path):

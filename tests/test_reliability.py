@@ -348,6 +348,7 @@ import errno  # noqa: E402
 import subprocess  # noqa: E402
 
 from keras_bn import events  # noqa: E402
+from keras_bn.events import records  # noqa: E402
 from keras_bn.callbacks._writer import RunWriters  # noqa: E402
 
 
@@ -398,7 +399,7 @@ def readable_steps(run_dir):
 
 def test_a_full_disk_warns_once_keeps_whole_records_and_resumes_when_space_returns(tmp_path, monkeypatch):
     disk = FakeDisk(space=700)  # room for the first few records, then a record cut part way
-    monkeypatch.setattr(events, "_open_for_append", disk.open)
+    monkeypatch.setattr(records, "_open_for_append", disk.open)
     monkeypatch.setattr(RunWriters, "MIN_BACKOFF_SECS", 0.0)
     writers = RunWriters(str(tmp_path), flush_secs=60)
     with pytest.warns(RuntimeWarning) as caught:
@@ -417,7 +418,7 @@ def test_a_full_disk_warns_once_keeps_whole_records_and_resumes_when_space_retur
 
 def test_after_a_disk_failure_writes_wait_for_the_back_off(tmp_path, monkeypatch):
     disk = FakeDisk(space=300)
-    monkeypatch.setattr(events, "_open_for_append", disk.open)
+    monkeypatch.setattr(records, "_open_for_append", disk.open)
     monkeypatch.setattr(RunWriters, "MIN_BACKOFF_SECS", 1e6)
     writers = RunWriters(str(tmp_path), flush_secs=60)
     with pytest.warns(RuntimeWarning, match="stopped logging"):
@@ -432,7 +433,7 @@ def test_after_a_disk_failure_writes_wait_for_the_back_off(tmp_path, monkeypatch
 
 def test_a_disk_full_from_the_start_leaves_no_event_file_and_fit_runs_to_the_end(tmp_path, monkeypatch):
     disk = FakeDisk(space=0)
-    monkeypatch.setattr(events, "_open_for_append", disk.open)
+    monkeypatch.setattr(records, "_open_for_append", disk.open)
     model = mlp()
     x, y = data(32)
     with pytest.warns(RuntimeWarning) as caught:
