@@ -207,6 +207,7 @@ class RunWriters:
         self._layout_charts: dict[str, str] = {}
         self._layout_written = False
         self._layer_tags = LayerTags()
+        self._written_layout: bytes | None = None  # the layout in the current train file
         self._lock = threading.RLock()
         self._last_flush = time.monotonic()
         self._executor = None
@@ -309,7 +310,9 @@ class RunWriters:
 
     def _write_layout(self, writer: _EventFile) -> None:
         layout = custom_scalars_layout(self._layout_charts, self._layer_tags)
-        writer.write_summary(internals.tensorboard_layout_summary(layout), step=0)
+        if layout.SerializeToString() != self._written_layout:  # again only when a chart changed
+            writer.write_summary(internals.tensorboard_layout_summary(layout), step=0)
+            self._written_layout = layout.SerializeToString()
         self._layout_written = True
 
     def flush(self) -> None:
@@ -370,7 +373,7 @@ class RunWriters:
                 warnings.warn(f"keras_bn could not write the last {unwritten} bytes of summaries to "
                               f"{self.log_dir!r} ({self._failure}); what is on disk stays readable.",
                               RuntimeWarning, stacklevel=2)
-            self._layout_written = False
+            self._layout_written, self._written_layout = False, None
             for writer in writers.values():
                 try:
                     writer.close()
