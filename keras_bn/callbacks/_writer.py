@@ -10,7 +10,10 @@ turns it off, `close_all_writers` is for your own handler), and can be closed an
 times (a later write opens a fresh event file in the same directory). Slow work (drawing figures) goes to one
 background thread with `submit`, so training does not wait for matplotlib; `close` waits for it. Histograms are written from buckets that
 were computed on the device, so only ``[bins, 3]`` numbers ever reach the host; non-finite
-values never reach a summary.
+values never reach a summary. Files are written by `keras_bn.events.EventFileWriter` (no
+TensorFlow needed) in whole records; a failing disk stops logging with one warning, never
+training, and logging resumes when the disk takes writes again. The custom-scalars dashboard
+is laid out by `keras_bn.callbacks._layout`.
 
 Usage::
 
@@ -25,7 +28,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
-import itertools
 import os
 import threading
 import time
@@ -38,6 +40,8 @@ from keras_bn import _keras_internals as internals
 from keras_bn.callbacks._layout import LayerTags, custom_scalars_layout
 from keras_bn.callbacks._runs import check_flush_secs, check_run_path
 from keras_bn.events import EventFileWriter
+
+__all__ = ["RUNS", "RunWriters", "close_all_writers"]
 
 RUNS = ("train", "validation")
 class _Write:
