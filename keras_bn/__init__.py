@@ -16,6 +16,7 @@ from keras_bn.folding import BatchNormCheck, BatchNormRow, FoldReport, check_bat
 from keras_bn.layers import ConvBlock, DenseBlock
 from keras_bn import callbacks, data, distribute, lr_find, optimizers, report, sanity, search  # noqa: E402  (submodules)
 from keras_bn.sanity import LossGuard, sanity_check
+from keras_bn import events  # noqa: E402  (event files without TensorFlow)
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "check_batchnorm",
     "data",
     "distribute",
+    "events",
     "fold_batchnorm",
     "lr_find",
     "optimizers",

@@ -241,3 +241,67 @@ def apply_multiworker_compat() -> bool:
         tf_trainer.reduce_per_replica = reduce_per_replica
         _COMPAT_APPLIED = True
         return True
+# --- TensorBoard event files (events) ---
+# TensorBoard's generated protos and plugin-metadata helpers: TensorFlow-free, but under
+# tensorboard.compat / tensorboard.plugins, which TensorBoard does not document as an API.
+require("tensorboard.compat.proto.event_pb2", "Event")
+require("tensorboard.compat.proto.summary_pb2", "Summary")
+require("tensorboard.util.tensor_util", "make_tensor_proto")
+require("tensorboard.plugins.custom_scalar.layout_pb2", "Layout")
+require("tensorboard.plugins.custom_scalar.metadata", "create_summary_metadata")
+require("tensorboard.plugins.custom_scalar.metadata", "CONFIG_SUMMARY_TAG")
+require("tensorboard.plugins.scalar.metadata", "create_summary_metadata")
+require("tensorboard.plugins.histogram.metadata", "create_summary_metadata")
+require("tensorboard.plugins.image.metadata", "create_summary_metadata")
+
+
+def tensorboard_event_class():
+    """TensorBoard's ``Event`` proto class (``tensorboard.compat.proto.event_pb2.Event``)."""
+    from tensorboard.compat.proto import event_pb2
+
+    return event_pb2.Event
+
+
+def tensorboard_summary_class():
+    """TensorBoard's ``Summary`` proto class."""
+    from tensorboard.compat.proto import summary_pb2
+
+    return summary_pb2.Summary
+
+
+def tensorboard_tensor_proto(array):
+    """A TensorBoard ``TensorProto`` of a NumPy array (``tensor_util.make_tensor_proto``)."""
+    from tensorboard.util import tensor_util
+
+    return tensor_util.make_tensor_proto(array)
+
+
+def tensorboard_plugin_metadata(kind: str):
+    """The ``SummaryMetadata`` TensorBoard reads a tag's kind from ("scalar", "histogram", "image")."""
+    from tensorboard.plugins.histogram import metadata as histogram
+    from tensorboard.plugins.image import metadata as image
+    from tensorboard.plugins.scalar import metadata as scalar
+
+    plugin = {"scalar": scalar, "histogram": histogram, "image": image}[kind]
+    return plugin.create_summary_metadata(display_name="", description="")
+
+
+def tensorboard_layout_pb2():
+    """The custom-scalars plugin's ``layout_pb2`` module (Layout, Category, Chart, ...)."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    return layout_pb2
+
+
+def tensorboard_layout_summary(layout):
+    """The ``Summary`` proto that carries a custom-scalars `layout` (what the plugin's
+    ``summary.pb`` builds, without the TensorFlow import it makes)."""
+    import numpy as np
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.custom_scalar import metadata
+    from tensorboard.util import tensor_util
+
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=metadata.CONFIG_SUMMARY_TAG, metadata=metadata.create_summary_metadata(),
+                      tensor=tensor_util.make_tensor_proto(np.array(layout.SerializeToString(), dtype=object)))
+    return summary

@@ -1,7 +1,7 @@
 """Read a diagnostics run back from its event files and say what looks wrong.
 
 `read_run(log_dir)` loads every scalar of a run (``<log_dir>/train`` or the folder itself)
-with TensorBoard's own ``EventAccumulator``; `report(log_dir)` turns the tags written by
+with keras-bn's streaming reader (`keras_bn.events`); `report(log_dir)` turns the tags written by
 `keras_bn.callbacks.diagnostics` into a per-layer table and a list of warnings.
 ``keras-bn report LOGDIR`` prints it.
 
@@ -64,31 +64,11 @@ def _event_folder(log_dir: Path) -> Path:
 
 
 def read_run(log_dir) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of the run as ``{tag: [(step, value), ...]}``, sorted by step."""
-    from tensorboard.backend.event_processing import event_accumulator
-    from tensorboard.util import tensor_util
+    """Every scalar of the run as ``{tag: [(step, value), ...]}``, sorted by step (streamed by
+    `keras_bn.events.read_run`; `keras_bn.events.read_run_details` also says what it could not read)."""
+    from keras_bn import events
 
-    folder = _event_folder(Path(log_dir))
-    if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
-        raise FileNotFoundError(
-            f"No TensorBoard event files in {folder}; pass the folder that `diagnostics(log_dir)` "
-            f"wrote (it holds train/ and validation/). Received: log_dir={str(log_dir)!r}"
-        )
-    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0})
-    acc.Reload()
-    tags = acc.Tags()
-    series: dict[str, list[tuple[int, float]]] = {}
-    for tag in tags.get("scalars", []):
-        series[tag] = [(e.step, float(e.value)) for e in acc.Scalars(tag)]
-    for tag in tags.get("tensors", []):
-        values = []
-        for e in acc.Tensors(tag):
-            array = tensor_util.make_ndarray(e.tensor_proto)
-            if array.ndim == 0 and array.dtype.kind in "fiu":
-                values.append((e.step, float(array)))
-        if values:
-            series[tag] = values
-    return {tag: sorted(values) for tag, values in series.items()}
+    return events.read_run(log_dir)
 
 
 @dataclass

@@ -51,8 +51,11 @@ def diagnostic_tags(model: keras.Model, clipping: bool):
     scalars = {"batch_loss", "batch_accuracy", "epoch_loss", "epoch_accuracy", "epoch_learning_rate",
                "grad_global/norm", "nonfinite/grad_steps"}
     scalars |= {f"{q}/{name}" for name in with_weights for q in ("grad_norm", "update_ratio")}
-    charts = {"loss (batch: running epoch mean; epoch: train and validation)": "(batch|epoch)_loss",
-              "metrics (batch and epoch)": "(batch|epoch)_(?!loss$|learning_rate$).*",
+    # batch_* (x = step) and epoch_* (x = epoch index) series get charts of their own.
+    charts = {"loss per step (batch_*, x = optimizer step)": "batch_loss",
+              "loss per epoch (epoch_*, x = epoch index)": "epoch_loss",
+              "metrics per step (batch_*, x = optimizer step)": "batch_(?!loss$|learning_rate$).*",
+              "metrics per epoch (epoch_*, x = epoch index)": "epoch_(?!loss$|learning_rate$).*",
               "gradient norm per layer": "grad_norm/.*",
               "update / weight ratio per layer (guide line 1e-3)": "update_ratio/.*",
               "activation mean per layer": "activation_mean/.*",

@@ -1,25 +1,46 @@
-"""Read scalar summaries back from a TensorBoard run folder (tests of tf.distribute and mixed precision)."""
+"""The tests' one event-file helper, on top of `keras_bn.events` (streaming, every record's CRCs
+checked), plus `tensorboard_values`: the same run through TensorBoard's own loader, as an
+independent check that TensorBoard reads what keras-bn wrote."""
+
+from __future__ import annotations
 
 import collections
-import glob
 import os
 
-import numpy as np
+from keras_bn import events
+
+__all__ = ["event_files", "scalar_series", "strict_steps", "tag_step_counts", "tensorboard_values",
+           "write_scalar_events"]
+
+event_files = events.event_files
 
 
 def _events(run_dir):
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    """Every Event of `run_dir`; a corrupt or undecodable record fails the test (a cut tail does not)."""
+    for path in event_files(run_dir):
+        problems = []
+        yield from (event for _, event in events.iter_events(path, problems))
+        bad = [str(p) for p in problems if p.kind != "truncated"]
+        assert not bad, bad
 
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        yield from EventFileLoader(path).Load()
+
+def _cut_tail(path) -> int:
+    """Bytes after the last complete record of `path` (0 for a cleanly closed file)."""
+    problems = []
+    for _ in events.iter_records(path, problems):
+        pass
+    truncated = [p for p in problems if p.kind == "truncated"]
+    return os.path.getsize(path) - truncated[0].offset if truncated else 0
 
 
-def _value(value):
-    from tensorboard.util import tensor_util
-
-    if value.HasField("tensor"):
-        return float(np.asarray(tensor_util.make_ndarray(value.tensor)).reshape(-1)[0])
-    return float(value.simple_value)
+def strict_steps(run_dir) -> tuple[dict, int]:
+    """``({tag: [step, ...]}, tail bytes)``: every value's step (a bad CRC fails the test) and the
+    bytes after the last complete record of every file (a record cut short by a kill)."""
+    steps = collections.defaultdict(list)
+    for event in _events(run_dir):
+        for value in event.summary.value:
+            steps[value.tag].append(event.step)
+    return dict(steps), sum(_cut_tail(path) for path in event_files(run_dir))
 
 
 def tag_step_counts(run_dir) -> dict:
@@ -33,9 +54,29 @@ def tag_step_counts(run_dir) -> dict:
 
 def scalar_series(run_dir, tag) -> dict:
     """``{step: value}`` of scalar `tag` in `run_dir`."""
-    series = {}
-    for event in _events(run_dir):
-        for value in event.summary.value:
-            if value.tag == tag:
-                series[event.step] = _value(value)
-    return series
+    series = events.read_run_details(run_dir).scalars.get(tag)
+    return dict(series.pairs()) if series is not None else {}
+
+
+def tensorboard_values(run_dir) -> dict:
+    """``{tag: [(step, ndarray), ...]}`` read with TensorBoard's EventFileLoader (stops at a cut tail)."""
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.util import tensor_util
+
+    values = collections.defaultdict(list)
+    for path in event_files(run_dir):
+        for event in event_file_loader.EventFileLoader(path).Load():
+            for value in event.summary.value:
+                values[value.tag].append((event.step, tensor_util.make_ndarray(value.tensor)))
+    return dict(values)
+
+
+def write_scalar_events(folder, series: dict) -> str:
+    """Write ``{tag: [(step, value), ...]}`` as one event per value (in that order) to a new event
+    file in `folder` with `keras_bn.events.EventFileWriter`; returns its path."""
+    writer = events.EventFileWriter(folder)
+    for tag, pairs in series.items():
+        for step, value in pairs:
+            writer.add_scalars(step, {tag: value})
+    writer.close()
+    return writer.path

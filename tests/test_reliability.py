@@ -20,7 +20,7 @@ from keras_bn import callbacks as kbc  # noqa: E402
 from keras_bn.callbacks import bn_check  # noqa: E402
 from keras_bn.report import read_run  # noqa: E402
 from keras_bn.sanity import LossGuard  # noqa: E402
-from tests._event_records import loader_values, strict_steps  # noqa: E402
+from tests._events import strict_steps, tensorboard_values as loader_values  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error:keras_bn:RuntimeWarning")
 LOSS = "sparse_categorical_crossentropy"
@@ -342,3 +342,195 @@ def test_large_probe_is_streamed_in_chunks_with_the_same_statistics(tmp_path):
             np.testing.assert_allclose(np.asarray(b[path][name], np.float64), np.asarray(a[path][name], np.float64),
                                        rtol=1e-5, atol=1e-6, err_msg=f"{path} {name}")
     assert float(a["relu"]["nonfinite"]) > 0  # the inf sample: counted, then dropped, in both paths
+
+
+# --- a full disk (issue 16.1) -----------------------------------------------------------------
+import errno  # noqa: E402
+import subprocess  # noqa: E402
+
+from keras_bn import events  # noqa: E402
+from keras_bn.events import records  # noqa: E402
+from keras_bn.callbacks._writer import RunWriters  # noqa: E402
+
+
+class FakeDisk:
+    """Event files on a disk with `space` bytes left: a write that does not fit is written in
+    part (as write(2) does), the next one fails with ENOSPC, as does creating a file when full."""
+
+    def __init__(self, space: int):
+        self.space = space
+        self.write_calls = 0
+
+    def open(self, path):
+        if self.space <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        disk, real = self, open(path, "ab", buffering=0)
+
+        class File:
+            def write(self, data):
+                disk.write_calls += 1
+                if disk.space <= 0:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                n = min(len(data), disk.space)
+                disk.space -= n
+                return real.write(bytes(data[:n]))
+
+            def fileno(self):
+                return real.fileno()
+
+            def close(self):
+                real.close()
+
+        return File()
+
+
+def write_steps(writers, steps):
+    for step in steps:
+        with writers.writing("train", step) as write:
+            write.scalar("grad_norm/dense", step / 10)
+        writers.flush()
+
+
+def readable_steps(run_dir):
+    """Steps of grad_norm/dense on disk; every record whole (no corrupt or truncated one)."""
+    run = events.read_run_details(run_dir)
+    assert run.problems == []
+    return run.scalars["grad_norm/dense"].steps.tolist() if "grad_norm/dense" in run.scalars else []
+
+
+def test_a_full_disk_warns_once_keeps_whole_records_and_resumes_when_space_returns(tmp_path, monkeypatch):
+    disk = FakeDisk(space=700)  # room for the first few records, then a record cut part way
+    monkeypatch.setattr(records, "_open_for_append", disk.open)
+    monkeypatch.setattr(RunWriters, "MIN_BACKOFF_SECS", 0.0)
+    writers = RunWriters(str(tmp_path), flush_secs=60)
+    with pytest.warns(RuntimeWarning) as caught:
+        write_steps(writers, range(1, 21))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "stopped logging" in messages[0] and "No space left on device" in messages[0]
+    on_disk = readable_steps(tmp_path)
+    assert 1 <= len(on_disk) < 20 and on_disk == list(range(1, len(on_disk) + 1))  # a whole prefix
+    disk.space = 10**6  # space returns
+    with pytest.warns(RuntimeWarning, match="resumed logging") as caught:
+        write_steps(writers, [21])
+    assert len(caught) == 1
+    writers.close()
+    assert readable_steps(tmp_path) == list(range(1, 22))  # kept in memory meanwhile: nothing lost
+
+
+def test_after_a_disk_failure_writes_wait_for_the_back_off(tmp_path, monkeypatch):
+    disk = FakeDisk(space=300)
+    monkeypatch.setattr(records, "_open_for_append", disk.open)
+    monkeypatch.setattr(RunWriters, "MIN_BACKOFF_SECS", 1e6)
+    writers = RunWriters(str(tmp_path), flush_secs=60)
+    with pytest.warns(RuntimeWarning, match="stopped logging"):
+        write_steps(writers, range(1, 6))
+        calls = disk.write_calls
+        write_steps(writers, range(6, 30))
+    assert disk.write_calls == calls  # no write attempt per flush while the back-off runs
+    assert writers.logging_stopped.startswith("OSError")
+    with pytest.warns(RuntimeWarning, match="could not write the last"):
+        writers.close()  # one last try at close; what it could not write is named
+
+
+def test_a_disk_full_from_the_start_leaves_no_event_file_and_fit_runs_to_the_end(tmp_path, monkeypatch):
+    disk = FakeDisk(space=0)
+    monkeypatch.setattr(records, "_open_for_append", disk.open)
+    model = mlp()
+    x, y = data(32)
+    with pytest.warns(RuntimeWarning) as caught:
+        model.fit(x, y, batch_size=4, epochs=3, verbose=0,
+                  callbacks=kbc.diagnostics(str(tmp_path), probe=x[:8], every=1, figures=False))
+    assert int(model.optimizer.iterations.numpy()) == 24  # training was never the casualty
+    stopped = [w for w in caught if "stopped logging" in str(w.message)]
+    assert len(stopped) == 1
+    assert events.event_files(tmp_path / "train") == [] and events.event_files(tmp_path / "validation") == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 256 KiB tmpfs (root only; skipped where mounting is not allowed)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the simulated ENOSPC tests cover the behaviour)")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(folder) -> str:
+    """Fill the file system of `folder` to the last byte; returns the filler's path."""
+    path = os.path.join(folder, "filler")
+    with open(path, "wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+    return path
+
+
+class FreeSpaceAtEpoch(keras.callbacks.Callback):
+    def __init__(self, path, epoch):
+        super().__init__()
+        self.path, self.epoch = path, epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            os.remove(self.path)
+
+
+def test_on_a_real_full_tmpfs_training_runs_on_and_logging_resumes_when_space_returns(small_tmpfs, monkeypatch):
+    monkeypatch.setattr(RunWriters, "MIN_BACKOFF_SECS", 0.0)
+    log_dir = small_tmpfs / "run"
+    filler = fill(small_tmpfs)
+    model = mlp()
+    x, y = data(32)
+    callbacks = kbc.diagnostics(str(log_dir), probe=x[:8], every=1, figures=False)
+    with pytest.warns(RuntimeWarning) as caught:
+        model.fit(x, y, batch_size=4, epochs=3, verbose=0, shuffle=False,
+                  callbacks=[FreeSpaceAtEpoch(filler, 2)] + callbacks)
+    assert int(model.optimizer.iterations.numpy()) == 24
+    messages = [str(w.message) for w in caught]
+    assert sum("stopped logging" in m for m in messages) == 1, messages
+    assert sum("resumed logging" in m for m in messages) == 1, messages
+    run = events.read_run_details(log_dir)
+    assert run.problems == []
+    assert run.scalars["grad_global/norm"].steps.tolist() == list(range(1, 25))  # nothing was lost
+    assert run.scalars["epoch_loss"].steps.tolist() == [0, 1, 2]
+
+
+# --- bounded writer options (issue 16.2, writer side) -----------------------------------------
+@pytest.mark.parametrize("flush_secs", [float("inf"), float("nan"), 0, -1.0, 3601.0, True, "5"])
+def test_flush_secs_outside_its_range_is_refused_at_construction(tmp_path, flush_secs):
+    with pytest.raises((ValueError, TypeError), match="flush_secs"):
+        kbc.diagnostics(str(tmp_path), flush_secs=flush_secs)
+    with pytest.raises(ValueError, match=r"`flush_secs` must be a number in \(0, 3600\] seconds"):
+        RunWriters(str(tmp_path), flush_secs=flush_secs)
+    assert RunWriters(str(tmp_path), flush_secs=3600).flush_secs == 3600.0  # the cap itself is allowed
+
+
+@pytest.mark.parametrize("log_dir, message", [
+    ("", "an empty path would write into the current directory"),
+    ("logs/a\0b", "must not contain a NUL character"),
+    ("/proc/x", "no folder can be made in '/proc'"),
+])
+def test_a_log_dir_that_cannot_be_a_run_folder_is_refused_at_construction(log_dir, message):
+    from keras_bn.callbacks._runs import check_log_dir_now
+
+    with pytest.raises(ValueError, match=message):
+        check_log_dir_now(log_dir)
+    with pytest.raises(ValueError, match=message):
+        kbc.diagnostics(log_dir)
+
+
+def test_the_writability_check_leaves_nothing_behind(tmp_path):
+    from keras_bn.callbacks._runs import check_log_dir_now
+
+    assert check_log_dir_now(tmp_path / "new" / "run") == str(tmp_path / "new" / "run")
+    assert os.listdir(tmp_path) == []

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from keras_bn.report import read_run
-from tests._event_records import strict_steps
+from tests._events import strict_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 90.0

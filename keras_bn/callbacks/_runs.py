@@ -13,20 +13,67 @@ Usage::
 
 from __future__ import annotations
 
+import errno
 import itertools
+import math
+import numbers
 import os
+import tempfile
 import time
 
+__all__ = ["MAX_FLUSH_SECS", "check_flush_secs", "check_log_dir_now", "check_run_path", "check_writable_log_dir",
+           "unique_run_dir"]
+
 RUN_SUBDIRS = ("train", "validation")
+MAX_FLUSH_SECS = 3600.0  # a summary reaches the disk at most an hour after it was written
+
+
+def check_run_path(log_dir) -> str:
+    """`log_dir` as a string path; raises for a non-path, an empty path or one with a NUL byte."""
+    if not isinstance(log_dir, (str, os.PathLike)):
+        raise TypeError(f"`log_dir` must be a path (str or os.PathLike). Received: log_dir={log_dir!r}")
+    path = os.fspath(log_dir)
+    if isinstance(path, bytes):
+        raise TypeError(f"`log_dir` must be a str path, not bytes. Received: log_dir={log_dir!r}")
+    if not path:
+        raise ValueError("`log_dir` must name a folder; an empty path would write into the current "
+                         "directory's train/. Received: log_dir=''")
+    if "\0" in path:
+        raise ValueError(f"`log_dir` must not contain a NUL character. Received: log_dir={path!r}")
+    return path
+
+
+def check_flush_secs(flush_secs) -> float:
+    """`flush_secs` as a float in (0, MAX_FLUSH_SECS]; raises otherwise."""
+    if isinstance(flush_secs, bool) or not isinstance(flush_secs, numbers.Real) or not (
+            math.isfinite(flush_secs) and 0 < flush_secs <= MAX_FLUSH_SECS):
+        raise ValueError(f"`flush_secs` must be a number in (0, {MAX_FLUSH_SECS:g}] seconds. "
+                         f"Received: flush_secs={flush_secs!r}")
+    return float(flush_secs)
+
+
+def check_log_dir_now(log_dir) -> str:
+    """The checks a callback's constructor runs on `log_dir`: a real path (`check_run_path`) that
+    can be written (`check_writable_log_dir`); returns it as a string. Creates nothing.
+
+    Example::
+
+        self.log_dir = check_log_dir_now(log_dir)  # raises ValueError for "/proc/x"
+    """
+    path = check_run_path(log_dir)
+    check_writable_log_dir(path)
+    return path
 
 
 def check_writable_log_dir(log_dir: str) -> None:
     """Raise ValueError when `log_dir` (or the folder it would be created in) cannot be written.
 
-    Creates nothing: the nearest existing ancestor must be a writable directory and neither
+    Leaves nothing behind: the nearest existing ancestor must be a directory in which a folder can
+    be made (tried with a temporary folder, removed at once, so root on ``/proc`` or a read-only
+    mount is caught too; a full disk is not refused: the writers wait for space), and neither
     `log_dir` nor its ``train``/``validation`` entries may be files.
     """
-    path = os.path.abspath(log_dir)
+    path = os.path.abspath(check_run_path(log_dir))
     for candidate in [path] + [os.path.join(path, run) for run in RUN_SUBDIRS]:
         if os.path.exists(candidate) and not os.path.isdir(candidate):
             raise ValueError(
@@ -49,6 +96,14 @@ def check_writable_log_dir(log_dir: str) -> None:
             f"`log_dir` cannot be written: no write permission in {existing!r} (or it is on a "
             f"read-only file system). Received: log_dir={log_dir!r}"
         )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".keras-bn-check-", dir=existing))
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise ValueError(
+                f"`log_dir` cannot be written: no folder can be made in {existing!r} "
+                f"({error.strerror or error}). Received: log_dir={log_dir!r}"
+            ) from None
 
 
 def unique_run_dir(root, name: str | None = None) -> str:

@@ -10,7 +10,10 @@ turns it off, `close_all_writers` is for your own handler), and can be closed an
 times (a later write opens a fresh event file in the same directory). Slow work (drawing figures) goes to one
 background thread with `submit`, so training does not wait for matplotlib; `close` waits for it. Histograms are written from buckets that
 were computed on the device, so only ``[bins, 3]`` numbers ever reach the host; non-finite
-values never reach a summary.
+values never reach a summary. Files are written by `keras_bn.events.EventFileWriter` (no
+TensorFlow needed) in whole records; a failing disk stops logging with one warning, never
+training, and logging resumes when the disk takes writes again. The custom-scalars dashboard
+is laid out by `keras_bn.callbacks._layout`.
 
 Usage::
 
@@ -25,7 +28,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
-import itertools
 import os
 import threading
 import time
@@ -34,19 +36,14 @@ import weakref
 
 import numpy as np
 
+from keras_bn import _keras_internals as internals
+from keras_bn.callbacks._layout import LayerTags, custom_scalars_layout
+from keras_bn.callbacks._runs import check_flush_secs, check_run_path
+from keras_bn.events import EventFileWriter
+
+__all__ = ["RUNS", "RunWriters", "close_all_writers"]
+
 RUNS = ("train", "validation")
-CUSTOM_SCALARS_CATEGORY = "keras-bn diagnostics"
-PERCENTILES_CATEGORY = "keras-bn: pre-activation percentiles (BN paper, Fig. 1)"
-# Charts appear in this order (by the start of their tag regex): what diagnoses a run first.
-CHART_ORDER = ("(batch|epoch)_loss", "(batch|epoch)_", "grad_norm/", "grad_global/", "update_ratio/",
-               "dead_fraction/", "saturation/", "activation_std/", "activation_mean/", "zero_fraction/",
-               "grad_norm_preclip/")
-
-
-def _chart_rank(regex: str) -> int:
-    return next((i for i, prefix in enumerate(CHART_ORDER) if regex.startswith(prefix)), len(CHART_ORDER))
-
-
 class _Write:
     """The summary calls available inside `RunWriters.writing`; what they collect is written
     as one event at the end of the ``with`` block."""
@@ -78,73 +75,58 @@ class _Write:
 
 
 class _EventFile:
-    """One event file of TensorBoard's own protobufs, written as TFRecords by
-    ``tf.io.TFRecordWriter`` (native checksums, no TensorFlow op per summary: an eager
-    ``tf.summary`` call costs about as much as a training step of a small MLP, and
-    TensorBoard's pure-Python record writer spends ~0.3 us per byte on its checksum).
+    """One event file of TensorBoard's own protobufs, framed by `keras_bn.events.EventFileWriter`
+    (no TensorFlow needed, no TensorFlow op per summary: an eager ``tf.summary`` call costs about
+    as much as a training step of a small MLP). Nothing touches the disk before the first flush.
     Summary metadata goes with the first value of each tag, as ``tf.summary`` does."""
 
-    _count = itertools.count()
-
     def __init__(self, run_dir: str):
-        import socket
-
-        import tensorflow as tf
-        from tensorboard.compat.proto import event_pb2
-
-        tf.io.gfile.makedirs(run_dir)
-        name = f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}.{os.getpid()}.{next(self._count)}.v2"
-        self._writer = tf.io.TFRecordWriter(os.path.join(run_dir, name))
+        self._writer = EventFileWriter(run_dir)
         self._described: set[str] = set()
-        self._writer.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
-        self._writer.flush()
+
+    @property
+    def path(self) -> str:
+        return self._writer.path
+
+    @property
+    def dropped(self) -> int:
+        return self._writer.dropped
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._writer.pending_bytes
 
     def write(self, write: _Write) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.util import tensor_util
-
-        summary = summary_pb2.Summary()
+        summary = internals.tensorboard_summary_class()()
         for kind, values in (("scalar", write.scalar_values), ("histogram", write.histogram_values)):
             for tag, value in values.items():
                 array = np.float32(value) if kind == "scalar" else value
-                self._add(summary, tag, kind, tensor_util.make_tensor_proto(array))
+                self._add(summary, tag, kind, internals.tensorboard_tensor_proto(array))
         for tag, rgba in write.images.items():
-            self._add(summary, tag, "image", tensor_util.make_tensor_proto(_png_tensor(rgba)))
+            self._add(summary, tag, "image", internals.tensorboard_tensor_proto(_png_tensor(rgba)))
         if summary.value:
-            self._write_event(event_pb2.Event(wall_time=time.time(), step=write.step, summary=summary))
+            self._write_event(summary, write.step)
 
     def write_summary(self, summary, step: int) -> None:
         """Write a ready-made ``Summary`` proto (e.g. the custom-scalars layout; TensorFlow's
         or TensorBoard's class)."""
-        from tensorboard.compat.proto import event_pb2, summary_pb2
+        self._write_event(internals.tensorboard_summary_class().FromString(summary.SerializeToString()), step)
 
-        summary = summary_pb2.Summary.FromString(summary.SerializeToString())
-        self._write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
-
-    def _write_event(self, event) -> None:
-        self._writer.write(event.SerializeToString())
+    def _write_event(self, summary, step: int) -> None:
+        event_class = internals.tensorboard_event_class()
+        self._writer.add(event_class(wall_time=time.time(), step=step, summary=summary))
 
     def _add(self, summary, tag: str, kind: str, tensor) -> None:
         value = summary.value.add(tag=tag, tensor=tensor)
         if tag not in self._described:
             self._described.add(tag)
-            value.metadata.CopyFrom(_metadata(kind))
+            value.metadata.CopyFrom(internals.tensorboard_plugin_metadata(kind))
 
     def flush(self) -> None:
         self._writer.flush()
 
     def close(self) -> None:
         self._writer.close()
-
-
-def _metadata(kind: str):
-    """The plugin metadata TensorBoard reads a tag's kind from (as ``tf.summary`` writes it)."""
-    from tensorboard.plugins.histogram import metadata as histogram
-    from tensorboard.plugins.image import metadata as image
-    from tensorboard.plugins.scalar import metadata as scalar
-
-    plugin = {"scalar": scalar, "histogram": histogram, "image": image}[kind]
-    return plugin.create_summary_metadata(display_name="", description="")
 
 
 def _png_tensor(rgba: np.ndarray) -> np.ndarray:
@@ -210,20 +192,36 @@ def _install_sigterm_handler() -> None:
 
 
 class RunWriters:
-    """One lazily created event file per run (train / validation) of `log_dir`."""
+    """One lazily created event file per run (train / validation) of `log_dir`.
+
+    A disk that fails (full, quota, gone) never stops training: the first failed write, flush or
+    close warns once that logging stopped and why; summaries are kept in memory (up to 64 MiB per
+    run, then counted as dropped) and the next flush after a back-off (1 s, doubling to
+    `MAX_BACKOFF_SECS`) tries again, so logging resumes when space returns. Files only ever hold
+    whole records.
+    """
+
+    MIN_BACKOFF_SECS = 1.0
+    MAX_BACKOFF_SECS = 60.0
 
     def __init__(self, log_dir: str, flush_secs: float = 5.0):
-        self.log_dir = os.fspath(log_dir)
-        self.flush_secs = float(flush_secs)
+        self.log_dir = check_run_path(log_dir)
+        self.flush_secs = check_flush_secs(flush_secs)
         self._writers: dict = {}
         self._layout_charts: dict[str, str] = {}
         self._layout_written = False
+        self._layer_tags = LayerTags()
+        self._written_layout: bytes | None = None  # the layout in the current train file
         self._lock = threading.RLock()
         self._last_flush = time.monotonic()
         self._executor = None
         self._pending: list = []
         self._flush_timer = None
         self._listeners: list = []
+        self._failure: str | None = None  # why the disk refused the last write, while it does
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._dropped_reported = 0
 
     def add_listener(self, listener) -> None:
         """Call ``listener(run, step, scalars)`` after every write with that write's scalars
@@ -249,6 +247,11 @@ class RunWriters:
 
         return is_chief()
 
+    @property
+    def logging_stopped(self) -> str | None:
+        """Why the disk refuses writes right now (None while writing works)."""
+        return self._failure
+
     def run_dir(self, run: str) -> str:
         return os.path.join(self.log_dir, run)
 
@@ -273,8 +276,10 @@ class RunWriters:
             writer = self._writer(run)
             write = _Write(step)
             yield write
-            writer.write(write)
+            writer.write(write)  # in memory: the disk is touched by flush only
             self._notify(run, write)
+            if run == "train" and self._layer_tags.add(write.scalar_values):
+                self._layout_written = False  # a chart may now split its layers differently
             if run == "train" and self._layout_charts and not self._layout_written:
                 self._write_layout(writer)
             if time.monotonic() - self._last_flush >= self.flush_secs:
@@ -308,30 +313,54 @@ class RunWriters:
             self._layout_written = False
 
     def _write_layout(self, writer: _EventFile) -> None:
-        from tensorboard.plugins.custom_scalar import layout_pb2, summary as cs_summary
-
-        categories = {CUSTOM_SCALARS_CATEGORY: [], PERCENTILES_CATEGORY: []}
-        for title, regex in sorted(self._layout_charts.items(), key=lambda item: _chart_rank(item[1])):
-            category = PERCENTILES_CATEGORY if regex.startswith("preact/") else CUSTOM_SCALARS_CATEGORY
-            categories[category].append(
-                layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
-            )
-        layout = layout_pb2.Layout(
-            category=[layout_pb2.Category(title=title, chart=charts) for title, charts in categories.items() if charts]
-        )
-        writer.write_summary(cs_summary.pb(layout), step=0)
+        layout = custom_scalars_layout(self._layout_charts, self._layer_tags)
+        if layout.SerializeToString() != self._written_layout:  # again only when a chart changed
+            writer.write_summary(internals.tensorboard_layout_summary(layout), step=0)
+            self._written_layout = layout.SerializeToString()
         self._layout_written = True
 
     def flush(self) -> None:
-        """Write everything queued so far to disk."""
+        """Write everything queued so far to disk (after a disk failure: at most once per back-off)."""
         with self._lock:
-            for writer in self._writers.values():
-                writer.flush()
             self._last_flush = time.monotonic()
+            if self._failure is not None and self._last_flush < self._retry_at:
+                return
+            self._write_out(lambda writer: writer.flush())
+
+    def _write_out(self, action) -> None:
+        """`action(writer)` for each writer; a failure stops logging (warned once), never training."""
+        for writer in list(self._writers.values()):
+            try:
+                action(writer)
+            except Exception as error:  # noqa: BLE001  a full disk must not stop training
+                self._disk_failed(error)
+                return
+        if self._failure is not None:
+            self._disk_recovered()
+
+    def _disk_failed(self, error: Exception) -> None:
+        self._backoff = min(self.MAX_BACKOFF_SECS, max(self.MIN_BACKOFF_SECS, 2 * self._backoff))
+        self._retry_at = time.monotonic() + self._backoff
+        if self._failure is None:
+            self._failure = f"{type(error).__name__}: {error}"
+            warnings.warn(
+                f"keras_bn stopped logging to {self.log_dir!r}: {self._failure}. Training goes on; "
+                f"what is on disk stays readable, and writing resumes by itself when the disk accepts "
+                f"writes again (summaries wait in memory, up to 64 MiB per run).",
+                RuntimeWarning, stacklevel=4,
+            )
+
+    def _disk_recovered(self) -> None:
+        dropped = sum(writer.dropped for writer in self._writers.values())
+        lost = f"; {dropped - self._dropped_reported} summaries were dropped meanwhile" if dropped > self._dropped_reported else ""
+        self._dropped_reported = dropped
+        warnings.warn(f"keras_bn resumed logging to {self.log_dir!r} (it had stopped: {self._failure}){lost}.",
+                      RuntimeWarning, stacklevel=4)
+        self._failure, self._backoff = None, 0.0
 
     def close(self, timeout: float | None = None) -> None:
         """Finish background work (waiting at most `timeout` s), flush and close every writer;
-        safe to call twice."""
+        safe to call twice, never raises for the disk."""
         pending, self._pending = self._pending, []
         concurrent.futures.wait(pending, timeout=timeout)
         with self._lock:
@@ -341,11 +370,16 @@ class RunWriters:
             if self._executor is not None:
                 self._executor.shutdown(wait=timeout is None)
                 self._executor = None
+            self._write_out(lambda writer: writer.flush())  # one last try, whatever the back-off
             writers, self._writers = self._writers, {}
-            self._layout_written = False
+            unwritten = sum(writer.pending_bytes for writer in writers.values())
+            if unwritten:
+                warnings.warn(f"keras_bn could not write the last {unwritten} bytes of summaries to "
+                              f"{self.log_dir!r} ({self._failure}); what is on disk stays readable.",
+                              RuntimeWarning, stacklevel=2)
+            self._layout_written, self._written_layout = False, None
             for writer in writers.values():
                 try:
                     writer.close()
-                except Exception:  # noqa: BLE001  closing must never hide the training error
+                except Exception:  # noqa: BLE001  what the disk refused was warned about already
                     pass
-

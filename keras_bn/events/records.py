@@ -1,0 +1,261 @@
+"""TFRecord framing of event files: the checked, streaming record reader and the whole-record writer.
+
+Usage::
+
+    from keras_bn.events import EventFileWriter, iter_records
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import google_crc32c
+import numpy as np
+
+from keras_bn import _keras_internals as internals
+
+__all__ = ["EventFileWriter", "RecordProblem", "encode_record", "iter_events", "iter_records", "masked_crc32c"]
+
+_LENGTH = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+_HEADER = struct.Struct("<QI")
+_MASK_DELTA = 0xA282EAD8
+
+
+def masked_crc32c(data) -> int:
+    """The TFRecord checksum of `data`: CRC32C (C-backed, google-crc32c), rotated and offset."""
+    crc = google_crc32c.value(bytes(data))
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def encode_record(data: bytes) -> bytes:
+    """`data` framed as one TFRecord (header, data and both checksums)."""
+    length = _LENGTH.pack(len(data))
+    return b"".join((length, _CRC.pack(masked_crc32c(length)), data, _CRC.pack(masked_crc32c(data))))
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    """What could not be read, and where: ``kind`` is "corrupt", "truncated", "undecodable" or
+    "interleaved"; ``offset`` is the byte offset in `path` (-1 where it concerns a whole run)."""
+
+    path: str
+    offset: int
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.path if self.offset < 0 else f"{self.path}:{self.offset}"
+        return f"{where}: {self.message}"
+
+
+def _resync(file, start: int, size: int) -> int | None:
+    """The offset of the next record at or after `start` whose two checksums hold, or None."""
+    window = 1 << 16
+    position = start
+    while position + 16 <= size:
+        file.seek(position)
+        chunk = file.read(window + 11)
+        for i in range(max(0, len(chunk) - 11)):
+            length, length_crc = _HEADER.unpack_from(chunk, i)
+            if position + i + 16 + length > size or masked_crc32c(chunk[i:i + 8]) != length_crc:
+                continue
+            file.seek(position + i + 12)
+            body = file.read(length + 4)
+            if masked_crc32c(body[:length]) == _CRC.unpack_from(body, length)[0]:
+                return position + i
+        position += window
+    return None
+
+
+def iter_records(path, problems: list | None = None) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(offset, data)`` for every record of `path` whose checksums hold, one at a time.
+
+    A record that fails is not yielded: a `RecordProblem` is appended to `problems` and reading
+    goes on at the next record whose checksums hold (a bad length checksum: found by scanning
+    forward), so one flipped bit costs one record, not the rest of the file. The file is read up
+    to its size when opened (a file being written may end in a partial record: "truncated").
+
+    Example::
+
+        problems = []
+        for offset, data in keras_bn.events.iter_records(path, problems): ...
+    """
+    path = os.fspath(path)
+    problems = [] if problems is None else problems
+    with open(path, "rb", buffering=1 << 20) as file:
+        size = os.fstat(file.fileno()).st_size
+        offset = 0
+        while offset < size:
+            header = file.read(12)
+            if len(header) < 12:
+                problems.append(RecordProblem(path, offset, "truncated",
+                                              f"the file ends inside a record header ({len(header)} of 12 bytes)"))
+                return
+            length, length_crc = _HEADER.unpack(header)
+            if masked_crc32c(header[:8]) != length_crc:
+                found = _resync(file, offset + 1, size)
+                end = size if found is None else found
+                problems.append(RecordProblem(
+                    path, offset, "corrupt",
+                    f"bad length checksum: {end - offset} bytes skipped "
+                    + ("to the end of the file" if found is None else f"to the next valid record at byte {found}"),
+                ))
+                if found is None:
+                    return
+                offset = found
+                file.seek(offset)
+                continue
+            if offset + 16 + length > size:
+                problems.append(RecordProblem(
+                    path, offset, "truncated",
+                    f"the file ends inside a record of {length} bytes ({size - offset - 12} of {length + 4} "
+                    "bytes after the header): a run still writing, or one that was killed",
+                ))
+                return
+            body = file.read(length + 4)
+            data = body[:length]
+            if masked_crc32c(data) != _CRC.unpack_from(body, length)[0]:
+                problems.append(RecordProblem(path, offset, "corrupt",
+                                              f"bad data checksum: a record of {length} bytes skipped"))
+            else:
+                yield offset, data
+            offset += 16 + length
+
+
+def iter_events(path, problems: list | None = None) -> Iterator[tuple[int, object]]:
+    """Yield ``(offset, Event)`` for every readable record of `path` (see `iter_records`)."""
+    event_class = internals.tensorboard_event_class()
+    problems = [] if problems is None else problems
+    for offset, data in iter_records(path, problems):
+        try:
+            event = event_class.FromString(data)
+        except Exception as error:  # noqa: BLE001  protobuf's DecodeError and friends
+            problems.append(RecordProblem(os.fspath(path), offset, "undecodable",
+                                          f"a record of {len(data)} bytes is not an Event proto ({error})"))
+            continue
+        yield offset, event
+
+
+def _open_for_append(path: str):
+    """An unbuffered binary file for appending (one place, so that tests can simulate a full disk)."""
+    return open(path, "ab", buffering=0)
+
+
+class EventFileWriter:
+    """Append TensorBoard events to a new event file in `run_dir`, whole records only.
+
+    Events are framed in memory by `add`; `flush` writes them with one unbuffered write and,
+    when the disk fails part way, cuts the file back to its last whole record and keeps the
+    unwritten records for the next `flush` (at most `max_pending_bytes`; later ones are counted
+    in `dropped`). The folder and the file are created at the first flush, so a disk that is
+    full from the start leaves no empty files. `flush` and `close` raise OSError; callers that
+    must not fail (the callbacks' `RunWriters`) catch it.
+
+    Example::
+
+        writer = EventFileWriter("logs/run1/train")
+        writer.add_scalars(1, {"loss": 0.7})  # or writer.add(event), a TensorBoard Event proto
+        writer.close()
+    """
+
+    _count = itertools.count()
+
+    def __init__(self, run_dir, *, max_pending_bytes: int = 64 << 20):
+        self.run_dir = os.fspath(run_dir)
+        name = (f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}.{os.getpid()}."
+                f"{next(self._count)}.v2")
+        self.path = os.path.join(self.run_dir, name)
+        self.max_pending_bytes = int(max_pending_bytes)
+        self.dropped = 0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._file = None
+        self._size = 0  # bytes of whole records on disk
+        self._described: set[str] = set()
+        event_class = internals.tensorboard_event_class()
+        self.add(event_class(wall_time=time.time(), file_version="brain.Event:2"))
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def add(self, event) -> None:
+        """Frame `event` (a TensorBoard ``Event``) for the next flush."""
+        self.add_record(event.SerializeToString())
+
+    def add_scalars(self, step: int, values: dict) -> None:
+        """Add one event of ``{tag: number}`` scalars at `step` (float32, as ``tf.summary.scalar``
+        writes them; the scalar plugin's metadata goes with each tag's first value)."""
+        summary = internals.tensorboard_summary_class()()
+        for tag, number in values.items():
+            value = summary.value.add(tag=tag, tensor=internals.tensorboard_tensor_proto(np.float32(number)))
+            if tag not in self._described:
+                self._described.add(tag)
+                value.metadata.CopyFrom(internals.tensorboard_plugin_metadata("scalar"))
+        self.add(internals.tensorboard_event_class()(wall_time=time.time(), step=int(step), summary=summary))
+
+    def add_record(self, data: bytes) -> None:
+        record = encode_record(data)
+        if self._pending_bytes + len(record) > self.max_pending_bytes:
+            self.dropped += 1
+            return
+        self._pending.append(record)
+        self._pending_bytes += len(record)
+
+    def flush(self) -> None:
+        """Write every pending record; on OSError the file holds whole records only."""
+        if not self._pending:
+            return
+        if self._file is None:
+            os.makedirs(self.run_dir, exist_ok=True)
+            self._file = _open_for_append(self.path)
+            self._size = os.fstat(self._file.fileno()).st_size
+        data = b"".join(self._pending)
+        written = 0
+        try:
+            while written < len(data):
+                written += self._file.write(memoryview(data)[written:]) or 0
+        except OSError:
+            self._keep_whole_records(written)
+            if self._size == 0:  # nothing of this run reached the disk: leave no empty file behind
+                self._discard_file()
+            raise
+        self._size += written
+        self._pending, self._pending_bytes = [], 0
+
+    def _keep_whole_records(self, written: int) -> None:
+        """After a write that failed part way: drop the records that made it, cut a partial one."""
+        whole = 0
+        while self._pending and whole + len(self._pending[0]) <= written:
+            whole += len(self._pending[0])
+            self._pending_bytes -= len(self._pending.pop(0))
+        if whole != written:
+            try:
+                os.ftruncate(self._file.fileno(), self._size + whole)
+            except OSError:  # the reader skips the partial record (and reports it) if this fails
+                pass
+        self._size += whole
+
+    def _discard_file(self) -> None:
+        try:
+            self._file.close()
+            os.unlink(self.path)
+        except OSError:
+            pass
+        self._file = None
+
+    def close(self) -> None:
+        """Flush and close the file (the file stays closed even when the flush raises)."""
+        try:
+            self.flush()
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
