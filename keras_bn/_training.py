@@ -142,15 +142,16 @@ def is_compiled(model) -> bool:
     return bool(getattr(model, "compiled", False)) and model.optimizer is not None
 
 
-def compiled(model, optimizer=None):
+def compiled(model, optimizer=None, loss=None):
     """`model` as it is when it was compiled (its optimizer, loss and metrics are kept, never
-    recompiled), else compiled with `optimizer` (default ``keras_bn.optimizers.adam()``),
-    sparse categorical cross-entropy and accuracy."""
+    recompiled), else compiled with `optimizer` (default ``keras_bn.optimizers.adam()``) and
+    `loss`, by default sparse categorical cross-entropy with accuracy as a metric."""
     if is_compiled(model):
         return model
     from keras_bn.optimizers import adam
 
-    model.compile(optimizer=optimizer or adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    metrics = ["accuracy"] if loss is None else []
+    model.compile(optimizer=optimizer or adam(), loss=loss or "sparse_categorical_crossentropy", metrics=metrics)
     return model
 
 
