@@ -101,13 +101,16 @@ class Range:
 
     def __post_init__(self):
         low = check_float("low", self.low, low=0.0, low_inclusive=False) if self.log else check_float("low", self.low)
-        check_float("high", self.high, low=low, low_inclusive=False)
+        if check_float("high", self.high) <= low:
+            raise ValueError(f"`high` must be greater than `low`={low:g}. Received: high={self.high!r}")
 
-    def _to_unit(self, value: float) -> float:
+    def position(self, value: float) -> float:
+        """Where `value` sits in the range, from 0 (low) to 1 (high) (in log space when `log`)."""
         f = math.log if self.log else float
         return (f(value) - f(self.low)) / (f(self.high) - f(self.low))
 
-    def _from_unit(self, u):
+    def at(self, u: float) -> float:
+        """The value at position `u` in [0, 1] (the inverse of `position`), clipped to the range."""
         if self.log:
             value = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
         else:
@@ -115,15 +118,11 @@ class Range:
         return float(min(max(value, self.low), self.high))  # no rounding past the ends
 
     def sample(self, rng: np.random.Generator) -> float:
-        return self._from_unit(rng.uniform())
+        return self.at(rng.uniform())
 
     def grid(self, k: int) -> list[float]:
         """`k` evenly spaced values (in log space when `log`), the ends included when k > 1."""
-        return [self._from_unit(0.5)] if k == 1 else [self._from_unit(u) for u in np.linspace(0, 1, k)]
-
-    def position(self, value: float) -> float:
-        """Where `value` sits in the range, from 0 (low) to 1 (high)."""
-        return self._to_unit(value)
+        return [self.at(0.5)] if k == 1 else [self.at(u) for u in np.linspace(0, 1, k)]
 
     def domain(self):
         from tensorboard.plugins.hparams import api as hp

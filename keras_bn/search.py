@@ -263,7 +263,7 @@ def refine(result: SearchResult, top_k: int = 3, margin: float = 0.5) -> dict:
         u = [param.position(v) for v in values]
         span = max(u) - min(u) or 0.1
         lo, hi = max(0.0, min(u) - margin * span), min(1.0, max(u) + margin * span)
-        fine[name] = Range(param._from_unit(lo), param._from_unit(hi), log=param.log)
+        fine[name] = Range(param.at(lo), param.at(hi), log=param.log)
     return fine
 
 

@@ -409,3 +409,22 @@ def test_report_str():
     text = str(report)
     assert "1 BatchNormalization folded, 1 kept" in text
     assert "into conv (+ relu:relu)" in text and "follows a model input" in text
+
+
+# --- private Keras names ----------------------------------------------------------------
+
+
+def test_folding_and_the_training_tools_name_no_private_keras_attribute():
+    import re
+
+    from keras_bn import _keras_internals as internals
+
+    root = Path(__file__).resolve().parents[1] / "keras_bn"
+    pattern = re.compile(r"keras\.src|_nodes_by_depth|_keras_history|_flatten_layers|\bnode\.(operation|arguments)")
+    for name in ("folding.py", "bn_stats.py", "search.py", "_search_types.py", "sanity.py", "_sanity_results.py",
+                 "lr_find.py", "_training.py", "_tables.py"):
+        hits = [line for line in (root / name).read_text().splitlines() if pattern.search(line)]
+        assert not hits, (name, hits)
+    ours = [entry for entry in internals.REQUIRED if entry[0].startswith(("keras.src.models.functional",
+                                                                          "keras.src.ops", "keras.src.layers.layer"))]
+    assert len(ours) >= 5 and not internals.missing_names(), internals.missing_names()
