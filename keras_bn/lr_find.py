@@ -164,7 +164,12 @@ def lr_find(model_fn_or_model, data, min_lr: float = 1e-7, max_lr: float = 10.0,
     suggestion = float(rule_fn(lrs[finite], smoothed[finite])) if callable(rule) else suggestions[rule_name]
     result = LRFindResult(lrs, losses, smoothed, suggestion, rule_name, suggestions, stopped_at)
     if log_dir is not None:
-        _write_tensorboard(result, log_dir)
+        try:
+            _write_tensorboard(result, log_dir)
+        except Exception as error:  # noqa: BLE001  the measured curve is returned whatever the disk does
+            import warnings
+
+            warnings.warn(f"lr_find could not write to log_dir={str(log_dir)!r}: {error!r}", RuntimeWarning, stacklevel=2)
     if plot_path is not None:
         plot(result, plot_path)
     return result

@@ -129,7 +129,12 @@ def check_initial_loss(model, x, y, num_classes: int | None = None, tolerance: f
     tolerance = check_float("tolerance", tolerance, low=0.0, low_inclusive=False)
     loss_fn = _resolve_loss(model, loss, from_logits)
     name = _loss_name(loss_fn)
-    pred = keras.ops.convert_to_numpy(model(x, training=False))
+    outputs = model(x, training=False)
+    if isinstance(outputs, (dict, list, tuple)):
+        raise ValueError(f"check_initial_loss measures a single-output model; this one has {len(outputs)} outputs. "
+                         f"Check one head: keras.Model(model.inputs, model.outputs[i]) with its loss as `loss=`. "
+                         f"Received: model={model.name!r}")
+    pred = keras.ops.convert_to_numpy(outputs)
     value = float(np.mean(keras.ops.convert_to_numpy(loss_fn(y, pred))))
     if num_classes is None:
         num_classes = int(pred.shape[-1]) if pred.ndim > 1 else None
@@ -279,13 +284,22 @@ class LossGuard(keras.callbacks.Callback):
         if self.verbose:
             print(f"LossGuard: stopping: {reason}")
         if self.log_dir is not None:
-            import tensorflow as tf
+            try:
+                self._write(reason, loss)
+            except Exception as error:  # noqa: BLE001  a failing disk must not end the run
+                import warnings
 
-            writer = tf.summary.create_file_writer(self.log_dir)
-            with writer.as_default():
-                tf.summary.text("loss_guard/reason", reason, step=self._step)
-                tf.summary.scalar("loss_guard/loss", loss if math.isfinite(loss) else float("nan"), step=self._step)
-            writer.close()
+                warnings.warn(f"LossGuard could not write to log_dir={self.log_dir!r}: {error!r}", RuntimeWarning,
+                              stacklevel=2)
+
+    def _write(self, reason: str, loss: float) -> None:
+        import tensorflow as tf
+
+        writer = tf.summary.create_file_writer(self.log_dir)
+        with writer.as_default():
+            tf.summary.text("loss_guard/reason", reason, step=self._step)
+            tf.summary.scalar("loss_guard/loss", loss if math.isfinite(loss) else float("nan"), step=self._step)
+        writer.close()
 
 
 def check_short_run(model_fn: Callable, x, y, epochs: int = 1, batch_size: int = 64,

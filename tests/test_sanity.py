@@ -210,3 +210,20 @@ def test_sanity_check_takes_the_data_forms_fit_takes(kind):
     assert initial.passed
     assert initial.loss == pytest.approx(log_softmax_ce(seeded_logits_mlp()(x[:1000]), y[:1000]), rel=1e-5)
     assert report.results["short_run"].steps == 2  # 128 samples read, batches of 64
+
+
+def test_multi_output_model_is_refused_naming_what_to_do():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, [keras.layers.Dense(3)(inputs), keras.layers.Dense(2)(inputs)])
+    with pytest.raises(ValueError, match=r"single-output model; this one has 2 outputs.*model.outputs\[i\]"):
+        sanity.check_initial_loss(model, np.ones((4, 4), "float32"), np.zeros(4, "int32"))
+
+
+def test_loss_guard_survives_an_unwritable_log_dir(tmp_path):
+    x, y = small_data()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    guard = sanity.LossGuard(factor=3, log_dir=blocker / "run")
+    with pytest.warns(RuntimeWarning, match="could not write"):
+        hot_mlp().fit(x[:640], y[:640], epochs=1, batch_size=64, callbacks=[guard], verbose=0)
+    assert guard.stopped
