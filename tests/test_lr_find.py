@@ -148,3 +148,12 @@ def test_lr_find_takes_the_data_forms_fit_takes(kind):
     if kind == "generator":
         with pytest.raises(ValueError, match="ended after 4 batches; 5 steps.*steps=5"):
             lrf.lr_find(model, _data_forms(x, y, 32)[kind](), steps=5)
+
+
+def test_an_unwritable_log_dir_warns_and_the_curve_is_returned(tmp_path):
+    x, y = small_data()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.warns(RuntimeWarning, match="could not write"):
+        result = lrf.lr_find(mlp, (x[:640], y[:640]), steps=5, log_dir=blocker / "tb")
+    assert len(result.lrs) == 5
