@@ -9,19 +9,19 @@ Usage (from benchmarks/, or with benchmarks/ on sys.path)::
 
 from __future__ import annotations
 
+import collections
+import re
+
 __all__ = ["xla_opcode_counts"]
 
 
-def xla_opcode_counts(model, x) -> "collections.Counter":
+def xla_opcode_counts(model, x) -> collections.Counter:
     """Opcode counts of the XLA-optimized HLO of ``model(x, training=False)`` (CPU or GPU).
 
     How to check that folding leaves XLA less to do (XLA fuses inference BN by itself)::
 
         before, after = xla_opcode_counts(model, x), xla_opcode_counts(keras_bn.fold_batchnorm(model), x)
     """
-    import collections
-    import re
-
     import tensorflow as tf
 
     fn = tf.function(lambda t: model(t, training=False), jit_compile=True)
