@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_bn  # noqa: E402
-from keras_bn.folding import fold_batchnorm, xla_opcode_counts  # noqa: E402
+from keras_bn.folding import fold_batchnorm  # noqa: E402
+from xla_counts import xla_opcode_counts  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 
 ROUND_S = 0.02  # seconds per side of an alternating round
 

@@ -12,16 +12,18 @@ Usage::
 from keras_bn import _backend  # noqa: F401  (checks that a Keras backend is installed)
 from keras_bn.activations import Maxout
 from keras_bn.builders import build_conv, build_dense
-from keras_bn.folding import BatchNormCheck, BatchNormRow, FoldReport, check_batchnorm, fold_batchnorm
+from keras_bn.bn_stats import BatchNormReport, BatchNormRow, check_batchnorm
+from keras_bn.folding import FoldReport, fold_batchnorm
 from keras_bn.layers import ConvBlock, DenseBlock
 from keras_bn import callbacks, data, distribute, lr_find, optimizers, report, sanity, search  # noqa: E402  (submodules)
+from keras_bn import bn_stats  # noqa: E402  (submodule)
 from keras_bn.sanity import LossGuard, sanity_check
 from keras_bn import events  # noqa: E402  (event files without TensorFlow)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchNormCheck",
+    "BatchNormReport",
     "BatchNormRow",
     "ConvBlock",
     "DenseBlock",
@@ -29,6 +31,7 @@ __all__ = [
     "LossGuard",
     "Maxout",
     "__version__",
+    "bn_stats",
     "build_conv",
     "build_dense",
     "callbacks",
@@ -44,3 +47,14 @@ __all__ = [
     "sanity_check",
     "search",
 ]
+
+
+def __getattr__(name: str):
+    """`keras_bn.BatchNormCheck`, the old name of `BatchNormReport`, still works (with a warning)."""
+    if name == "BatchNormCheck":
+        import warnings
+
+        warnings.warn("keras_bn.BatchNormCheck was renamed keras_bn.BatchNormReport (the callback "
+                      "keras_bn.callbacks.BatchNormCheck keeps its name).", DeprecationWarning, stacklevel=2)
+        return BatchNormReport
+    raise AttributeError(f"module 'keras_bn' has no attribute {name!r}")

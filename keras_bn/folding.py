@@ -1,30 +1,44 @@
-"""Fold inference-mode BatchNormalization into the layer before it, and check BN's two modes.
+"""Fold inference-mode BatchNormalization into the layer before it.
 
 At test time BN is a fixed per-channel affine map ``y = gamma * (x - mean) / sqrt(var + eps)
 + beta`` (SEEDS §5), so after a Dense or convolution it can be merged into that layer's kernel
 and bias: the same outputs with fewer ops. `fold_batchnorm` does that on a copy of the model
-and reports what it folded and what it left; `check_batchnorm` catches the train/test-mode
-mistakes that BN is known for (moving statistics never updated, too slow, or frozen).
+and reports what it folded and what it left. (`keras_bn.check_batchnorm`, in
+`keras_bn.bn_stats`, checks BN's two modes before you fold.)
 
 Usage::
 
     folded, report = keras_bn.fold_batchnorm(model, return_report=True)
     print(report)                       # which BN layers were folded, which were left and why
-    print(keras_bn.check_batchnorm(model, x_val[:256]))
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import defaultdict
 
 import keras
 import numpy as np
-from keras.src.models.functional import Functional  # what keras.models.clone_model rewires
 
-from keras_bn._validation import check_float
+from keras_bn import _keras_internals as internals
+from keras_bn._tables import format_table
 
-__all__ = ["BatchNormCheck", "BatchNormRow", "FoldReport", "check_batchnorm", "fold_batchnorm"]
+__all__ = ["FoldReport", "fold_batchnorm"]
+
+_MOVED = {"check_batchnorm": "check_batchnorm", "BatchNormRow": "BatchNormRow", "BatchNormReport": "BatchNormReport",
+          "BatchNormCheck": "BatchNormReport"}
+
+
+def __getattr__(name: str):
+    """check_batchnorm and its results moved to keras_bn.bn_stats; old imports still work, with a warning."""
+    if name in _MOVED:
+        from keras_bn import bn_stats
+
+        warnings.warn(f"keras_bn.folding.{name} moved: use keras_bn.bn_stats.{_MOVED[name]} "
+                      f"(or keras_bn.{_MOVED[name]}).", DeprecationWarning, stacklevel=2)
+        return getattr(bn_stats, _MOVED[name])
+    raise AttributeError(f"module 'keras_bn.folding' has no attribute {name!r}")
 
 # Exact types only: a subclass may change what `call` does with the kernel.
 _KERNEL_LAST = (  # kernel (..., in, out): the output channel is the last kernel axis
@@ -57,12 +71,6 @@ FUSABLE_ACTIVATIONS = frozenset({
 # --------------------------------------------------------------------------------------
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
-
-
 @dataclasses.dataclass
 class FoldReport:
     """What `fold_batchnorm` did.
@@ -85,100 +93,7 @@ class FoldReport:
         rows += [(bn, "kept", reason) for bn, reason in self.skipped]
         rows += [(layer, "fused", f"{act} into {into}") for layer, into, act in self.fused]
         head = f"fold_batchnorm: {len(self.folded)} BatchNormalization folded, {len(self.skipped)} kept"
-        return head if not rows else head + "\n" + _table(("layer", "result", "detail"), rows)
-
-
-@dataclasses.dataclass
-class BatchNormRow:
-    """One BatchNormalization layer in a `BatchNormCheck`.
-
-    `mean_shift` is the RMS over channels of ``|moving_mean - batch_mean| / batch_std``;
-    `var_ratio` is the geometric mean over channels of ``max(r, 1/r)`` with
-    ``r = (moving_var + eps) / (batch_var + eps)`` (1.0 means a perfect match).
-    """
-
-    name: str
-    channels: int
-    momentum: float
-    trainable: bool
-    mean_shift: float
-    var_ratio: float
-    status: str  # "ok", "never updated", "frozen" or "stale"
-    advice: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-_ADVICE = {
-    "never updated": (
-        "its moving statistics still hold their initial values (mean 0, variance 1): the model "
-        "never ran in training mode (fit, or a call with training=True), or the weights were "
-        "loaded without them. Train it, or recompute the statistics by running training data "
-        "through the model with training=True before evaluating."
-    ),
-    "frozen": (
-        "the layer is frozen (trainable=False), so Keras runs it in inference mode even inside "
-        "fit() and never updates its moving statistics, while the layers below it changed. "
-        "Unfreeze it (layer.trainable = True) for a few epochs, or keep it frozen only if the "
-        "layers below it are frozen too."
-    ),
-    "stale": (
-        "its moving statistics are far from the statistics of this batch: with momentum={m} the "
-        "moving average keeps momentum**steps of its old value, which is too slow for a short "
-        "run ({m}**100 = {m100:.2f}). Train longer, lower `momentum`, or recompute the "
-        "statistics; if this batch is not from the training distribution, check the input "
-        "preprocessing first."
-    ),
-}
-
-
-@dataclasses.dataclass
-class BatchNormCheck:
-    """The result of `check_batchnorm`: one `BatchNormRow` per BN layer plus the output gap.
-
-    `ok` is True when no BN layer was flagged. `output_gap` is the largest absolute difference
-    between training-mode and inference-mode outputs on the batch (noise layers switched off),
-    `output_gap_rel` the same divided by the inference outputs' standard deviation.
-    """
-
-    rows: list[BatchNormRow]
-    output_gap: float
-    output_gap_rel: float
-    mean_tol: float
-    var_tol: float
-
-    @property
-    def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
-
-    @property
-    def flagged(self) -> list[BatchNormRow]:
-        return [row for row in self.rows if not row.ok]
-
-    def __str__(self) -> str:
-        verdict = "OK" if self.ok else f"{len(self.flagged)} of {len(self.rows)} BN layers flagged"
-        lines = [
-            f"check_batchnorm: {verdict}. Training vs inference outputs differ by up to "
-            f"{self.output_gap:.3g} ({self.output_gap_rel:.3g} x the output std). "
-            f"Flagged when mean_shift > {self.mean_tol:g} or var_ratio > {self.var_tol:g}."
-        ]
-        if not self.rows:
-            return lines[0] + "\nThe model has no BatchNormalization layer."
-        rows = [
-            (r.name, str(r.channels), f"{r.momentum:g}", str(r.trainable), f"{r.mean_shift:.3f}",
-             f"{r.var_ratio:.3f}", r.status)
-            for r in self.rows
-        ]
-        lines.append(_table(("layer", "channels", "momentum", "trainable", "mean_shift", "var_ratio", "status"), rows))
-        by_status: dict[str, list[BatchNormRow]] = {}
-        for r in self.flagged:
-            by_status.setdefault(r.status, []).append(r)
-        for status, group in by_status.items():
-            names = ", ".join(r.name for r in group[:5]) + (", ..." if len(group) > 5 else "")
-            lines.append(f"{status} ({len(group)}: {names}): {group[0].advice}")
-        return "\n".join(lines)
+        return head if not rows else head + "\n" + format_table(["layer", "result", "detail"], rows)
 
 
 # --------------------------------------------------------------------------------------
@@ -186,12 +101,12 @@ class BatchNormCheck:
 # --------------------------------------------------------------------------------------
 
 
-def _check_model(model, *, graph: bool) -> None:
+def _check_model(model) -> None:
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"`model` must be a keras.Model. Received: model={model!r} of type {type(model).__name__}"
         )
-    if graph and not isinstance(model, (keras.Sequential, Functional)):
+    if not isinstance(model, keras.Sequential) and not internals.is_functional(model):
         raise ValueError(
             "`model` must be a Functional or Sequential keras.Model (a subclassed model's graph "
             f"is not known, so its layers cannot be rewired). Received: model={model.name!r} of "
@@ -371,31 +286,31 @@ def _fuse_activation_into(plan: _Plan, report: FoldReport, prefix: str, act_laye
 
 def _fold_functional(model, report: FoldReport, prefix: str, fuse_activation: bool):
     # The graph, read from the model's nodes (the same structure keras.models.clone_model walks).
-    by_depth = model._nodes_by_depth
-    nodes = [n for d in sorted(by_depth, reverse=True) for n in by_depth[d] if n.operation is not None and not n.is_input]
+    nodes = internals.functional_nodes(model)
+    op, inputs_of = internals.node_operation, internals.node_input_tensors
     node_counts = defaultdict(int)
     consumers = defaultdict(list)
     for node in nodes:
-        node_counts[id(node.operation)] += 1
-        for t in node.input_tensors:
+        node_counts[id(op(node))] += 1
+        for t in inputs_of(node):
             consumers[id(t)].append(node)
     outputs = {id(t) for t in model.outputs}
 
     plan = _Plan()
     for node in nodes:  # inputs first
-        bn = node.operation
+        bn = op(node)
         if type(bn) is not keras.layers.BatchNormalization:
             if isinstance(bn, keras.layers.BatchNormalization):
                 report.skipped.append((prefix + bn.name, f"{type(bn).__name__} is a BatchNormalization subclass"))
             continue
-        if len(node.input_tensors) != 1:
+        if len(inputs_of(node)) != 1:
             report.skipped.append((prefix + bn.name, "called with several tensor inputs"))
             continue
-        if node.arguments.kwargs.get("training") is True:
+        if internals.node_call_kwargs(node).get("training") is True:
             report.skipped.append((prefix + bn.name, "called with training=True in the graph"))
             continue
-        tensor = node.input_tensors[0]
-        producer = tensor._keras_history.operation if getattr(tensor, "_keras_history", None) else None
+        tensor = inputs_of(node)[0]
+        producer = internals.producing_operation(tensor)
         if isinstance(producer, keras.layers.InputLayer):
             producer = None
         reason = _why_not_foldable(bn, producer, consumers, outputs, node_counts, tensor)
@@ -404,22 +319,22 @@ def _fold_functional(model, report: FoldReport, prefix: str, fuse_activation: bo
         if reason is not None:
             report.skipped.append((prefix + bn.name, reason))
             continue
-        out = node.outputs[0]
+        out = internals.node_outputs(node)[0]
         act_layer = None
         after = consumers[id(out)]
-        if len(after) == 1 and id(out) not in outputs and node_counts[id(after[0].operation)] == 1:
-            act_layer = after[0].operation
+        if len(after) == 1 and id(out) not in outputs and node_counts[id(op(after[0]))] == 1:
+            act_layer = op(after[0])
         _record(plan, report, prefix, producer, bn, act_layer, fuse_activation)
 
     if fuse_activation:  # activation layers right after a Dense/Conv that no BN followed
         for node in nodes:
-            if len(node.input_tensors) != 1 or node_counts[id(node.operation)] != 1:
+            if len(inputs_of(node)) != 1 or node_counts[id(op(node))] != 1:
                 continue
-            tensor = node.input_tensors[0]
-            producer = tensor._keras_history.operation if getattr(tensor, "_keras_history", None) else None
+            tensor = inputs_of(node)[0]
+            producer = internals.producing_operation(tensor)
             if (producer is not None and node_counts[id(producer)] == 1 and id(tensor) not in outputs
                     and len(consumers[id(tensor)]) == 1):
-                _fuse_activation_into(plan, report, prefix, node.operation, producer)
+                _fuse_activation_into(plan, report, prefix, op(node), producer)
 
     pairs: list = []
     clone_fn = lambda layer: _clone_layer(layer, report, prefix, fuse_activation, plan, pairs)  # noqa: E731
@@ -468,23 +383,6 @@ def _fold_sequential(model, report: FoldReport, prefix: str, fuse_activation: bo
     return folded
 
 
-def xla_opcode_counts(model, x) -> "collections.Counter":
-    """Opcode counts of the XLA-optimized HLO of ``model(x, training=False)`` (CPU or GPU).
-
-    How to check that folding leaves XLA less to do (XLA fuses inference BN by itself)::
-
-        before, after = xla_opcode_counts(model, x), xla_opcode_counts(fold_batchnorm(model), x)
-    """
-    import collections
-    import re
-
-    import tensorflow as tf
-
-    fn = tf.function(lambda t: model(t, training=False), jit_compile=True)
-    hlo = fn.experimental_get_compiler_ir(tf.constant(x))(stage="optimized_hlo")
-    return collections.Counter(re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ ([a-z-]+)\(", hlo, re.M))
-
-
 def fold_batchnorm(model, *, fuse_activation: bool = True, return_report: bool = False):
     """A copy of `model` with every foldable inference-mode BatchNormalization folded away.
 
@@ -517,146 +415,9 @@ def fold_batchnorm(model, *, fuse_activation: bool = True, return_report: bool =
         folded, report = keras_bn.fold_batchnorm(model, return_report=True)
         print(report)
     """
-    _check_model(model, graph=True)
+    _check_model(model)
     if not isinstance(fuse_activation, bool):
         raise TypeError(f"`fuse_activation` must be a bool. Received: fuse_activation={fuse_activation!r}")
     report = FoldReport()
     folded = _fold_any(model, report, "", fuse_activation)
     return (folded, report) if return_report else folded
-
-
-# --------------------------------------------------------------------------------------
-# check_batchnorm
-# --------------------------------------------------------------------------------------
-
-
-def _batchnorm_layers(model, prefix=""):
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            yield prefix + layer.name, layer
-        elif isinstance(layer, keras.Model) or getattr(layer, "layers", None):
-            yield from _batchnorm_layers(layer, f"{prefix}{layer.name}/")
-
-
-def _noise_layers(model):
-    kinds = (keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.GaussianDropout,
-             keras.layers.AlphaDropout)
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop()
-        if isinstance(layer, kinds):
-            yield layer
-        stack.extend(getattr(layer, "layers", []) or [])
-
-
-def _flat_outputs(outputs) -> np.ndarray:
-    return np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in keras.tree.flatten(outputs)])
-
-
-def _moving_stats(bn):
-    return np.asarray(bn.moving_mean, np.float64), np.asarray(bn.moving_variance, np.float64)
-
-
-def _restore(variables, values) -> None:
-    for v, value in zip(variables, values):
-        v.assign(value)
-
-
-def check_batchnorm(model, x, *, mean_tol: float = 0.5, var_tol: float = 2.0) -> BatchNormCheck:
-    """Compare BN's training and inference modes on the batch `x`; flag stale moving statistics.
-
-    For every BatchNormalization layer (nested models included) the moving mean and variance
-    are compared with the batch statistics of that layer's input, as seen in training mode.
-    A layer is flagged when ``mean_shift > mean_tol`` (shift in batch standard deviations,
-    RMS over channels) or ``var_ratio > var_tol`` (see `BatchNormRow`), and the report says
-    why (never updated, frozen, stale) and what to do. It also measures how far the model's
-    training-mode outputs are from its inference-mode outputs (dropout/noise switched off).
-
-    The model's weights, moving statistics and layer settings are restored afterwards.
-
-    Args:
-        model: a built ``keras.Model`` (subclassed models work too).
-        x: a batch the model accepts, ideally from the training data; at least 2 samples.
-        mean_tol: flag threshold for `mean_shift`.
-        var_tol: flag threshold for `var_ratio` (>= 1).
-
-    Returns:
-        A `BatchNormCheck`: ``print`` it, test ``.ok``, read ``.rows``.
-
-    Example::
-
-        result = keras_bn.check_batchnorm(model, x_train[:512])
-        if not result.ok:
-            print(result)
-    """
-    _check_model(model, graph=False)
-    mean_tol = check_float("mean_tol", mean_tol, low=0.0, low_inclusive=False)
-    var_tol = check_float("var_tol", var_tol, low=1.0, low_inclusive=False)
-    leaves = keras.tree.flatten(x)
-    shape = getattr(leaves[0], "shape", None) if leaves else None
-    if not shape or shape[0] is None or int(shape[0]) < 2:
-        raise ValueError(
-            "`x` must be a batch of at least 2 samples (batch statistics need several). "
-            f"Received: x with shape {shape}"
-        )
-
-    bns = list(_batchnorm_layers(model))
-    noise = list(_noise_layers(model))
-    variables = list(model.variables)
-    saved_values = [np.array(v.numpy()) for v in variables]
-    saved_attrs = [(bn, bn.momentum, bn.trainable) for _, bn in bns]
-    saved_noise = [(layer, dict((a, getattr(layer, a)) for a in ("rate", "stddev") if hasattr(layer, a)))
-                   for layer in noise]
-    try:
-        for layer, attrs in saved_noise:
-            for a in attrs:
-                setattr(layer, a, 0.0)
-        # With momentum 0 a training-mode call leaves each layer's batch statistics in its
-        # moving statistics, whatever the model's structure; the outputs are unaffected.
-        trainable = [bn for _, bn in bns if bn.trainable]
-        for bn in trainable:
-            bn.momentum = 0.0
-        train_out = _flat_outputs(model(x, training=True))
-        batch_stats = {id(bn): _moving_stats(bn) for bn in trainable}
-        # A frozen layer runs in inference mode; unfreeze one at a time so that every other
-        # layer still behaves as in fit().
-        for _, bn in bns:
-            if id(bn) in batch_stats:
-                continue
-            _restore(variables, saved_values)
-            bn.trainable, bn.momentum = True, 0.0
-            model(x, training=True)
-            batch_stats[id(bn)] = _moving_stats(bn)
-            bn.trainable = False
-    finally:
-        for bn, momentum, trainable in saved_attrs:
-            bn.momentum = momentum
-            bn.trainable = trainable
-        for layer, attrs in saved_noise:
-            for a, value in attrs.items():
-                setattr(layer, a, value)
-        _restore(variables, saved_values)
-    infer_out = _flat_outputs(model(x, training=False))
-    gap = float(np.max(np.abs(train_out - infer_out))) if train_out.size else 0.0
-    gap_rel = gap / (float(np.std(infer_out)) + 1e-12)
-
-    rows = []
-    for name, bn in bns:
-        b_mean, b_var = batch_stats[id(bn)]
-        eps = float(bn.epsilon)
-        m_mean = np.asarray(bn.moving_mean, np.float64)
-        m_var = np.asarray(bn.moving_variance, np.float64)
-        shift = float(np.sqrt(np.mean(((m_mean - b_mean) / np.sqrt(b_var + eps)) ** 2)))
-        ratio = float(np.exp(np.mean(np.abs(np.log((m_var + eps) / (b_var + eps))))))
-        status = "ok"
-        if shift > mean_tol or ratio > var_tol:
-            if not bn.trainable:
-                status = "frozen"
-            elif not m_mean.any() and np.all(m_var == 1.0):
-                status = "never updated"
-            else:
-                status = "stale"
-        advice = _ADVICE.get(status, "").format(m=bn.momentum, m100=bn.momentum**100)
-        rows.append(BatchNormRow(name, int(m_mean.shape[0]), float(bn.momentum), bool(bn.trainable),
-                                 shift, ratio, status, advice))
-    return BatchNormCheck(rows, gap, gap_rel, mean_tol, var_tol)

@@ -34,8 +34,10 @@ import keras
 import numpy as np
 
 from keras_bn._registry import Registry
-from keras_bn._training import batches, make_model, split_data
+from keras_bn._training import make_model, stream_batches
 from keras_bn._validation import check_float, check_positive_int
+
+__all__ = ["LRFindResult", "RULES", "lr_find", "minimum_div_10", "plot", "steepest"]
 
 
 class LRFindResult(NamedTuple):
@@ -106,8 +108,12 @@ def lr_find(model_fn_or_model, data, min_lr: float = 1e-7, max_lr: float = 10.0,
             callable returning a new one. Uncompiled models get ``keras_bn.optimizers.adam()``
             and sparse categorical cross-entropy; compiled ones their own loss and optimizer
             class and settings (clipping included), with the learning rate driven here.
-        data: a `keras_bn.data.Dataset`-like object (standardized), ``(x, y)`` or
-            ``(x, y, x_val, y_val)``; only the training split is used.
+        data: what ``model.fit`` takes: a `keras_bn.data.Dataset`-like object
+            (standardized), ``(x, y)`` or ``(x, y, x_val, y_val)`` (only the training split
+            is used; shuffled batches of `batch_size`), or a ``tf.data.Dataset``,
+            ``keras.utils.PyDataset`` or generator of ``(x, y)`` batches (their own batches,
+            in order; a dataset is passed over again when `steps` needs more batches, a
+            generator that ends first is an error).
         min_lr, max_lr, steps: the exponential ramp, one learning rate per mini-batch.
         batch_size: mini-batch size.
         beta: the EMA factor of the smoothing (bias-corrected like Adam's moments). The
@@ -124,7 +130,9 @@ def lr_find(model_fn_or_model, data, min_lr: float = 1e-7, max_lr: float = 10.0,
     Usage: ``lr_find(model, (x, y), steps=100, log_dir="logs/lr_find").suggestion``
     """
     min_lr = check_float("min_lr", min_lr, low=0.0, low_inclusive=False)
-    max_lr = check_float("max_lr", max_lr, low=min_lr, low_inclusive=False)
+    max_lr = check_float("max_lr", max_lr, low=0.0, low_inclusive=False)
+    if max_lr <= min_lr:
+        raise ValueError(f"`max_lr` must be greater than `min_lr`={min_lr:g}. Received: max_lr={max_lr:g}")
     steps = check_positive_int("steps", steps)
     if steps < 2:
         raise ValueError(f"`steps` must be >= 2 to ramp the learning rate. Received: steps={steps}")
@@ -132,15 +140,13 @@ def lr_find(model_fn_or_model, data, min_lr: float = 1e-7, max_lr: float = 10.0,
     beta = check_float("beta", beta, low=0.0, high=1.0, high_inclusive=False)
     stop_factor = check_float("stop_factor", stop_factor, low=1.0, low_inclusive=False)
     rule_name, rule_fn = (getattr(rule, "__name__", "custom"), rule) if callable(rule) else (RULES.canonical(rule), RULES.get(rule))
-    x, y, _ = split_data(data)
-
     work, loss, opt_config, opt_class = _work_copy(model_fn_or_model)
     optimizer = opt_class.from_config({**opt_config, "learning_rate": min_lr})
     work.compile(optimizer=optimizer, loss=loss)
     schedule = min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
     lrs, losses, smoothed = [], [], []
     average, best, stopped_at = 0.0, math.inf, None
-    for i, (xb, yb) in enumerate(batches(x, y, batch_size, steps, seed)):
+    for i, (xb, yb) in enumerate(stream_batches(data, batch_size, steps, seed)):
         optimizer.learning_rate = float(schedule[i])
         batch_loss = float(work.train_on_batch(xb, yb, return_dict=True)["loss"])
         average = beta * average + (1 - beta) * batch_loss
@@ -158,7 +164,12 @@ def lr_find(model_fn_or_model, data, min_lr: float = 1e-7, max_lr: float = 10.0,
     suggestion = float(rule_fn(lrs[finite], smoothed[finite])) if callable(rule) else suggestions[rule_name]
     result = LRFindResult(lrs, losses, smoothed, suggestion, rule_name, suggestions, stopped_at)
     if log_dir is not None:
-        _write_tensorboard(result, log_dir)
+        try:
+            _write_tensorboard(result, log_dir)
+        except Exception as error:  # noqa: BLE001  the measured curve is returned whatever the disk does
+            import warnings
+
+            warnings.warn(f"lr_find could not write to log_dir={str(log_dir)!r}: {error!r}", RuntimeWarning, stacklevel=2)
     if plot_path is not None:
         plot(result, plot_path)
     return result
@@ -179,14 +190,21 @@ def _write_tensorboard(result: LRFindResult, log_dir) -> None:
 
 
 def plot(results, path, title: str = "learning-rate range test"):
-    """Save a PNG of one `LRFindResult` or a ``{label: result}`` dict: the raw loss (faint),
-    the smoothed loss, and a dot at each suggestion, on a log learning-rate axis.
+    """Save a PNG of one `LRFindResult`, a list of them (labelled ``run 1``, ``run 2``, ...) or
+    a ``{label: result}`` dict: the raw loss (faint), the smoothed loss, and a dot at each
+    suggestion, on a log learning-rate axis.
 
-    Usage: ``plot({"no BN": r1, "BN": r2}, "logs/lr_finder/lr_finder.png")``
+    Usage: ``plot({"no BN": r1, "BN": r2}, "logs/lr_finder/lr_finder.png")``; ``plot([r1, r2], path)``
     """
     import matplotlib.pyplot as plt
 
-    results = results if isinstance(results, dict) else {"loss": results}
+    if isinstance(results, LRFindResult):
+        results = {"loss": results}
+    elif isinstance(results, (list, tuple)):
+        results = {f"run {i}": r for i, r in enumerate(results, 1)}
+    if not isinstance(results, dict) or not results or not all(isinstance(r, LRFindResult) for r in results.values()):
+        raise TypeError("`results` must be an LRFindResult, a non-empty list of them or a {label: LRFindResult} "
+                        f"dict. Received: results={type(results).__name__}")
     fig, ax = plt.subplots(figsize=(6.5, 4))
     top = []
     for label, result in results.items():

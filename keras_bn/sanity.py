@@ -4,6 +4,9 @@ Before tuning anything, a classifier should pass four checks:
 
 1. `check_initial_loss`: with small weights a softmax over C classes starts near
    ``ln(C)`` (2.30 for 10 classes); far above means the last layer's weights are too large.
+   It measures the model's own compiled loss (or ``loss=``), knows `from_logits` (and fails a
+   model whose outputs contradict it), and is "not applicable" for losses with no such
+   reference value (regression: MSE, MAE, ...; see `expected_initial_loss`).
 2. `check_overfit`: with no regularization the network fits a tiny subset (20 examples)
    to ~100% train accuracy and near-zero loss; failing means a bug, zero/constant init (no
    symmetry breaking) or a broken learning rate.
@@ -13,8 +16,8 @@ Before tuning anything, a classifier should pass four checks:
    start, or turns NaN) ends with a lower loss than it began; failing means a too-high
    learning rate.
 
-Each returns a frozen record with ``.passed`` and the measured numbers; `sanity_check` runs
-them all and prints a pass/fail table.
+Each returns a frozen record with ``.passed`` (None: not applicable) and the measured numbers;
+`sanity_check` runs them all on data in any form ``fit`` takes and prints a pass/FAIL/n/a table.
 
 Usage::
 
@@ -27,147 +30,139 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
-from keras_bn._training import compiled, make_model, split_data
+from keras_bn._sanity_results import (InitialLossResult, OverfitResult, RegularizationResult, SanityReport,
+                                      ShortRunResult)
+from keras_bn._training import compiled, is_compiled, make_model, take_arrays
 from keras_bn._validation import check_float, check_positive_int
 
+__all__ = ["InitialLossResult", "LossGuard", "OverfitResult", "RegularizationResult", "SanityReport",
+           "ShortRunResult", "check_initial_loss", "check_overfit", "check_regularization_raises_loss",
+           "check_short_run", "expected_initial_loss", "sanity_check"]
 
-@dataclass(frozen=True)
-class InitialLossResult:
-    """`check_initial_loss`: the mean loss of the untrained model against ``ln(C)``."""
-
-    passed: bool
-    loss: float
-    expected: float
-    num_classes: int
-    tolerance: float
-
-    def row(self):
-        return ("initial loss ~ ln(C)", self.passed, f"loss {self.loss:.3f}",
-                f"ln({self.num_classes}) = {self.expected:.3f} +- {self.tolerance:.0%}")
+_CROSS_ENTROPY = {"SparseCategoricalCrossentropy": "sparse", "sparse_categorical_crossentropy": "sparse",
+                  "CategoricalCrossentropy": "categorical", "categorical_crossentropy": "categorical",
+                  "BinaryCrossentropy": "binary", "binary_crossentropy": "binary"}
 
 
-@dataclass(frozen=True)
-class OverfitResult:
-    """`check_overfit`: steps to reach the targets on `n` examples (None: never reached)."""
-
-    passed: bool
-    steps: int | None
-    accuracy: float
-    loss: float
-    n: int
-    max_steps: int
-
-    def row(self):
-        reached = f"after {self.steps} steps" if self.passed else f"not within {self.max_steps} steps"
-        return (f"overfit {self.n} examples", self.passed,
-                f"acc {self.accuracy:.3f}, loss {self.loss:.4f} {reached}", "acc 1.0, loss ~ 0")
+def _loss_name(loss) -> str:
+    if type(loss).__name__ == "LossFunctionWrapper":  # a function passed to compile
+        return getattr(getattr(loss, "fn", None), "__name__", "LossFunctionWrapper")
+    return type(loss).__name__ if isinstance(loss, keras.losses.Loss) else getattr(loss, "__name__", repr(loss))
 
 
-@dataclass(frozen=True)
-class RegularizationResult:
-    """`check_regularization_raises_loss`: the loss without and with an L2 penalty."""
-
-    passed: bool
-    loss: float
-    regularized_loss: float
-    expected_penalty: float
-    l2: float
-
-    def row(self):
-        return (f"L2 {self.l2:g} raises the loss", self.passed,
-                f"{self.loss:.4f} -> {self.regularized_loss:.4f}",
-                f"+{self.expected_penalty:.4f}")
+def _from_logits(loss) -> bool:
+    return bool(loss.get_config().get("from_logits", False)) if isinstance(loss, keras.losses.Loss) else False
 
 
-@dataclass(frozen=True)
-class ShortRunResult:
-    """`check_short_run`: a short training run under `LossGuard`."""
+def expected_initial_loss(loss, num_classes: int | None) -> tuple[float, str] | None:
+    """``(value, formula)`` an untrained classifier's mean `loss` should start near, or None where
+    no such value exists (regression losses: MSE, MAE, Huber, ...).
 
-    passed: bool
-    initial_loss: float
-    final_loss: float
-    stopped: bool
-    reason: str | None
-    steps: int
+    Cross-entropy over C classes starts at ``ln(C)`` when the predictions are near uniform (also
+    with label smoothing: the cross-entropy of any target with the uniform distribution is
+    ln(C)); binary cross-entropy at ``ln(2)`` per output. `loss` is a name, a function or a
+    ``keras.losses.Loss``; from_logits does not change the value.
 
-    def row(self):
-        what = f"stopped at step {self.steps}: {self.reason}" if self.stopped else f"{self.steps} steps"
-        return ("short run loss falls", self.passed,
-                f"{self.initial_loss:.3f} -> {self.final_loss:.4g} ({what})", "falls, never 3x start")
-
-
-@dataclass(frozen=True)
-class SanityReport:
-    """`sanity_check`'s results by check name; ``.passed`` when every check passed."""
-
-    results: dict = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.results.values())
-
-    def table(self) -> str:
-        """A Markdown table: check, pass/FAIL, measured, expected."""
-        from keras_bn._tables import format_table
-
-        rows = []
-        for result in self.results.values():
-            name, ok, measured, expected = result.row()
-            rows.append([name, "pass" if ok else "FAIL", measured, expected])
-        return format_table(["check", "result", "measured", "expected"], rows)
+    Usage: ``expected_initial_loss(keras.losses.SparseCategoricalCrossentropy(from_logits=True), 10)``
+    """
+    kind = _CROSS_ENTROPY.get(_loss_name(keras.losses.get(loss) if isinstance(loss, str) else loss))
+    if kind == "binary":
+        return math.log(2.0), "ln(2)"
+    if kind is None:
+        return None
+    num_classes = check_positive_int("num_classes", num_classes if num_classes is not None else 0)
+    if num_classes < 2:
+        raise ValueError(f"`num_classes` must be >= 2 for a softmax. Received: num_classes={num_classes}")
+    return math.log(num_classes), "ln(C)"
 
 
-def _num_classes(model, num_classes):
-    if num_classes is None:
-        num_classes = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
-    return check_positive_int("num_classes", num_classes if num_classes is not None else 0)
+def _resolve_loss(model, loss, from_logits):
+    """The loss object the check measures: `loss`, else the model's compiled one, else sparse CE."""
+    if loss is None and is_compiled(model):
+        loss = model.loss
+        if isinstance(loss, (dict, list, tuple)):
+            raise ValueError("check_initial_loss measures one loss; the model was compiled with one per output "
+                             f"({loss!r}): pass `loss=` for the output to check. Received: loss=None")
+    if loss is None:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=bool(from_logits))
+    loss = keras.losses.get(loss)
+    if from_logits is not None and isinstance(loss, keras.losses.Loss) and _from_logits(loss) != bool(from_logits):
+        raise ValueError(f"`from_logits`={from_logits} contradicts the loss's own from_logits={_from_logits(loss)}; "
+                         f"leave `from_logits` unset to use the loss as compiled. Received: from_logits={from_logits}")
+    return loss
 
 
-def _mean_loss(model, x, y, from_logits: bool) -> float:
-    pred = model(x, training=False)
-    losses = keras.losses.sparse_categorical_crossentropy(y, pred, from_logits=from_logits)
-    return float(np.mean(keras.ops.convert_to_numpy(losses)))
+def _logits_mismatch(kind: str, from_logits: bool, pred: np.ndarray) -> str:
+    """Why `pred` contradicts `from_logits` (empty when it does not)."""
+    in_unit = bool(np.all((pred >= 0) & (pred <= 1)))
+    sums_to_one = kind == "binary" or bool(np.allclose(pred.sum(axis=-1), 1.0, atol=1e-3))
+    if not from_logits and not (in_unit and sums_to_one):
+        what = "outside [0, 1]" if kind == "binary" or not in_unit else "rows that do not sum to 1"
+        return (f"the outputs are logits ({what}) but the loss has from_logits=False: use "
+                f"from_logits=True or a {'sigmoid' if kind == 'binary' else 'softmax'} output")
+    if from_logits and kind != "binary" and in_unit and sums_to_one:
+        return ("the outputs are already probabilities (softmax) but the loss has from_logits=True, "
+                "which applies a second softmax: use from_logits=False or drop the output softmax")
+    return ""
 
 
 def check_initial_loss(model, x, y, num_classes: int | None = None, tolerance: float = 0.5,
-                       from_logits: bool = False) -> InitialLossResult:
-    """Compare the untrained model's mean cross-entropy on `x` with ``ln(num_classes)``.
+                       from_logits: bool | None = None, *, loss=None) -> InitialLossResult:
+    """Compare the untrained model's mean loss on `x` with its reference value (``ln(C)``).
 
-    Passes when ``|loss - ln(C)| <= tolerance * ln(C)``. `num_classes` defaults to the
-    model's output width; `from_logits` when the model outputs logits, not probabilities.
-    Pass a few hundred samples. The default tolerance is wide on purpose: logits of
-    standard deviation s give a loss near ``ln(C) + s**2 / 2``, and Keras' Glorot head on
-    unit-variance features gives s ~ 1 (the fresh reference MLP measures 2.9 against 2.30),
-    while a last layer with 100x too large weights measures about 14.
+    The loss is `loss`, else the one the model was compiled with, else sparse categorical
+    cross-entropy (with `from_logits`, default False). Passes when
+    ``|loss - ln(C)| <= tolerance * ln(C)`` and the outputs agree with the loss's from_logits
+    (softmax outputs with from_logits=False, logits with True); not applicable (``passed``
+    None) for a loss without a reference value, e.g. a regression loss. `num_classes` defaults
+    to the model's output width. Pass a few hundred samples. The default tolerance is wide on
+    purpose: logits of standard deviation s give a loss near ``ln(C) + s**2 / 2``, and Keras'
+    Glorot head on unit-variance features gives s ~ 1 (the fresh reference MLP measures 2.9
+    against 2.30), while a last layer with 100x too large weights measures about 14.
 
     Usage: ``check_initial_loss(keras_bn.build_dense((784,), [32], 10), x[:500], y[:500]).passed``
     """
     tolerance = check_float("tolerance", tolerance, low=0.0, low_inclusive=False)
-    num_classes = _num_classes(model, num_classes)
-    if num_classes < 2:
-        raise ValueError(f"`num_classes` must be >= 2 for a softmax. Received: num_classes={num_classes}")
-    expected = math.log(num_classes)
-    loss = _mean_loss(model, x, y, from_logits)
-    passed = bool(np.isfinite(loss) and abs(loss - expected) <= tolerance * expected)
-    return InitialLossResult(passed, loss, expected, num_classes, tolerance)
+    loss_fn = _resolve_loss(model, loss, from_logits)
+    name = _loss_name(loss_fn)
+    outputs = model(x, training=False)
+    if isinstance(outputs, (dict, list, tuple)):
+        raise ValueError(f"check_initial_loss measures a single-output model; this one has {len(outputs)} outputs. "
+                         f"Check one head: keras.Model(model.inputs, model.outputs[i]) with its loss as `loss=`. "
+                         f"Received: model={model.name!r}")
+    pred = keras.ops.convert_to_numpy(outputs)
+    value = float(np.mean(keras.ops.convert_to_numpy(loss_fn(y, pred))))
+    if num_classes is None:
+        num_classes = int(pred.shape[-1]) if pred.ndim > 1 else None
+    kind = _CROSS_ENTROPY.get(name)
+    expected = expected_initial_loss(loss_fn, num_classes)
+    if expected is None:
+        return InitialLossResult(None, value, None, num_classes, tolerance, name, None,
+                                 f"{name} has no reference value at initialization (ln(C) is for cross-entropy)")
+    reference, formula = expected
+    note = _logits_mismatch(kind, _from_logits(loss_fn) if isinstance(loss_fn, keras.losses.Loss) else False, pred)
+    passed = bool(not note and np.isfinite(value) and abs(value - reference) <= tolerance * reference)
+    return InitialLossResult(passed, value, reference, num_classes if formula == "ln(C)" else 2, tolerance,
+                             name, formula, note)
 
 
 def check_overfit(model_fn: Callable, x, y, n: int = 20, max_steps: int = 200, *,
-                  target_accuracy: float = 1.0, target_loss: float = 0.05, optimizer=None,
+                  target_accuracy: float = 1.0, target_loss: float = 0.05, optimizer=None, loss=None,
                   seed: int = 0) -> OverfitResult:
     """Train ``model_fn()`` full-batch on `n` random examples of `x`, `y` and count the steps
     until the train accuracy reaches `target_accuracy` and the loss `target_loss`.
 
-    The model keeps its own compile (optimizer and loss) if it has one, else gets
+    The model keeps its own compile (optimizer, loss and metrics) if it has one, else gets
     `optimizer` (default Adam 1e-2: on 20 examples the reference MLP fits in about 30 steps,
-    against about 180 at 1e-3); give it no regularization (a
-    warning names regularization losses found). Accuracy and loss are those of the training
-    step itself, so BatchNorm's lagging moving averages do not blur the answer.
+    against about 180 at 1e-3) and `loss` (default sparse cross-entropy with accuracy); give it
+    no regularization (a warning names regularization losses found). Accuracy and loss are
+    those of the training step itself, so BatchNorm's lagging moving averages do not blur the
+    answer. The accuracy target applies when the compile logs an accuracy (``accuracy``,
+    ``*_accuracy``); otherwise (a regression loss, or no accuracy metric) only the loss target.
 
     Usage: ``check_overfit(lambda: keras_bn.build_dense((784,), [32, 32], 10), x, y).steps``
     """
@@ -181,7 +176,7 @@ def check_overfit(model_fn: Callable, x, y, n: int = 20, max_steps: int = 200, *
         from keras_bn.optimizers import adam
 
         optimizer = adam(learning_rate=1e-2)
-    model = compiled(make_model(model_fn), optimizer)
+    model = compiled(make_model(model_fn), optimizer, loss)
     idx = np.random.default_rng(seed).choice(len(x), size=n, replace=False)
     xs, ys = x[idx], y[idx]
     if model.losses:
@@ -189,18 +184,21 @@ def check_overfit(model_fn: Callable, x, y, n: int = 20, max_steps: int = 200, *
 
         warnings.warn(f"check_overfit: the model has {len(model.losses)} regularization losses; "
                       "the check assumes none.", stacklevel=2)
-    logs = {"loss": float("nan"), "accuracy": 0.0}
+    logs, key = {"loss": float("nan")}, None
     for step in range(1, max_steps + 1):
         logs = model.train_on_batch(xs, ys, return_dict=True)
+        key = next((k for k in logs if k in ("accuracy", "acc") or k.endswith("_accuracy")), None)
+        accuracy = None if key is None else float(logs[key])
         if not np.isfinite(logs["loss"]):
             break
-        if logs["accuracy"] >= target_accuracy and logs["loss"] <= target_loss:
-            return OverfitResult(True, step, float(logs["accuracy"]), float(logs["loss"]), n, max_steps)
-    return OverfitResult(False, None, float(logs["accuracy"]), float(logs["loss"]), n, max_steps)
+        if (accuracy is None or accuracy >= target_accuracy) and logs["loss"] <= target_loss:
+            return OverfitResult(True, step, accuracy, float(logs["loss"]), n, max_steps)
+    accuracy = None if key is None else float(logs[key])
+    return OverfitResult(False, None, accuracy, float(logs["loss"]), n, max_steps)
 
 
 def check_regularization_raises_loss(model_fn: Callable, x, y, l2: float = 1e-3,
-                                     samples: int = 256) -> RegularizationResult:
+                                     samples: int = 256, *, loss=None) -> RegularizationResult:
     """Put an L2(`l2`) penalty on every kernel of ``model_fn()`` and compare the loss the model
     trains on (``model.compute_loss``, which adds ``model.losses``) before and after.
 
@@ -210,7 +208,7 @@ def check_regularization_raises_loss(model_fn: Callable, x, y, l2: float = 1e-3,
     """
     l2 = check_float("l2", l2, low=0.0, low_inclusive=False)
     samples = check_positive_int("samples", samples)
-    model = compiled(make_model(model_fn))
+    model = compiled(make_model(model_fn), loss=loss)
     xs, ys = x[:samples], y[:samples]
     y_pred = model(xs, training=False)
     loss = float(model.compute_loss(xs, ys, y_pred, training=False))
@@ -286,17 +284,26 @@ class LossGuard(keras.callbacks.Callback):
         if self.verbose:
             print(f"LossGuard: stopping: {reason}")
         if self.log_dir is not None:
-            import tensorflow as tf
+            try:
+                self._write(reason, loss)
+            except Exception as error:  # noqa: BLE001  a failing disk must not end the run
+                import warnings
 
-            writer = tf.summary.create_file_writer(self.log_dir)
-            with writer.as_default():
-                tf.summary.text("loss_guard/reason", reason, step=self._step)
-                tf.summary.scalar("loss_guard/loss", loss if math.isfinite(loss) else float("nan"), step=self._step)
-            writer.close()
+                warnings.warn(f"LossGuard could not write to log_dir={self.log_dir!r}: {error!r}", RuntimeWarning,
+                              stacklevel=2)
+
+    def _write(self, reason: str, loss: float) -> None:
+        import tensorflow as tf
+
+        writer = tf.summary.create_file_writer(self.log_dir)
+        with writer.as_default():
+            tf.summary.text("loss_guard/reason", reason, step=self._step)
+            tf.summary.scalar("loss_guard/loss", loss if math.isfinite(loss) else float("nan"), step=self._step)
+        writer.close()
 
 
 def check_short_run(model_fn: Callable, x, y, epochs: int = 1, batch_size: int = 64,
-                    factor: float = 3.0, log_dir=None) -> ShortRunResult:
+                    factor: float = 3.0, log_dir=None, *, loss=None) -> ShortRunResult:
     """Fit ``model_fn()`` for `epochs` under `LossGuard(factor)`; passes when it was not
     stopped and the last loss is below the first.
 
@@ -304,7 +311,7 @@ def check_short_run(model_fn: Callable, x, y, epochs: int = 1, batch_size: int =
     """
     epochs = check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", batch_size)
-    model = compiled(make_model(model_fn))
+    model = compiled(make_model(model_fn), loss=loss)
     guard = LossGuard(factor, log_dir=log_dir)
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[guard])
     initial = guard.initial_loss if guard.initial_loss is not None else float("nan")
@@ -313,26 +320,32 @@ def check_short_run(model_fn: Callable, x, y, epochs: int = 1, batch_size: int =
     return ShortRunResult(passed, initial, final, guard.stopped, guard.reason, guard._step)
 
 
-def sanity_check(model_fn: Callable, data, *, num_classes: int | None = None, overfit_n: int = 20,
+def sanity_check(model_fn: Callable, data, *, num_classes: int | None = None, loss=None, overfit_n: int = 20,
                  overfit_steps: int = 200, l2: float = 1e-3, short_run_samples: int = 2000,
                  verbose: bool = True) -> SanityReport:
-    """Run the four checks on fresh models from `model_fn` and print a pass/fail table.
+    """Run the four checks on fresh models from `model_fn` and print a pass/FAIL/n/a table.
 
-    `data` is a standardized `keras_bn.data.Dataset`-like object, ``(x, y)`` or
-    ``(x, y, x_val, y_val)``; only the training split is used. `model_fn()` returns a new
-    model, compiled (its optimizer is tested) or not (Adam 1e-3).
+    `data` is what ``model.fit`` takes: a standardized `keras_bn.data.Dataset`-like object,
+    ``(x, y)`` or ``(x, y, x_val, y_val)`` (only the training split is used), or a
+    ``tf.data.Dataset``, ``keras.utils.PyDataset`` or generator of ``(x, y)`` batches, of which
+    the first ``max(1000, short_run_samples)`` samples are read once. `model_fn()` returns a new
+    model, compiled (its optimizer, loss and metrics are tested) or not (Adam and `loss`,
+    default sparse cross-entropy with accuracy). `loss` is also what the initial-loss check
+    measures (default: the compiled loss).
 
     Usage::
 
         report = sanity_check(lambda: keras_bn.build_dense((784,), [32, 32], 10), (x, y))
         assert report.passed, report.table()
     """
-    x, y, _ = split_data(data)
+    short_run_samples = check_positive_int("short_run_samples", short_run_samples)
+    x, y = take_arrays(data, None if isinstance(data, (tuple, list)) or hasattr(data, "x_train")
+                       else max(1000, short_run_samples, overfit_n))
     results = {
-        "initial_loss": check_initial_loss(make_model(model_fn), x[:1000], y[:1000], num_classes),
-        "overfit": check_overfit(model_fn, x, y, n=overfit_n, max_steps=overfit_steps),
-        "regularization": check_regularization_raises_loss(model_fn, x, y, l2=l2),
-        "short_run": check_short_run(model_fn, x[:short_run_samples], y[:short_run_samples]),
+        "initial_loss": check_initial_loss(make_model(model_fn), x[:1000], y[:1000], num_classes, loss=loss),
+        "overfit": check_overfit(model_fn, x, y, n=overfit_n, max_steps=overfit_steps, loss=loss),
+        "regularization": check_regularization_raises_loss(model_fn, x, y, l2=l2, loss=loss),
+        "short_run": check_short_run(model_fn, x[:short_run_samples], y[:short_run_samples], loss=loss),
     }
     report = SanityReport(results)
     if verbose:

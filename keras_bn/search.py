@@ -13,11 +13,17 @@ The babysitting advice of SEEDS §7, made runnable:
 - **kill diverging trials**: each trial trains under `keras_bn.sanity.LossGuard` (stop at
   3x the initial loss or NaN) and ranks last.
 
+Trials rank by `objective`, in keras-tuner's convention: a key of the fit logs (``"val_loss"``,
+the default, ``"val_<metric>"``, ``"loss"``) whose direction is inferred as keras-tuner infers
+it (``min`` for losses and error metrics, ``max`` for accuracy, AUC, precision, recall, R^2,
+IoU ...), or an ``Objective(name, "min" | "max")``. A model that `model_fn` compiled keeps its
+own loss and metrics (an uncompiled one gets sparse cross-entropy and accuracy).
+
 Every trial is a run ``<log_dir>/<stage>_<nn>/`` with its hyperparameters
-(``tensorboard.plugins.hparams.api.hparams``) and per-epoch scalars ``loss``, ``val_loss``,
-``val_accuracy`` and ``diverged``, and ``<log_dir>`` holds the ``hparams_config``, so the
-HParams dashboard lists, sorts and plots all trials. `SearchResult.table` prints the same
-trials; `SearchResult.save` writes them as CSV or Markdown.
+(``tensorboard.plugins.hparams.api.hparams``) and per-epoch scalars of every key its fit
+logged plus ``diverged``, and ``<log_dir>`` holds the ``hparams_config``, so the HParams
+dashboard lists, sorts and plots all trials. `SearchResult.table` prints the same trials;
+`SearchResult.save` writes them as CSV or Markdown.
 
 Why by hand, not keras-tuner or Optuna: the search itself is ~40 lines (sampling, a grid, a
 narrowed range), while what this module is for (an equal-budget grid, ranges refined *inside*
@@ -36,266 +42,134 @@ Usage::
         model.compile(keras_bn.optimizers.adam(learning_rate=hp["learning_rate"]),
                       "sparse_categorical_crossentropy", metrics=["accuracy"])
         return model
-    result = random_search(model_fn, space, (x, y, x_val, y_val), trials=9, log_dir="logs/search")
+    result = random_search(model_fn, space, (x, y, x_val, y_val), trials=9, log_dir="logs/search",
+                           objective="val_accuracy")
     print(result.table()); result.best.hparams
 """
 
 from __future__ import annotations
 
-import csv
-import itertools
 import math
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from keras_bn._training import compiled, holdout, make_model, split_data
+from keras_bn._search_types import (Choice, Objective, Range, SearchResult, Trial, _check_space, _grid, _sample,
+                                    infer_direction)
+from keras_bn._training import compiled, data_kind, holdout, is_compiled, iterate_batches, make_model, split_data
 from keras_bn._validation import check_float, check_positive_int
 
-METRICS = ("val_accuracy", "val_loss", "loss", "diverged")
-
-
-@dataclass(frozen=True)
-class Range:
-    """A real hyperparameter in [low, high], sampled log-uniformly when `log` (scale parameters
-    such as the learning rate or the L2 strength), else uniformly.
-
-    Usage: ``Range(1e-5, 1e-1)`` (log), ``Range(0.0, 0.5, log=False)``
-    """
-
-    low: float
-    high: float
-    log: bool = True
-
-    def __post_init__(self):
-        low = check_float("low", self.low, low=0.0, low_inclusive=False) if self.log else check_float("low", self.low)
-        check_float("high", self.high, low=low, low_inclusive=False)
-
-    def _to_unit(self, value: float) -> float:
-        f = math.log if self.log else float
-        return (f(value) - f(self.low)) / (f(self.high) - f(self.low))
-
-    def _from_unit(self, u):
-        if self.log:
-            value = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
-        else:
-            value = self.low + u * (self.high - self.low)
-        return float(min(max(value, self.low), self.high))  # no rounding past the ends
-
-    def sample(self, rng: np.random.Generator) -> float:
-        return self._from_unit(rng.uniform())
-
-    def grid(self, k: int) -> list[float]:
-        """`k` evenly spaced values (in log space when `log`), the ends included when k > 1."""
-        return [self._from_unit(0.5)] if k == 1 else [self._from_unit(u) for u in np.linspace(0, 1, k)]
-
-    def position(self, value: float) -> float:
-        """Where `value` sits in the range, from 0 (low) to 1 (high)."""
-        return self._to_unit(value)
-
-    def domain(self):
-        from tensorboard.plugins.hparams import api as hp
-
-        return hp.RealInterval(float(self.low), float(self.high))
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A categorical hyperparameter (all values of one type: str, bool, int or float).
-
-    Usage: ``Choice(("batch", "layer", "none"))``
-    """
-
-    values: tuple
-
-    def __post_init__(self):
-        values = tuple(self.values)
-        if not values or any(v is None for v in values) or len({type(v) for v in values}) != 1:
-            raise ValueError(f"`values` must be a non-empty list of one type, without None. Received: values={self.values!r}")
-        object.__setattr__(self, "values", values)
-
-    def sample(self, rng: np.random.Generator):
-        return self.values[int(rng.integers(len(self.values)))]
-
-    def domain(self):
-        from tensorboard.plugins.hparams import api as hp
-
-        return hp.Discrete(list(self.values))
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One trained configuration. `stopped` holds LossGuard's reason when it diverged."""
-
-    trial_id: str
-    stage: str
-    hparams: dict
-    loss: float
-    val_loss: float
-    val_accuracy: float
-    epochs: int
-    stopped: str | None = None
-
-    @property
-    def diverged(self) -> bool:
-        return self.stopped is not None
-
-    def score(self) -> float:
-        """val_accuracy, or -inf for a diverged or NaN trial (they rank last)."""
-        ok = not self.diverged and math.isfinite(self.val_accuracy)
-        return self.val_accuracy if ok else -math.inf
-
-
-@dataclass
-class SearchResult:
-    """The trials of one search (or both stages of `coarse_to_fine`) and what was learned.
-
-    Attributes: trials, space (the searched space; for coarse_to_fine the coarse one),
-    fine_space (coarse_to_fine only), edge_warnings (messages), log_dir.
-    """
-
-    trials: list
-    space: dict
-    fine_space: dict | None = None
-    edge_warnings: list = field(default_factory=list)
-    log_dir: str | None = None
-
-    def stage(self, name: str) -> "SearchResult":
-        """The trials of one stage ("random", "grid", "coarse", "fine")."""
-        return SearchResult([t for t in self.trials if t.stage == name], self.space, log_dir=self.log_dir)
-
-    @property
-    def best(self) -> Trial:
-        return max(self.trials, key=Trial.score)
-
-    def top(self, k: int) -> list:
-        return sorted(self.trials, key=Trial.score, reverse=True)[:k]
-
-    def distinct_values(self, name: str) -> int:
-        """How many different values of hyperparameter `name` the trials tried."""
-        return len({t.hparams[name] for t in self.trials})
-
-    def rows(self) -> tuple[list, list]:
-        names = list(self.space)
-        columns = ["trial", "stage", *names, "loss", "val_loss", "val_accuracy", "epochs", "status"]
-        rows = [[t.trial_id, t.stage, *(t.hparams[n] for n in names), t.loss, t.val_loss, t.val_accuracy,
-                 t.epochs, f"stopped: {t.stopped}" if t.stopped else "ok"] for t in self.trials]
-        return columns, rows
-
-    def table(self) -> str:
-        """The trials as a Markdown table."""
-        from keras_bn._tables import format_table
-
-        return format_table(*self.rows())
-
-    def save(self, path) -> Path:
-        """Write the trials to `path`: CSV for ``.csv``, else a Markdown table."""
-        path = Path(path)
-        if path.suffix == ".csv":
-            columns, rows = self.rows()
-            with path.open("w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(columns)
-                writer.writerows(rows)
-        else:
-            path.write_text(self.table() + "\n")
-        return path
-
-
-def _check_space(space) -> dict:
-    if not isinstance(space, Mapping) or not space:
-        raise ValueError(f"`space` must be a non-empty dict of name -> Range or Choice. Received: space={space!r}")
-    for name, param in space.items():
-        if not isinstance(param, (Range, Choice)):
-            raise ValueError(f"`space` values must be Range or Choice; {name!r} is {param!r}. Received: space={space!r}")
-    return dict(space)
-
-
-def _sample(space: dict, trials: int, rng: np.random.Generator) -> list[dict]:
-    return [{name: param.sample(rng) for name, param in space.items()} for _ in range(trials)]
-
-
-def _grid(space: dict, trials: int) -> list[dict]:
-    """The largest full grid within `trials`: every Choice value, and k points per Range."""
-    ranges = [n for n, p in space.items() if isinstance(p, Range)]
-    choices = math.prod(len(p.values) for p in space.values() if isinstance(p, Choice))
-    k = max(1, int(math.floor((trials / choices) ** (1 / len(ranges)) + 1e-9))) if ranges else 1
-    axes = [space[n].grid(k) if n in ranges else list(space[n].values) for n in space]
-    return [dict(zip(space, values)) for values in itertools.product(*axes)][:trials]
+__all__ = ["Choice", "Objective", "Range", "SearchResult", "Trial", "coarse_to_fine", "edge_warnings",
+           "grid_search", "infer_direction", "random_search", "refine"]
 
 
 class _HParamsLog:
-    """The HParams dashboard files: the config in `root`, one run per trial."""
+    """The HParams dashboard files: the config in `root` (written with the first trial, once the
+    logged keys are known), one run per trial."""
 
     def __init__(self, root, space: dict):
-        import tensorflow as tf
         from tensorboard.plugins.hparams import api as hp
 
-        self.root, self.tf, self.hp = Path(root), tf, hp
+        self.root, self.hp = Path(root), hp
         self.hparams = {name: hp.HParam(name, param.domain()) for name, param in space.items()}
+        self.configured = False
+
+    def _configure(self, trial: Trial) -> None:
+        import tensorflow as tf
+
+        metrics = list(dict.fromkeys([trial.objective.name, *trial.metrics, "diverged"]))
         writer = tf.summary.create_file_writer(str(self.root))
         with writer.as_default():
-            hp.hparams_config(hparams=list(self.hparams.values()),
-                              metrics=[hp.Metric(m, display_name=m) for m in METRICS])
+            self.hp.hparams_config(hparams=list(self.hparams.values()),
+                                   metrics=[self.hp.Metric(m, display_name=m) for m in metrics])
         writer.close()
+        self.configured = True
 
     def write(self, trial: Trial, history: dict) -> None:
-        tf = self.tf
+        import tensorflow as tf
+
+        if not self.configured:
+            self._configure(trial)
         writer = tf.summary.create_file_writer(str(self.root / trial.trial_id))
         with writer.as_default():
             self.hp.hparams({self.hparams[k]: v for k, v in trial.hparams.items() if k in self.hparams},
                             trial_id=trial.trial_id)
             for epoch in range(trial.epochs):
-                for metric in ("loss", "val_loss", "val_accuracy"):
-                    values = history.get(metric, [])
+                for metric, values in history.items():
                     if epoch < len(values):
                         tf.summary.scalar(metric, float(values[epoch]), step=epoch + 1)
                 tf.summary.scalar("diverged", float(trial.diverged), step=epoch + 1)
         writer.close()
 
 
-def _run_trials(model_fn, configs, data, *, stage, epochs, batch_size, factor, log, verbose) -> list:
+def _fit_inputs(data, validation_data, objective: Objective, batch_size: int) -> dict:
+    """``model.fit`` keyword arguments for `data` in any form `fit` takes (see `random_search`)."""
+    kind = data_kind(data)
+    if kind == "generator":  # read once, as fit does; every trial then trains on the same batches
+        read = list(iterate_batches(data))
+        if not read:
+            raise ValueError("`data` (a generator) yielded no batches.")
+        data, batch_size = (np.concatenate([b[0] for b in read]), np.concatenate([b[1] for b in read])), len(read[0][0])
+        kind = "arrays"
+    if kind == "arrays":
+        x, y, validation = split_data(data)
+        if validation is not None and validation_data is not None:
+            raise ValueError("Pass the validation split once: `data` holds (x, y, x_val, y_val) and "
+                             "`validation_data` is given too. Received: validation_data=...")
+        validation = validation_data if validation_data is not None else validation
+        if validation is None:
+            x, y, validation = holdout(x, y)
+        return dict(x=x, y=y, batch_size=batch_size, validation_data=validation)
+    if validation_data is None and objective.name.startswith("val_"):
+        raise ValueError(f"`validation_data` is needed for objective={objective.name!r} when `data` is a "
+                         f"{type(data).__name__} (no hold-out is taken from it), or use objective='loss'. "
+                         f"Received: validation_data=None")
+    return dict(x=data, validation_data=validation_data, shuffle=kind == "py_dataset")  # a Dataset shuffles itself
+
+
+def _run_trials(model_fn, configs, inputs: dict, *, stage, epochs, factor, log, verbose,
+                objective: Objective) -> list:
     from keras_bn.optimizers import adam
     from keras_bn.sanity import LossGuard
 
-    x, y, validation = split_data(data)
-    if validation is None:
-        x, y, validation = holdout(x, y)
     trials = []
     for i, hparams in enumerate(configs):
         trial_id = f"{stage}_{i:02d}"
-        optimizer = adam(learning_rate=hparams["learning_rate"]) if "learning_rate" in hparams else None
-        model = compiled(make_model(model_fn, dict(hparams)), optimizer)
+        model = make_model(model_fn, dict(hparams))
+        if not is_compiled(model):  # a compiled model trains as its model_fn compiled it
+            compiled(model, adam(learning_rate=hparams["learning_rate"]) if "learning_rate" in hparams else None)
         guard = LossGuard(factor, verbose=False)
-        fit = model.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation,
-                        callbacks=[guard], verbose=0)
-        history = fit.history
-        last = {m: float(history[m][-1]) if history.get(m) else float("nan") for m in ("loss", "val_loss", "val_accuracy")}
-        trial = Trial(trial_id, stage, dict(hparams), last["loss"], last["val_loss"], last["val_accuracy"],
-                      len(history.get("loss", [])), guard.reason)
+        history = model.fit(**inputs, epochs=epochs, callbacks=[guard], verbose=0).history
+        if objective.name not in history:
+            raise ValueError(f"`objective` must be a key the fit logs: {', '.join(sorted(history))}. "
+                             f"Received: objective={objective.name!r}")
+        last = {k: float(v[-1]) for k, v in history.items() if v}
+        trial = Trial(trial_id, stage, dict(hparams), last, len(history.get("loss", [])), objective, guard.reason)
         if log is not None:
             log.write(trial, history)
         if verbose:
             shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in hparams.items())
-            status = f"STOPPED ({guard.reason})" if guard.stopped else f"val_accuracy {trial.val_accuracy:.4f}"
+            status = f"STOPPED ({guard.reason})" if guard.stopped else f"{objective.name} {trial.value:.4g}"
             print(f"{trial_id}: {shown}: {status}")
         trials.append(trial)
     return trials
 
 
-def edge_warnings(result: SearchResult, space: dict | None = None, edge: float = 0.1) -> list[str]:
+def edge_warnings(result: SearchResult, space: dict | None = None, edge: float = 0.1, *,
+                  _stacklevel: int = 2) -> list[str]:
     """Messages for each Range whose best value lies in the outer `edge` of its range; each is
-    also issued with ``warnings.warn``.
+    also issued with ``warnings.warn``. A grid axis of fewer than 3 points is skipped: its best
+    value is always an end, which says nothing about where the optimum lies.
 
     Usage: ``edge_warnings(result)  # ["best learning_rate=0.0891 is at the high edge of ..."]``
     """
     space = space or result.space
     best, messages = result.best, []
+    grid_only = bool(result.trials) and all(t.stage == "grid" for t in result.trials)
     for name, param in space.items():
-        if not isinstance(param, Range):
+        if not isinstance(param, Range) or (grid_only and result.distinct_values(name) < 3):
             continue
         p = param.position(best.hparams[name])
         if p < edge or p > 1 - edge:
@@ -303,35 +177,46 @@ def edge_warnings(result: SearchResult, space: dict | None = None, edge: float =
             messages.append(f"best {name}={best.hparams[name]:.3g} is at the {side} edge of its range "
                             f"[{param.low:g}, {param.high:g}]; the optimum may lie outside, widen the range.")
     for message in messages:
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, stacklevel=_stacklevel)
     return messages
 
 
-def _search(kind, model_fn, space, data, trials, *, epochs, batch_size, factor, log_dir, seed, verbose) -> SearchResult:
+def _search(kind, model_fn, space, data, trials, *, epochs, batch_size, factor, log_dir, seed, verbose,
+            objective, validation_data) -> SearchResult:
     space = _check_space(space)
     trials = check_positive_int("trials", trials)
     epochs = check_positive_int("epochs", epochs)
+    objective = Objective.of(objective)
     configs = _grid(space, trials) if kind == "grid" else _sample(space, trials, np.random.default_rng(seed))
     log = _HParamsLog(log_dir, space) if log_dir is not None else None
-    found = _run_trials(model_fn, configs, data, stage=kind, epochs=epochs, batch_size=batch_size,
-                        factor=factor, log=log, verbose=verbose)
+    inputs = _fit_inputs(data, validation_data, objective, batch_size)
+    found = _run_trials(model_fn, configs, inputs, stage=kind, epochs=epochs, factor=factor, log=log,
+                        verbose=verbose, objective=objective)
     result = SearchResult(found, space, log_dir=None if log_dir is None else str(log_dir))
-    result.edge_warnings = edge_warnings(result)
+    result.edge_warnings = edge_warnings(result, _stacklevel=4)  # user -> *_search -> _search -> here
     return result
 
 
 def random_search(model_fn: Callable, space: dict, data, trials: int = 10, *, epochs: int = 2,
                   batch_size: int = 64, factor: float = 3.0, log_dir=None, seed: int = 0,
+                  objective: str | Objective = "val_loss", validation_data=None,
                   verbose: bool = True) -> SearchResult:
     """Train `trials` models ``model_fn(hparams)`` with hyperparameters sampled from `space`.
 
     Args:
-        model_fn: ``hparams dict -> keras.Model``. An uncompiled model gets
+        model_fn: ``hparams dict -> keras.Model``. A compiled model trains as compiled (its
+            loss, metrics and optimizer). An uncompiled one gets
             ``keras_bn.optimizers.adam(learning_rate=hparams["learning_rate"])`` (Keras'
             default when absent), sparse cross-entropy and accuracy.
         space: ``{name: Range | Choice}``.
-        data: ``(x, y, x_val, y_val)``, or ``(x, y)`` / a Dataset, whose last 20% of the
-            training samples then serve for validation.
+        data: what ``model.fit`` takes: ``(x, y, x_val, y_val)``; ``(x, y)`` or a
+            `keras_bn.data.Dataset`, whose last 20% of the training samples then serve for
+            validation; a ``tf.data.Dataset`` or ``keras.utils.PyDataset`` of ``(x, y)`` batches
+            (with `validation_data`); or a generator of batches (read once, its batches then
+            serve every trial; 20% held out).
+        validation_data: ``(x_val, y_val)``, a Dataset or a PyDataset (fit's `validation_data`).
+        objective: a fit-log key (``"val_loss"``, ``"val_<metric>"``, ``"loss"``; direction
+            inferred as keras-tuner does) or an `Objective`; the best trial optimizes it.
         trials, epochs, batch_size: the budget and each trial's training.
         factor: LossGuard's kill rule (stop at `factor` x the initial loss).
         log_dir: the HParams dashboard root (see the module docstring); None: no files.
@@ -339,18 +224,21 @@ def random_search(model_fn: Callable, space: dict, data, trials: int = 10, *, ep
     Usage: ``random_search(model_fn, {"learning_rate": Range(1e-5, 1e-1)}, data, trials=9)``
     """
     return _search("random", model_fn, space, data, trials, epochs=epochs, batch_size=batch_size,
-                   factor=factor, log_dir=log_dir, seed=seed, verbose=verbose)
+                   factor=factor, log_dir=log_dir, seed=seed, verbose=verbose, objective=objective,
+                   validation_data=validation_data)
 
 
 def grid_search(model_fn: Callable, space: dict, data, trials: int = 10, *, epochs: int = 2,
-                batch_size: int = 64, factor: float = 3.0, log_dir=None, verbose: bool = True) -> SearchResult:
+                batch_size: int = 64, factor: float = 3.0, log_dir=None, objective: str | Objective = "val_loss",
+                validation_data=None, verbose: bool = True) -> SearchResult:
     """Like `random_search`, on the largest full grid that fits in `trials` (k points per
     Range, log-spaced when ``log``, ends included; every value of each Choice).
 
     Usage: ``grid_search(model_fn, space, data, trials=9)  # 3 x 3 for two Ranges``
     """
     return _search("grid", model_fn, space, data, trials, epochs=epochs, batch_size=batch_size,
-                   factor=factor, log_dir=log_dir, seed=0, verbose=verbose)
+                   factor=factor, log_dir=log_dir, seed=0, verbose=verbose, objective=objective,
+                   validation_data=validation_data)
 
 
 def refine(result: SearchResult, top_k: int = 3, margin: float = 0.5) -> dict:
@@ -375,35 +263,38 @@ def refine(result: SearchResult, top_k: int = 3, margin: float = 0.5) -> dict:
         u = [param.position(v) for v in values]
         span = max(u) - min(u) or 0.1
         lo, hi = max(0.0, min(u) - margin * span), min(1.0, max(u) + margin * span)
-        fine[name] = Range(param._from_unit(lo), param._from_unit(hi), log=param.log)
+        fine[name] = Range(param.at(lo), param.at(hi), log=param.log)
     return fine
 
 
 def coarse_to_fine(model_fn: Callable, space: dict, data, coarse_trials: int = 10, fine_trials: int = 10, *,
                    top_k: int = 3, margin: float = 0.5, coarse_epochs: int = 1, fine_epochs: int = 2,
                    batch_size: int = 64, factor: float = 3.0, log_dir=None, seed: int = 0,
+                   objective: str | Objective = "val_loss", validation_data=None,
                    verbose: bool = True) -> SearchResult:
     """A coarse random search (short trials), then a fine one in `refine`'s narrowed space.
 
     Both stages go to one HParams dashboard (``coarse_NN`` and ``fine_NN`` runs, the coarse
     space as its config). The result holds both stages' trials, ``fine_space`` and the edge
-    warnings of each stage.
+    warnings of each stage. `data`, `validation_data` and `objective` as in `random_search`.
 
     Usage: ``result = coarse_to_fine(model_fn, space, data, 12, 8, log_dir="logs/c2f")``
     """
     space = _check_space(space)
     coarse_trials = check_positive_int("coarse_trials", coarse_trials)
     fine_trials = check_positive_int("fine_trials", fine_trials)
+    objective = Objective.of(objective)
+    inputs = _fit_inputs(data, validation_data, objective, batch_size)
     log = _HParamsLog(log_dir, space) if log_dir is not None else None
     rng = np.random.default_rng(seed)
-    common = dict(batch_size=batch_size, factor=factor, log=log, verbose=verbose)
-    coarse = SearchResult(_run_trials(model_fn, _sample(space, coarse_trials, rng), data, stage="coarse",
+    common = dict(factor=factor, log=log, verbose=verbose, objective=objective)
+    coarse = SearchResult(_run_trials(model_fn, _sample(space, coarse_trials, rng), inputs, stage="coarse",
                                       epochs=check_positive_int("coarse_epochs", coarse_epochs), **common), space)
     fine_space = refine(coarse, top_k, margin)
     if verbose:
         print("fine space: " + ", ".join(f"{n}={p}" for n, p in fine_space.items()))
-    fine = SearchResult(_run_trials(model_fn, _sample(fine_space, fine_trials, rng), data, stage="fine",
+    fine = SearchResult(_run_trials(model_fn, _sample(fine_space, fine_trials, rng), inputs, stage="fine",
                                     epochs=check_positive_int("fine_epochs", fine_epochs), **common), fine_space)
     return SearchResult(coarse.trials + fine.trials, space, fine_space=fine_space,
-                        edge_warnings=edge_warnings(coarse) + edge_warnings(fine),
+                        edge_warnings=edge_warnings(coarse, _stacklevel=3) + edge_warnings(fine, _stacklevel=3),
                         log_dir=None if log_dir is None else str(log_dir))

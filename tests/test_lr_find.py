@@ -75,3 +75,85 @@ def test_custom_rule_and_bad_arguments():
         lrf.lr_find(mlp, (x, y), min_lr=1e-7, max_lr=1e-8)
     with pytest.raises(ValueError, match="steps=1"):
         lrf.lr_find(mlp, (x, y), steps=1)
+
+
+def test_range_errors_name_the_bound_they_break():
+    x, y = small_data()
+    with pytest.raises(ValueError, match=r"`max_lr` must be greater than `min_lr`=1\. Received: max_lr=0\.001"):
+        lrf.lr_find(mlp, (x, y), min_lr=1, max_lr=1e-3)
+    with pytest.raises(ValueError, match=r"`min_lr` must be in \(0, inf\)\. Received: min_lr=0"):
+        lrf.lr_find(mlp, (x, y), min_lr=0)
+
+
+def fake(lrs, smoothed, suggestion):
+    lrs, smoothed = np.asarray(lrs, float), np.asarray(smoothed, float)
+    return lrf.LRFindResult(lrs, smoothed + 0.1, smoothed, suggestion, "minimum_div_10", {}, None)
+
+
+def test_plot_takes_a_list_of_results(tmp_path):
+    import matplotlib.pyplot as plt
+
+    r1 = fake(np.logspace(-5, 0, 20), np.linspace(2.3, 1.0, 20), 1e-3)
+    r2 = fake(np.logspace(-5, 0, 20), np.linspace(2.3, 0.5, 20), 1e-2)
+    shown = {}
+    original = plt.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        shown["labels"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return original(fig, *args, **kwargs)
+
+    plt.Figure.savefig = spy
+    try:
+        lrf.plot([r1, r2], tmp_path / "two.png")
+    finally:
+        plt.Figure.savefig = original
+    assert (tmp_path / "two.png").stat().st_size > 1000
+    assert shown["labels"] == ["run 1 (suggests 0.001)", "run 2 (suggests 0.01)"]
+    with pytest.raises(TypeError, match="LRFindResult"):
+        lrf.plot([r1, "r2"], tmp_path / "bad.png")
+
+
+def sparse_ce(probabilities, y):
+    p = np.asarray(probabilities, np.float64)
+    return float(-np.mean(np.log(p[np.arange(len(y)), y])))
+
+
+def _data_forms(x, y, batch):
+    import tensorflow as tf
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return len(x) // batch
+
+        def __getitem__(self, i):
+            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+
+    return {
+        "tf_dataset": lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch),
+        "py_dataset": Batches,
+        "generator": lambda: ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["tf_dataset", "py_dataset", "generator"])
+def test_lr_find_takes_the_data_forms_fit_takes(kind):
+    x, y = small_data()
+    x, y = x[:128], y[:128]  # 4 batches of 32
+    model = mlp(norm=None)
+    steps = 4 if kind == "generator" else 10  # a dataset is passed over again
+    result = lrf.lr_find(model, _data_forms(x, y, 32)[kind](), steps=steps, min_lr=1e-6, max_lr=1e-5)
+    assert len(result.lrs) == steps
+    # the first batch, in order: the untouched model's loss on x[:32] (the copy starts from its weights)
+    assert result.losses[0] == pytest.approx(sparse_ce(model(x[:32]), y[:32]), rel=1e-5)
+    if kind == "generator":
+        with pytest.raises(ValueError, match="ended after 4 batches; 5 steps.*steps=5"):
+            lrf.lr_find(model, _data_forms(x, y, 32)[kind](), steps=5)
+
+
+def test_an_unwritable_log_dir_warns_and_the_curve_is_returned(tmp_path):
+    x, y = small_data()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.warns(RuntimeWarning, match="could not write"):
+        result = lrf.lr_find(mlp, (x[:640], y[:640]), steps=5, log_dir=blocker / "tb")
+    assert len(result.lrs) == 5

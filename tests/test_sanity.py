@@ -110,3 +110,120 @@ def test_sanity_check_table_and_short_run_catches_high_lr(capsys):
 def test_bad_arguments_raise_naming_the_value(call, bad):
     with pytest.raises(ValueError, match=bad):
         call()
+
+
+def log_softmax_ce(logits, y):
+    """Mean sparse cross-entropy of `logits`, in NumPy (float64)."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(y)), y]))
+
+
+def logits_mlp(from_logits=True):
+    model = mlp(norm=None, output_activation=None)
+    model.compile(adam(), keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+    return model
+
+
+def test_initial_loss_measures_the_compiled_logits_loss():
+    x, y = small_data()
+    model = logits_mlp()
+    result = sanity.check_initial_loss(model, x[:500], y[:500])
+    assert result.passed, result.row()
+    assert result.loss == pytest.approx(log_softmax_ce(model(x[:500]), y[:500]), rel=1e-5)
+    assert result.loss_name == "SparseCategoricalCrossentropy" and result.formula == "ln(C)"
+
+
+def test_initial_loss_fails_outputs_that_contradict_from_logits():
+    x, y = small_data()
+    wrong = sanity.check_initial_loss(logits_mlp(from_logits=False), x[:500], y[:500])
+    assert wrong.passed is False and "from_logits=True" in wrong.note
+    twice = mlp(norm=None)  # softmax output
+    twice.compile(adam(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    double = sanity.check_initial_loss(twice, x[:500], y[:500])
+    assert double.passed is False and "second softmax" in double.note
+    # a loss passed in wins over the compile; from_logits contradicting it is refused
+    assert sanity.check_initial_loss(twice, x[:500], y[:500], loss="sparse_categorical_crossentropy").passed
+    with pytest.raises(ValueError, match="from_logits.=False contradicts"):
+        sanity.check_initial_loss(twice, x[:500], y[:500], from_logits=False)
+
+
+def regression_fn():
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model.compile(adam(learning_rate=1e-2), "mse")
+    return model
+
+
+def test_regression_initial_loss_is_not_applicable_and_the_report_says_so(capsys):
+    x, labels = small_data()
+    y = labels.astype("float32")[:, None]
+    model = regression_fn()
+    result = sanity.check_initial_loss(model, x[:300], y[:300])
+    assert result.passed is None and result.expected is None and "mean_squared_error" in result.note
+    pred = keras.ops.convert_to_numpy(model(x[:300]))
+    assert result.loss == pytest.approx(float(np.mean((pred - y[:300]) ** 2)), rel=1e-5)
+    report = sanity.sanity_check(regression_fn, (x, y), overfit_steps=5, short_run_samples=256)
+    assert report.results["initial_loss"].passed is None
+    assert report.results["overfit"].accuracy is None  # mse: the loss target only
+    assert "| initial loss" in capsys.readouterr().out and "| n/a " in report.table()
+    assert report.passed == all(r.passed is not False for r in report.results.values())
+
+
+def test_expected_initial_loss():
+    assert sanity.expected_initial_loss("sparse_categorical_crossentropy", 10) == (pytest.approx(math.log(10)), "ln(C)")
+    assert sanity.expected_initial_loss(keras.losses.CategoricalCrossentropy(from_logits=True), 4)[0] == pytest.approx(math.log(4))
+    assert sanity.expected_initial_loss(keras.losses.BinaryCrossentropy(), None) == (pytest.approx(math.log(2)), "ln(2)")
+    assert sanity.expected_initial_loss("mse", 10) is None
+    assert sanity.expected_initial_loss(keras.losses.Huber(), 10) is None
+
+
+def seeded_logits_mlp():
+    keras.utils.set_random_seed(7)
+    return logits_mlp()
+
+
+def _data_forms(x, y, batch):
+    import tensorflow as tf
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return len(x) // batch
+
+        def __getitem__(self, i):
+            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+
+    return {
+        "tf_dataset": lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch),
+        "py_dataset": Batches,
+        "generator": lambda: ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["tf_dataset", "py_dataset", "generator"])
+def test_sanity_check_takes_the_data_forms_fit_takes(kind):
+    x, y = small_data()
+    x, y = x[:1200], y[:1200]
+    report = sanity.sanity_check(seeded_logits_mlp, _data_forms(x, y, 50)[kind](), overfit_steps=3,
+                                 short_run_samples=128, verbose=False)
+    initial = report.results["initial_loss"]
+    assert initial.passed
+    assert initial.loss == pytest.approx(log_softmax_ce(seeded_logits_mlp()(x[:1000]), y[:1000]), rel=1e-5)
+    assert report.results["short_run"].steps == 2  # 128 samples read, batches of 64
+
+
+def test_multi_output_model_is_refused_naming_what_to_do():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, [keras.layers.Dense(3)(inputs), keras.layers.Dense(2)(inputs)])
+    with pytest.raises(ValueError, match=r"single-output model; this one has 2 outputs.*model.outputs\[i\]"):
+        sanity.check_initial_loss(model, np.ones((4, 4), "float32"), np.zeros(4, "int32"))
+
+
+def test_loss_guard_survives_an_unwritable_log_dir(tmp_path):
+    x, y = small_data()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    guard = sanity.LossGuard(factor=3, log_dir=blocker / "run")
+    with pytest.warns(RuntimeWarning, match="could not write"):
+        hot_mlp().fit(x[:640], y[:640], epochs=1, batch_size=64, callbacks=[guard], verbose=0)
+    assert guard.stopped
