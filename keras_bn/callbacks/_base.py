@@ -47,7 +47,7 @@ import warnings
 import keras
 
 from keras_bn._validation import check_float, check_positive_int
-from keras_bn.callbacks._runs import check_writable_log_dir
+from keras_bn.callbacks._runs import check_log_dir_now, check_writable_log_dir
 from keras_bn.callbacks._taps import StepTaps
 from keras_bn.callbacks._writer import RunWriters
 
@@ -64,10 +64,9 @@ def remove_failure_handler(model: keras.Model, handler) -> None:
 
 
 def check_log_dir(log_dir) -> str:
-    """Return `log_dir` as a string path, raising TypeError for anything else."""
-    if not isinstance(log_dir, (str, os.PathLike)):
-        raise TypeError(f"`log_dir` must be a path (str or os.PathLike). Received: log_dir={log_dir!r}")
-    return os.fspath(log_dir)
+    """`log_dir` as a string path that can be written, checked when a callback is made: a
+    non-path, an empty path, a NUL byte or a folder that cannot be created raise here."""
+    return check_log_dir_now(log_dir)
 
 
 def check_writers(writers, log_dir: str) -> RunWriters:
