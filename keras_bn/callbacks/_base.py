@@ -39,7 +39,6 @@ starting with ``"keras_bn"`` and training goes on (only TerminateOnNaN or the us
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 import warnings
