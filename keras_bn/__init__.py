@@ -14,6 +14,8 @@ from keras_bn.activations import Maxout
 from keras_bn.builders import build_conv, build_dense
 from keras_bn.folding import BatchNormCheck, BatchNormRow, FoldReport, check_batchnorm, fold_batchnorm
 from keras_bn.layers import ConvBlock, DenseBlock
+from keras_bn.resnet import build_resnet
+from keras_bn.residual_layers import ScalarBias, ScalarScale, ZeroPadShortcut
 from keras_bn import callbacks, data, distribute, lr_find, optimizers, report, sanity, search  # noqa: E402  (submodules)
 from keras_bn.sanity import LossGuard, sanity_check
 
@@ -27,9 +29,13 @@ __all__ = [
     "FoldReport",
     "LossGuard",
     "Maxout",
+    "ScalarBias",
+    "ScalarScale",
+    "ZeroPadShortcut",
     "__version__",
     "build_conv",
     "build_dense",
+    "build_resnet",
     "callbacks",
     "check_batchnorm",
     "data",

@@ -93,12 +93,19 @@ def make_norm(
     name: str | None = None,
     channel_axis: int = -1,
     norm_kwargs: dict | None = None,
+    gamma_initializer=None,
 ) -> keras.layers.Layer | None:
-    """The Keras normalization layer for `norm`, or None for ``"none"``."""
+    """The Keras normalization layer for `norm`, or None for ``"none"``.
+
+    `gamma_initializer` (e.g. ``"zeros"`` for a zero-init residual branch) overrides gamma's
+    default of ones.
+    """
     norm = resolve_norm(norm)
     kwargs = check_norm_kwargs(norm, norm_kwargs, channels)
     if norm == "none":
         return None
+    if gamma_initializer is not None:
+        kwargs["gamma_initializer"] = gamma_initializer
     if norm in ("batch", "sync_batch"):
         return keras.layers.BatchNormalization(
             axis=channel_axis, synchronized=norm == "sync_batch", name=name, **kwargs
