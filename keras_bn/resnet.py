@@ -33,11 +33,11 @@ from __future__ import annotations
 import keras
 
 from keras_bn._validation import check_choice, check_int_list, check_shape
-from keras_bn.activations import activation_name, make_activation, resolve_activation
-from keras_bn.builders import _check_common, _head
-from keras_bn.initializers import Scaled, get_bias_initializer, get_initializer
-from keras_bn.layers import DATA_FORMATS, check_block_options
-from keras_bn.norms import BIAS_ABSORBING_NORMS, make_norm, norm_suffix
+from keras_bn.activations import resolve_activation
+from keras_bn.block_options import BlockOptions
+from keras_bn.builders import _head, check_common, check_parameter_count
+from keras_bn.initializers import Scaled
+from keras_bn.layers import DATA_FORMATS
 from keras_bn.residual_layers import ScalarBias, ScalarScale, ZeroPadShortcut
 
 __all__ = ["build_resnet", "fixup_scale"]
@@ -89,43 +89,37 @@ def _blocks_per_stage(depth, blocks_per_stage, stages: int, bottleneck: bool) ->
 
 
 class _Layers:
-    """Makes the layers of one network from its checked options."""
+    """Makes the layers of one network from its `BlockOptions`."""
 
-    def __init__(self, *, activation, norm, initializer, bias_initializer, norm_kwargs, act_kwargs,
-                 use_bias, dropout, data_format, fixup_factor):
-        self.activation = activation
-        self.act = activation_name(activation)
-        self.norm = norm
-        self.norm_tag = norm_suffix(norm)
-        self.initializer = initializer
-        self.bias_initializer = bias_initializer
-        self.norm_kwargs = norm_kwargs
-        self.act_kwargs = act_kwargs
+    def __init__(self, options: BlockOptions, *, use_bias: bool, data_format: str, fixup_factor: float):
+        self.options = options
+        self.act = options.activation_name
+        self.norm = options.norm
+        self.norm_tag = options.norm_spec.suffix
+        self.dropout = options.dropout
         self.use_bias = use_bias
-        self.dropout = dropout
         self.data_format = data_format
         self.channel_axis = 1 if data_format == "channels_first" else -1
         self.fixup_factor = fixup_factor
 
     def conv(self, filters, kernel_size, name, *, strides=1, zero=False, scaled=False):
-        kernel_init = get_initializer(self.initializer, activation=self.activation)
+        kernel_init = self.options.kernel_initializer()
         if scaled:
             kernel_init = Scaled(kernel_init, self.fixup_factor)
         return keras.layers.Conv2D(
             filters, kernel_size, strides=strides, padding="same", data_format=self.data_format,
             use_bias=self.use_bias, name=name,
             kernel_initializer="zeros" if zero else kernel_init,
-            bias_initializer="zeros" if zero else get_bias_initializer(self.bias_initializer),
+            bias_initializer="zeros" if zero else self.options.bias_initializer_object(),
         )
 
     def norm_layer(self, channels, name, *, zero_gamma=False):
         """The norm layer called `name` (None for norm "none")."""
-        return make_norm(self.norm, channels=channels, name=name, channel_axis=self.channel_axis,
-                         norm_kwargs=self.norm_kwargs, gamma_initializer="zeros" if zero_gamma else None)
+        return self.options.make_norm(channels, name, channel_axis=self.channel_axis,
+                                      gamma_initializer="zeros" if zero_gamma else None)
 
     def act_layer(self, name):
-        return make_activation(self.activation, name=name, act_kwargs=self.act_kwargs,
-                               channel_axis=self.channel_axis, rank=2)
+        return self.options.make_activation(name, channel_axis=self.channel_axis, rank=2)
 
 
 def _apply(layer, x):
@@ -243,10 +237,9 @@ def build_resnet(
     blocks = _blocks_per_stage(depth, blocks_per_stage, len(widths), bottleneck)
     check_choice("shortcut", shortcut, SHORTCUTS)
     check_choice("data_format", data_format, DATA_FORMATS)
-    block_options = dict(
-        activation=activation, norm=norm, norm_position="before", initializer=initializer,
-        bias_initializer=bias_initializer, dropout=dropout, norm_kwargs=norm_kwargs,
-        act_kwargs=act_kwargs, use_bias=use_bias,
+    options = BlockOptions(
+        activation=activation, norm=norm, initializer=initializer, bias_initializer=bias_initializer,
+        dropout=dropout, norm_kwargs=norm_kwargs, act_kwargs=act_kwargs, use_bias=use_bias,
     )
     if resolve_activation(activation) == "maxout":
         raise ValueError(
@@ -255,9 +248,8 @@ def build_resnet(
             "Received: activation='maxout'"
         )
     expansion = BOTTLENECK_EXPANSION if bottleneck else 1
-    _check_common(num_classes, output_activation, block_options, sorted({*widths, *(w * expansion for w in widths)}))
-    opts = check_block_options(**block_options)
-    if fixup and (opts["norm"] != "none" or not residual or preactivation):
+    num_classes = check_common(num_classes, output_activation, options, sorted({*widths, *(w * expansion for w in widths)}))
+    if fixup and (options.norm != "none" or not residual or preactivation):
         raise ValueError(
             "`fixup=True` replaces normalization in residual post-activation blocks: it needs "
             "norm=None, residual=True and preactivation=False. Received: "
@@ -268,21 +260,26 @@ def build_resnet(
             "`zero_init_residual=True` needs residual=True: a plain net whose blocks start at "
             "zero outputs zeros. Received: zero_init_residual=True, residual=False"
         )
-    if zero_init_residual and not preactivation and opts["norm"] != "none" and opts["norm_kwargs"].get("scale") is False:
+    if zero_init_residual and not preactivation and options.norm != "none" and options.norm_kwargs.get("scale") is False:
         raise ValueError(
             "`zero_init_residual=True` zeroes the last norm's gamma in post-activation blocks, "
             "but norm_kwargs has scale=False (no gamma); drop it or use preactivation=True. "
             f"Received: norm_kwargs={norm_kwargs!r}"
         )
-    if use_bias is None:
-        auto_bias = not (opts["norm"] in BIAS_ABSORBING_NORMS or fixup)
-    else:
-        auto_bias = use_bias
     num_branches = sum(blocks)
+    per_block = [(3, 1), (3, 1)] if not bottleneck else [(1, 1), (3, 1), (1, BOTTLENECK_EXPANSION)]  # (kernel, growth)
+    in_channels = 1 if len(input_shape) == 2 else input_shape[0 if data_format == "channels_first" else -1]
+    estimate, channels = 9 * in_channels * widths[0], widths[0]
+    for width, count in zip(widths, blocks):
+        for _ in range(count):
+            for k, grow in per_block:
+                estimate += k * k * channels * width * grow
+                channels = width * grow
+    check_parameter_count(estimate + channels * num_classes, "widths", widths)
     make = _Layers(
-        activation=activation, norm=opts["norm"], initializer=initializer, bias_initializer=bias_initializer,
-        norm_kwargs=opts["norm_kwargs"], act_kwargs=opts["act_kwargs"], use_bias=auto_bias,
-        dropout=opts["dropout"], data_format=data_format,
+        options,
+        use_bias=(not (options.norm_spec.absorbs_bias or fixup)) if use_bias is None else use_bias,
+        data_format=data_format,
         fixup_factor=fixup_scale(num_branches, 3 if bottleneck else 2),
     )
     total_depth = 2 + num_branches * (3 if bottleneck else 2)
