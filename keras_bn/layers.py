@@ -144,6 +144,8 @@ class DenseBlock(_Block):
         norm_kwargs: momentum, epsilon, groups... for the norm layer.
         act_kwargs: negative_slope (leaky_relu), num_pieces (maxout)...
         use_bias: None drops the bias when batch/group norm directly follows.
+        options: all of the above as one `keras_bn.block_options.BlockOptions` (then pass
+            none of them as keywords).
 
     Example::
 
