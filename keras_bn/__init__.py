@@ -11,6 +11,7 @@ Usage::
 
 from keras_bn import _backend  # noqa: F401  (checks that a Keras backend is installed)
 from keras_bn.activations import Maxout
+from keras_bn.block_options import BlockOptions
 from keras_bn.builders import build_conv, build_dense
 from keras_bn.folding import BatchNormCheck, BatchNormRow, FoldReport, check_batchnorm, fold_batchnorm
 from keras_bn.layers import ConvBlock, DenseBlock
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNormCheck",
     "BatchNormRow",
+    "BlockOptions",
     "ConvBlock",
     "DenseBlock",
     "FoldReport",
