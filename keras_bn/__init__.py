@@ -11,10 +11,13 @@ Usage::
 
 from keras_bn import _backend  # noqa: F401  (checks that a Keras backend is installed)
 from keras_bn.activations import Maxout
+from keras_bn.block_options import BlockOptions
 from keras_bn.builders import build_conv, build_dense
 from keras_bn.bn_stats import BatchNormReport, BatchNormRow, check_batchnorm
 from keras_bn.folding import FoldReport, fold_batchnorm
 from keras_bn.layers import ConvBlock, DenseBlock
+from keras_bn.resnet import build_resnet
+from keras_bn.residual_layers import ScalarBias, ScalarScale, ZeroPadShortcut
 from keras_bn import callbacks, data, distribute, lr_find, optimizers, report, sanity, search  # noqa: E402  (submodules)
 from keras_bn import bn_stats  # noqa: E402  (submodule)
 from keras_bn.sanity import LossGuard, sanity_check
@@ -25,15 +28,20 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNormReport",
     "BatchNormRow",
+    "BlockOptions",
     "ConvBlock",
     "DenseBlock",
     "FoldReport",
     "LossGuard",
     "Maxout",
+    "ScalarBias",
+    "ScalarScale",
+    "ZeroPadShortcut",
     "__version__",
     "bn_stats",
     "build_conv",
     "build_dense",
+    "build_resnet",
     "callbacks",
     "check_batchnorm",
     "data",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 
 
 def did_you_mean(value: object, choices: Iterable[object]) -> str:
@@ -69,6 +69,8 @@ def check_float(
     value = float(value)
     too_low = low is not None and (value < low if low_inclusive else value <= low)
     too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
     if value != value or too_low or too_high:
         lo = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
         hi = "inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
@@ -80,9 +82,10 @@ def check_int_list(name: str, value: object, *, allow_empty: bool = False) -> li
     """Return `value` as a list of positive ints (an int is taken as a one-item list)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = [value]
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+    if isinstance(value, (str, bytes, Set, Mapping)) or not isinstance(value, Iterable):
+        unordered = " (a set or dict has no order; pass a list)" if isinstance(value, (Set, Mapping)) else ""
         raise TypeError(
-            f"`{name}` must be a list of positive integers. Received: {name}={value!r}"
+            f"`{name}` must be a list of positive integers{unordered}. Received: {name}={value!r}"
         )
     items = list(value)
     if not items and not allow_empty:

@@ -44,7 +44,9 @@ class Maxout(keras.layers.Layer):
         self.num_pieces = check_positive_int("num_pieces", num_pieces)
         if self.num_pieces < 2:
             raise ValueError(f"`num_pieces` must be >= 2. Received: num_pieces={num_pieces!r}")
-        self.axis = int(axis)
+        from keras_bn._validation import check_int  # local: this module's imports belong to its owner
+
+        self.axis = check_int("axis", axis)
 
     def _axis(self, rank: int) -> int:
         return self.axis % rank

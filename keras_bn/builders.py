@@ -13,19 +13,27 @@ Usage::
 
 from __future__ import annotations
 
+import math
+
 import keras
 
 from keras_bn._validation import check_choice, check_int_list, check_positive_int, check_shape
-from keras_bn.layers import DATA_FORMATS, PADDINGS, block_layers, check_block_options
-from keras_bn.activations import width_multiplier
+from keras_bn.block_options import BlockOptions
+from keras_bn.layers import DATA_FORMATS, PADDINGS, block_layers
+
+__all__ = ["HEADS", "MAX_PARAMETERS", "OUTPUT_ACTIVATIONS", "POOLINGS", "build_conv", "build_dense"]
 
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", None)
 POOLINGS = ("max", "avg", None)
 HEADS = ("avg", "max", "flatten")
+# Builders refuse nets above this many parameters (4 GB of float32 weights, more with Adam's
+# two slots) before any layer exists, instead of a TensorFlow out-of-memory naming no argument.
+MAX_PARAMETERS = 10**9
 
 
-def _check_common(num_classes, output_activation, block_options, channels):
-    check_positive_int("num_classes", num_classes)
+def check_common(num_classes, output_activation, options: BlockOptions, channels) -> int:
+    """Check the head options and every block width against `options`; return `num_classes` as int."""
+    num_classes = check_positive_int("num_classes", num_classes)
     check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     if num_classes == 1 and output_activation == "softmax":
         raise ValueError(
@@ -34,7 +42,19 @@ def _check_common(num_classes, output_activation, block_options, channels):
             "Received: num_classes=1"
         )
     for width in channels:
-        check_block_options(channels=width * width_multiplier(block_options["activation"], block_options["act_kwargs"]), **block_options)
+        options.check_channels(width * options.width_multiplier)
+    return num_classes
+
+
+def check_parameter_count(estimate: int, argument: str, value) -> None:
+    """Refuse a net whose estimated parameter count exceeds `MAX_PARAMETERS`."""
+    if estimate > MAX_PARAMETERS:
+        raise ValueError(
+            f"`{argument}` makes a net of about {estimate:,} parameters, above keras-bn's limit of "
+            f"{MAX_PARAMETERS:,} (keras_bn.builders.MAX_PARAMETERS; {MAX_PARAMETERS * 4 / 2**30:.0f} GiB "
+            f"of float32 weights before optimizer slots). Use smaller widths, or build such a net by "
+            f"hand. Received: {argument}={value!r}"
+        )
 
 
 def _head(x, num_classes: int, output_activation: str | None, initializer="glorot_uniform"):
@@ -92,17 +112,21 @@ def build_dense(
     """
     input_shape = check_shape("input_shape", input_shape, ranks=(1, 2, 3))
     units = check_int_list("units", units)
-    block_options = dict(
+    options = BlockOptions(
         activation=activation, norm=norm, norm_position=norm_position, initializer=initializer,
         bias_initializer=bias_initializer, dropout=dropout, norm_kwargs=norm_kwargs,
         act_kwargs=act_kwargs, use_bias=use_bias,
     )
-    _check_common(num_classes, output_activation, block_options, units)
+    num_classes = check_common(num_classes, output_activation, options, units)
+    widths = [math.prod(input_shape)] + units
+    check_parameter_count(
+        sum(a * b * options.width_multiplier for a, b in zip(widths, widths[1:])) + widths[-1] * num_classes,
+        "units", units)
 
     inputs = keras.Input(shape=input_shape, name="inputs")
     x = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
     for i, width in enumerate(units, start=1):
-        x = _apply(block_layers(width, name=f"block{i}", **block_options), x)
+        x = _apply(block_layers(width, options, name=f"block{i}"), x)
     outputs = _head(x, num_classes, output_activation)
     return keras.Model(inputs, outputs, name=name)
 
@@ -154,12 +178,18 @@ def build_conv(
     check_choice("pooling", pooling, POOLINGS)
     check_choice("head", head, HEADS)
     check_choice("data_format", data_format, DATA_FORMATS)
-    block_options = dict(
+    options = BlockOptions(
         activation=activation, norm=norm, norm_position=norm_position, initializer=initializer,
         bias_initializer=bias_initializer, dropout=dropout, norm_kwargs=norm_kwargs,
         act_kwargs=act_kwargs, use_bias=use_bias,
     )
-    _check_common(num_classes, output_activation, block_options, filters + dense_units)
+    num_classes = check_common(num_classes, output_activation, options, filters + dense_units)
+    in_channels = 1 if len(input_shape) == 2 else input_shape[0 if data_format == "channels_first" else -1]
+    widths = [in_channels] + filters
+    estimate = sum(kernel_size**2 * a * b * options.width_multiplier for a, b in zip(widths, widths[1:]))
+    dense = [filters[-1]] + dense_units  # with the avg/max head; flatten is bounded by the map size below
+    estimate += sum(a * b * options.width_multiplier for a, b in zip(dense, dense[1:])) + dense[-1] * num_classes
+    check_parameter_count(estimate, "filters", filters)
 
     if len(input_shape) == 2:
         spatial = list(input_shape)
@@ -190,8 +220,8 @@ def build_conv(
     pool_cls = {"max": keras.layers.MaxPooling2D, "avg": keras.layers.AveragePooling2D}
     for i, width in enumerate(filters, start=1):
         x = _apply(
-            block_layers(width, name=f"block{i}", rank=2, kernel_size=kernel_size, strides=strides,
-                         padding=padding, data_format=data_format, **block_options),
+            block_layers(width, options, name=f"block{i}", rank=2, kernel_size=kernel_size, strides=strides,
+                         padding=padding, data_format=data_format),
             x,
         )
         if pooling is not None:
@@ -203,6 +233,6 @@ def build_conv(
         x = global_cls(data_format=data_format, name=f"global_{head}_pool")(x)
     offset = len(filters)
     for j, width in enumerate(dense_units, start=offset + 1):
-        x = _apply(block_layers(width, name=f"block{j}", **block_options), x)
+        x = _apply(block_layers(width, options, name=f"block{j}"), x)
     outputs = _head(x, num_classes, output_activation)
     return keras.Model(inputs, outputs, name=name)

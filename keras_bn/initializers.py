@@ -110,3 +110,27 @@ def get_bias_initializer(value: object):
     if isinstance(value, numbers.Real):
         return keras.initializers.Constant(float(value))
     return keras.initializers.get(value)
+
+
+@keras.saving.register_keras_serializable(package="keras_bn")
+class Scaled(keras.initializers.Initializer):
+    """`base`'s values times `factor` (Fixup's rescaled branch kernels).
+
+    Example::
+
+        init = Scaled(keras.initializers.HeNormal(), factor=9 ** -0.5)
+    """
+
+    def __init__(self, base, factor: float):
+        self.base = keras.initializers.get(base)
+        self.factor = float(factor)
+
+    def __call__(self, shape, dtype=None):
+        return self.base(shape, dtype=dtype) * self.factor
+
+    def get_config(self):
+        return {"base": keras.saving.serialize_keras_object(self.base), "factor": self.factor}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["base"]), config["factor"])

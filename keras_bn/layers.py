@@ -19,57 +19,19 @@ from __future__ import annotations
 
 import keras
 
-from keras_bn._validation import check_choice, check_float, check_int_list, check_positive_int
-from keras_bn.activations import activation_name, check_act_kwargs, make_activation, resolve_activation, width_multiplier
-from keras_bn.initializers import check_bias_initializer, check_initializer, get_bias_initializer, get_initializer
-from keras_bn.norms import BIAS_ABSORBING_NORMS, check_norm_kwargs, make_norm, norm_suffix, resolve_norm
+from keras_bn._validation import check_choice, check_positive_int
+from keras_bn.activations import resolve_activation
+from keras_bn.block_options import NORM_POSITIONS, BlockOptions  # noqa: F401  (NORM_POSITIONS: re-export)
 
-NORM_POSITIONS = ("before", "after")
+__all__ = ["DATA_FORMATS", "PADDINGS", "ConvBlock", "DenseBlock", "block_layers"]
+
 PADDINGS = ("same", "valid")
 DATA_FORMATS = ("channels_last", "channels_first")
 
 
-def check_block_options(
-    *,
-    activation,
-    norm,
-    norm_position,
-    initializer,
-    bias_initializer,
-    dropout,
-    norm_kwargs,
-    act_kwargs,
-    use_bias,
-    channels: int | None = None,
-) -> dict:
-    """Validate the options shared by every block; return them resolved."""
-    resolved_norm = resolve_norm(norm)
-    check_choice("norm_position", norm_position, NORM_POSITIONS)
-    resolve_activation(activation)
-    check_initializer(initializer, "initializer")
-    check_bias_initializer(bias_initializer)
-    dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)
-    if norm_kwargs is not None and not isinstance(norm_kwargs, dict):
-        raise TypeError(f"`norm_kwargs` must be a dict or None. Received: norm_kwargs={norm_kwargs!r}")
-    if act_kwargs is not None and not isinstance(act_kwargs, dict):
-        raise TypeError(f"`act_kwargs` must be a dict or None. Received: act_kwargs={act_kwargs!r}")
-    norm_kwargs = check_norm_kwargs(resolved_norm, norm_kwargs, channels)
-    act_kwargs = check_act_kwargs(activation, act_kwargs)
-    if use_bias is not None and not isinstance(use_bias, bool):
-        raise TypeError(f"`use_bias` must be True, False or None (auto). Received: use_bias={use_bias!r}")
-    if use_bias is None:
-        use_bias = not (resolved_norm in BIAS_ABSORBING_NORMS and norm_position == "before")
-    return {
-        "norm": resolved_norm,
-        "dropout": dropout,
-        "norm_kwargs": norm_kwargs,
-        "act_kwargs": act_kwargs,
-        "use_bias": use_bias,
-    }
-
-
 def block_layers(
     units: int,
+    options: BlockOptions,
     *,
     name: str,
     rank: int = 0,
@@ -77,15 +39,6 @@ def block_layers(
     strides=1,
     padding: str = "same",
     data_format: str = "channels_last",
-    activation="relu",
-    norm="batch",
-    norm_position: str = "before",
-    initializer="auto",
-    bias_initializer="zeros",
-    dropout: float = 0.0,
-    norm_kwargs: dict | None = None,
-    act_kwargs: dict | None = None,
-    use_bias: bool | None = None,
 ) -> list[keras.layers.Layer]:
     """The layers of one block, in order: linear, norm/act (per `norm_position`), dropout.
 
@@ -93,24 +46,13 @@ def block_layers(
     ``{name}_conv``, ``{name}_bn|ln|gn|syncbn``, ``{name}_{activation}``, ``{name}_dropout``.
     """
     units = check_positive_int("units" if rank == 0 else "filters", units)
-    opts = check_block_options(
-        activation=activation,
-        norm=norm,
-        norm_position=norm_position,
-        initializer=initializer,
-        bias_initializer=bias_initializer,
-        dropout=dropout,
-        norm_kwargs=norm_kwargs,
-        act_kwargs=act_kwargs,
-        use_bias=use_bias,
-        channels=units * width_multiplier(activation, act_kwargs),
-    )
+    linear_units = units * options.width_multiplier
+    options.check_channels(linear_units if options.norm_position == "before" else units)
     channel_axis = 1 if (rank > 0 and data_format == "channels_first") else -1
-    linear_units = units * width_multiplier(activation, opts["act_kwargs"])
     linear_kwargs = {
-        "use_bias": opts["use_bias"],
-        "kernel_initializer": get_initializer(initializer, activation=activation),
-        "bias_initializer": get_bias_initializer(bias_initializer),
+        "use_bias": options.use_linear_bias,
+        "kernel_initializer": options.kernel_initializer(),
+        "bias_initializer": options.bias_initializer_object(),
     }
     if rank == 0:
         linear = keras.layers.Dense(linear_units, name=f"{name}_dense", **linear_kwargs)
@@ -125,74 +67,38 @@ def block_layers(
             name=f"{name}_conv",
             **linear_kwargs,
         )
-    norm_channels = linear_units if norm_position == "before" else units
-    norm_layer = make_norm(
-        opts["norm"],
-        channels=norm_channels,
-        name=f"{name}_{norm_suffix(opts['norm'])}",
-        channel_axis=channel_axis,
-        norm_kwargs=opts["norm_kwargs"],
-    )
-    act_layer = make_activation(
-        activation,
-        name=f"{name}_{activation_name(activation)}",
-        act_kwargs=opts["act_kwargs"],
-        channel_axis=channel_axis,
-        rank=rank,
-    )
-    pair = [norm_layer, act_layer] if norm_position == "before" else [act_layer, norm_layer]
+    norm_channels = linear_units if options.norm_position == "before" else units
+    norm_layer = options.make_norm(norm_channels, f"{name}_{options.norm_spec.suffix}", channel_axis=channel_axis)
+    act_layer = options.make_activation(f"{name}_{options.activation_name}", channel_axis=channel_axis, rank=rank)
+    pair = [norm_layer, act_layer] if options.norm_position == "before" else [act_layer, norm_layer]
     layers = [linear] + [layer for layer in pair if layer is not None]
-    if opts["dropout"] > 0:
-        dropout_cls = keras.layers.AlphaDropout if resolve_activation(activation) == "selu" else keras.layers.Dropout
-        layers.append(dropout_cls(opts["dropout"], name=f"{name}_dropout"))
+    if options.dropout > 0:
+        selu = resolve_activation(options.activation) == "selu"
+        dropout_cls = keras.layers.AlphaDropout if selu else keras.layers.Dropout
+        layers.append(dropout_cls(options.dropout, name=f"{name}_dropout"))
     return layers
 
 
 class _Block(keras.layers.Layer):
-    """A sequence of `block_layers` as one Keras layer."""
+    """A sequence of `block_layers` as one Keras layer; the options are a `BlockOptions`."""
 
     _rank = 0
 
-    def __init__(
-        self,
-        units,
-        *,
-        activation="relu",
-        norm="batch",
-        norm_position="before",
-        initializer="auto",
-        bias_initializer="zeros",
-        dropout=0.0,
-        norm_kwargs=None,
-        act_kwargs=None,
-        use_bias=None,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
+    def __init__(self, units, *, options: BlockOptions | None = None, **kwargs):
+        given, layer_kwargs = BlockOptions.split(kwargs)
+        if options is not None and given:
+            raise ValueError("Pass block options either as `options` or as keyword arguments, not both. "
+                             f"Received: options={options!r}, {given!r}")
+        if options is not None and not isinstance(options, BlockOptions):
+            raise TypeError(f"`options` must be a keras_bn BlockOptions or None. Received: options={options!r}")
+        options = options or BlockOptions(**given)
+        super().__init__(**layer_kwargs)
         self.units = units
-        self.activation = activation
-        self.norm = norm
-        self.norm_position = norm_position
-        self.initializer = initializer
-        self.bias_initializer = bias_initializer
-        self.dropout = dropout
-        self.norm_kwargs = norm_kwargs
-        self.act_kwargs = act_kwargs
-        self.use_bias = use_bias
-        self.sublayers = block_layers(units, name=self.name, rank=self._rank, **self._block_kwargs())
+        self.options = options
+        self.sublayers = block_layers(units, self.options, name=self.name, rank=self._rank, **self._shape_kwargs())
 
-    def _block_kwargs(self) -> dict:
-        return {
-            "activation": self.activation,
-            "norm": self.norm,
-            "norm_position": self.norm_position,
-            "initializer": self.initializer,
-            "bias_initializer": self.bias_initializer,
-            "dropout": self.dropout,
-            "norm_kwargs": self.norm_kwargs,
-            "act_kwargs": self.act_kwargs,
-            "use_bias": self.use_bias,
-        }
+    def _shape_kwargs(self) -> dict:
+        return {}
 
     def build(self, input_shape):
         shape = input_shape
@@ -214,21 +120,12 @@ class _Block(keras.layers.Layer):
         return shape
 
     def get_config(self):
-        config = {**super().get_config(), **self._block_kwargs()}
-        for key in ("initializer", "bias_initializer"):
-            if not isinstance(config[key], (str, int, float, type(None))):
-                config[key] = keras.saving.serialize_keras_object(config[key])
-        if callable(config["activation"]) and not isinstance(config["activation"], str):
-            config["activation"] = keras.saving.serialize_keras_object(config["activation"])
-        return config
+        return {**super().get_config(), **self.options.config(), **self._shape_kwargs()}
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("initializer", "bias_initializer", "activation"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        _, rest = BlockOptions.split(config)
+        return cls(options=BlockOptions.from_config(config), **rest)
 
 
 @keras.saving.register_keras_serializable(package="keras_bn")
@@ -247,6 +144,8 @@ class DenseBlock(_Block):
         norm_kwargs: momentum, epsilon, groups... for the norm layer.
         act_kwargs: negative_slope (leaky_relu), num_pieces (maxout)...
         use_bias: None drops the bias when batch/group norm directly follows.
+        options: all of the above as one `keras_bn.block_options.BlockOptions` (then pass
+            none of them as keywords).
 
     Example::
 
@@ -278,12 +177,13 @@ class ConvBlock(_Block):
         self.strides = strides
         self.padding = check_choice("padding", padding, PADDINGS)
         self.data_format = check_choice("data_format", data_format, DATA_FORMATS)
+        if isinstance(rank, bool):  # True == 1 would pass the choice check below
+            raise TypeError(f"`rank` must be 1, 2 or 3 (spatial axes). Received: rank={rank!r}")
         self._rank = check_choice("rank", rank, (1, 2, 3))
         super().__init__(filters, **kwargs)
 
-    def _block_kwargs(self) -> dict:
+    def _shape_kwargs(self) -> dict:
         return {
-            **super()._block_kwargs(),
             "kernel_size": self.kernel_size,
             "strides": self.strides,
             "padding": self.padding,

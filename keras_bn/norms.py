@@ -17,15 +17,36 @@ Usage::
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import keras
 
 from keras_bn._registry import Registry
 from keras_bn._validation import check_float, check_positive_int
 
-NORMS: Registry[str] = Registry(
+__all__ = ["BIAS_ABSORBING_NORMS", "NORMS", "NormSpec", "check_norm_kwargs", "make_norm", "norm_suffix",
+           "resolve_norm"]
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """What keras-bn knows about one normalization."""
+
+    suffix: str  # layer-name suffix: block1_bn, block1_ln...
+    options: tuple[str, ...] = ()  # what `norm_kwargs` may set
+    absorbs_bias: bool = False  # subtracts a per-channel (or per-group) mean: a bias before it is redundant
+
+
+_AFFINE = ("epsilon", "center", "scale")
+NORMS: Registry[NormSpec] = Registry(
     "norm",
-    {"none": "", "batch": "bn", "layer": "ln", "group": "gn", "sync_batch": "syncbn"},
+    {
+        "none": NormSpec(""),
+        "batch": NormSpec("bn", ("momentum", *_AFFINE), absorbs_bias=True),
+        "layer": NormSpec("ln", _AFFINE),
+        "group": NormSpec("gn", ("groups", *_AFFINE), absorbs_bias=True),
+        "sync_batch": NormSpec("syncbn", ("momentum", *_AFFINE), absorbs_bias=True),
+    },
     aliases={
         "bn": "batch",
         "batchnorm": "batch",
@@ -41,17 +62,8 @@ NORMS: Registry[str] = Registry(
     },
 )
 
-# Options each norm takes in `norm_kwargs`.
-_NORM_OPTIONS = {
-    "batch": ("momentum", "epsilon", "center", "scale"),
-    "sync_batch": ("momentum", "epsilon", "center", "scale"),
-    "layer": ("epsilon", "center", "scale"),
-    "group": ("groups", "epsilon", "center", "scale"),
-    "none": (),
-}
-
 # Norms that subtract a per-channel (or per-group) mean, making the linear layer's bias redundant.
-BIAS_ABSORBING_NORMS = ("batch", "sync_batch", "group")
+BIAS_ABSORBING_NORMS = tuple(name for name in NORMS.names() if NORMS.get(name).absorbs_bias)
 
 
 def resolve_norm(norm: object) -> str:
@@ -64,13 +76,18 @@ def resolve_norm(norm: object) -> str:
 def check_norm_kwargs(norm: str, norm_kwargs: dict | None, channels: int | None = None) -> dict:
     """Validate `norm_kwargs` for `norm` (and `groups` against `channels`); return a copy."""
     kwargs = dict(norm_kwargs or {})
-    allowed = _NORM_OPTIONS[norm]
+    allowed = NORMS.get(norm).options
     for key in kwargs:
         if key not in allowed:
             listed = ", ".join(repr(a) for a in allowed) or "none"
             raise ValueError(
                 f"`norm_kwargs` has an option that norm {norm!r} does not take: {key!r}. "
                 f"Allowed: {listed}. Received: norm_kwargs={norm_kwargs!r}"
+            )
+    for flag in ("center", "scale"):
+        if flag in kwargs and not isinstance(kwargs[flag], bool):
+            raise TypeError(
+                f"`norm_kwargs` option {flag!r} must be True or False. Received: norm_kwargs={norm_kwargs!r}"
             )
     if "momentum" in kwargs:
         check_float("momentum", kwargs["momentum"], low=0.0, high=1.0, high_inclusive=False)
@@ -93,12 +110,19 @@ def make_norm(
     name: str | None = None,
     channel_axis: int = -1,
     norm_kwargs: dict | None = None,
+    gamma_initializer=None,
 ) -> keras.layers.Layer | None:
-    """The Keras normalization layer for `norm`, or None for ``"none"``."""
+    """The Keras normalization layer for `norm`, or None for ``"none"``.
+
+    `gamma_initializer` (e.g. ``"zeros"`` for a zero-init residual branch) overrides gamma's
+    default of ones.
+    """
     norm = resolve_norm(norm)
     kwargs = check_norm_kwargs(norm, norm_kwargs, channels)
     if norm == "none":
         return None
+    if gamma_initializer is not None:
+        kwargs["gamma_initializer"] = gamma_initializer
     if norm in ("batch", "sync_batch"):
         return keras.layers.BatchNormalization(
             axis=channel_axis, synchronized=norm == "sync_batch", name=name, **kwargs
@@ -111,4 +135,4 @@ def make_norm(
 
 def norm_suffix(norm: object) -> str:
     """The short layer-name suffix of `norm`: bn, ln, gn, syncbn ("" for none)."""
-    return NORMS.get(resolve_norm(norm))
+    return NORMS.get(resolve_norm(norm)).suffix

@@ -1,6 +1,7 @@
 import math
 
 import keras
+import numpy as np
 import pytest
 
 from keras_bn.recipes import best_cnn
@@ -33,3 +34,15 @@ def test_time_budget_decays_the_learning_rate_over_the_epochs_that_fit():
     assert budget.planned_epochs == 4 and not budget.stopped_early
     expected = [0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
     assert seen == pytest.approx(expected, rel=1e-5)
+
+
+def test_best_cnn_builds_the_residual_family_behind_augmentation():
+    model = best_cnn.build_model((28, 28, 1), 10, quick=True, family="resnet", augment=True)
+    net = model.layers[-1]
+    assert [layer.name for layer in model.layers[:2]] == ["augment_shift", "augment_flip"]
+    assert net.name == "best_cnn" and "stage1_block1_add" in [layer.name for layer in net.layers]
+    x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype("float32")
+    # Augmentation acts in training only: inference is the bare net's output.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x, training=False)),
+                                  keras.ops.convert_to_numpy(net(x, training=False)))
+    assert not np.allclose(keras.ops.convert_to_numpy(model.layers[0](x, training=True)), x)

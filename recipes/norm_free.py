@@ -1,0 +1,126 @@
+"""Norm-free residual nets: which deep ResNet trains without normalization, and why.
+
+A ResNet-32 (option A shortcuts, 15 blocks; ``--depth 56`` for the paper's) without any norm, three ways, against the same net with BN:
+``default`` (He init: every block adds its branch's variance to the sum, so the signal grows
+about 2x per block and the net starts far out of range), ``zero_init`` (each branch's last
+conv starts at zero: every block starts as the identity, Goyal et al. 2017) and ``fixup``
+(Zhang et al. 2019: zero-init plus branch convs scaled by L^(-1/2), scalar biases and
+multipliers, a zero classifier). Same optimizer, steps and data order. Measured at
+initialization: the loss, the std of the last block's output and the kernel gradient norms
+(the diagnostics that tell why a net will not train); after training: train error, test
+accuracy and whether the loss diverged.
+
+Usage::
+
+    keras-bn run norm_free --quick
+    python -m keras_bn.recipes.norm_free --depth 56 --steps 800 --batch-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+
+from keras_bn.recipes import _common
+from keras_bn.recipes.degradation import BN_MOMENTUM, TrainError, downsample, grad_norm_summary
+
+NAME = "norm_free"
+DESCRIPTION = "A deep ResNet without norm: default init vs zero-init residuals vs Fixup, against BN."
+VARIANTS = {
+    "bn": dict(norm="batch", norm_kwargs={"momentum": BN_MOMENTUM}),
+    "default": dict(norm=None),
+    "zero_init": dict(norm=None, zero_init_residual=True),
+    "fixup": dict(norm=None, fixup=True),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--depth", type=int, default=None,
+                        help="6n+2 depth (default 32: 15 blocks, deep enough to show it; quick 14)")
+    parser.add_argument("--widths", type=int, nargs=3, default=None,
+                        help="filters of the three stages (paper 16 32 64; default 8 16 32 for the CPU budget)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per net (default 600; quick 30)")
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default 100)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32, for the CPU budget)")
+    parser.add_argument("--learning-rate", type=float, default=0.05, help="SGD learning rate, momentum 0.9 (default 0.05)")
+    parser.add_argument("--image-size", type=int, choices=(14, 28), default=14,
+                        help="train on 2x2-average-pooled 14x14 images to fit the CPU budget (default 14)")
+
+
+def at_init(model, x, y) -> dict:
+    """Loss, last block's output std and gradient norms of `model` before any step, in
+    training mode (BN with batch statistics, as the first step sees it; moving statistics kept)."""
+    import keras
+
+    last_block = [layer.name for layer in model.layers if layer.name.endswith("_out_relu")][-1]
+    with _common.kept_state(model):
+        out = _common.layer_outputs(model, [last_block], x, training=True)[last_block]
+        probs = keras.ops.convert_to_numpy(model(x, training=True))
+    loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y, probs)))
+    return {"loss": loss, "last_block_std": float(out.std()),
+            "grads": grad_norm_summary(_common.kernel_gradient_norms(model, x, y))}
+
+
+def run(args: argparse.Namespace) -> dict:
+    import keras
+
+    import keras_bn
+
+    depth = args.depth or (14 if args.quick else 32)
+    widths = args.widths or ([4, 4, 8] if args.quick else [8, 16, 32])
+    steps = args.steps or (30 if args.quick else 600)
+    eval_every = args.eval_every or (15 if args.quick else 100)
+    data = _common.load_data(args, flatten=False)
+    data = data._replace(x_train=downsample(data.x_train, args.image_size),
+                         x_test=downsample(data.x_test, args.image_size))
+    x_sub, y_sub = data.x_train[:500 if args.quick else 2000], data.y_train[:500 if args.quick else 2000]
+    x_batch, y_batch = data.x_train[:args.batch_size], data.y_train[:args.batch_size]
+    print(f"training ResNet-{depth} (widths {widths}) {', '.join(VARIANTS)} for {steps} steps each "
+          f"on {len(data.x_train)} images")
+    results = {}
+    for variant, options in VARIANTS.items():
+        model = keras_bn.build_resnet(data.x_train.shape[1:], depth, data.num_classes, widths=widths,
+                                      name=f"resnet{depth}_{variant}", **options)
+        model.compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        start = at_init(model, x_batch, y_batch)
+        train_error = TrainError(x_sub, y_sub)
+        callbacks = [train_error, *_common.training_callbacks(_common.run_dir(args, NAME, variant))]
+        history = _common.train_for_steps(model, data, steps=steps, batch_size=args.batch_size,
+                                          eval_every=eval_every, seed=args.seed, callbacks=callbacks, label=variant)
+        results[variant] = {**history, "init": start, "train_error": train_error.errors}
+
+    rows = []
+    for variant, r in results.items():
+        init = r["init"]
+        rows.append([variant, init["loss"], init["last_block_std"], "{:.2g} / {:.2g} / {:.2g}".format(*init["grads"]),
+                     r["loss"][-1], r["train_error"][-1] if r["train_error"] else float("nan"),
+                     r["test_accuracy"][-1], "yes" if r["diverged"] else "no"])
+    print(_common.format_table(
+        ["variant", "loss at init", "last block std at init", "grad norm min/med/max at init",
+         "final train loss", "train error", "test acc", "diverged"], rows))
+    print(f"(a uniform guess has loss ln({data.num_classes}) = {math.log(data.num_classes):.3f})")
+    _plot(results, _common.recipe_dir(args, NAME) / f"{NAME}.png", data.name, depth)
+    return {"depth": depth, "widths": widths, "steps": steps, "runs": results}
+
+
+def _plot(results: dict, path, dataset: str, depth: int):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for variant, r in results.items():
+        axes[0].plot(r["step"], r["loss"], marker=".", label=variant)
+        axes[1].plot(r["step"][:len(r["test_accuracy"])], r["test_accuracy"], marker=".", label=variant)
+    axes[0].set(title=f"train loss, ResNet-{depth} ({dataset})", xlabel="step", yscale="log")
+    axes[1].set(title="test accuracy", xlabel="step")
+    _common.finish_figure(fig, axes, path)
+
+
+def main(argv=None) -> dict:
+    return _common.main(NAME, DESCRIPTION, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    main()
