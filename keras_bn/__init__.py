@@ -14,6 +14,7 @@ from keras_bn.activations import Maxout
 from keras_bn.builders import build_conv, build_dense
 from keras_bn.folding import BatchNormCheck, BatchNormRow, FoldReport, check_batchnorm, fold_batchnorm
 from keras_bn.layers import ConvBlock, DenseBlock
+from keras_bn.recurrent import LayerNormGRUCell, LayerNormLSTMCell, LayerNormSimpleRNNCell, build_recurrent
 from keras_bn import callbacks, data, distribute, lr_find, optimizers, report, sanity, search  # noqa: E402  (submodules)
 from keras_bn.sanity import LossGuard, sanity_check
 
@@ -25,11 +26,15 @@ __all__ = [
     "ConvBlock",
     "DenseBlock",
     "FoldReport",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
+    "LayerNormSimpleRNNCell",
     "LossGuard",
     "Maxout",
     "__version__",
     "build_conv",
     "build_dense",
+    "build_recurrent",
     "callbacks",
     "check_batchnorm",
     "data",
@@ -37,6 +42,7 @@ __all__ = [
     "fold_batchnorm",
     "lr_find",
     "optimizers",
+    "recurrent",
     "report",
     "sanity",
     "sanity_check",

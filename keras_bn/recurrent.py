@@ -30,9 +30,13 @@ by name (recurrent kernel orthogonal by default, gains ``"ones"``), `unit_forget
 `dropout` on the inputs and `recurrent_dropout` on the recurrent state (one mask per sequence,
 only with ``training=True``), `seed`, and `epsilon`.
 
+`build_recurrent` lays such layers (or Keras' own LSTM/GRU/SimpleRNN, which keep cuDNN on a
+GPU) out as a Functional classifier, in the style of `keras_bn.build_dense`.
+
 Usage::
 
-    layer = keras.layers.RNN(keras_bn.recurrent.LayerNormLSTMCell(64), return_sequences=True)
+    layer = keras.layers.RNN(keras_bn.LayerNormLSTMCell(64), return_sequences=True)
+    model = keras_bn.build_recurrent((28, 28), 128, 10, cell="lstm", norm="layer")
 """
 
 from __future__ import annotations
@@ -41,9 +45,15 @@ import keras
 from keras import ops
 
 from keras_bn import _keras_internals as internals
-from keras_bn._validation import check_float, check_positive_int
+from keras_bn._validation import check_choice, check_float, check_int_list, check_positive_int
+from keras_bn.builders import _check_common, _head
+from keras_bn.initializers import check_bias_initializer, get_bias_initializer, get_initializer
+from keras_bn.norms import check_norm_kwargs, resolve_norm
 
-__all__ = ["LayerNormGRUCell", "LayerNormLSTMCell", "LayerNormSimpleRNNCell", "layer_norm"]
+__all__ = ["LayerNormGRUCell", "LayerNormLSTMCell", "LayerNormSimpleRNNCell", "build_recurrent", "layer_norm"]
+
+CELL_TYPES = ("lstm", "gru", "simple")
+RECURRENT_NORMS = ("none", "layer")
 
 _DropoutRNNCell = internals.dropout_rnn_cell_base()
 
@@ -264,3 +274,112 @@ class LayerNormSimpleRNNCell(_LayerNormCell):
         a = ops.matmul(inputs, self.kernel) + ops.matmul(h_in, self.recurrent_kernel)
         h = self.activation(self._norm(a, self.gain, self.bias))
         return h, [h]
+
+
+_KERAS_LAYERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple": keras.layers.SimpleRNN}
+_LN_CELLS = {"lstm": LayerNormLSTMCell, "gru": LayerNormGRUCell, "simple": LayerNormSimpleRNNCell}
+
+
+def _check_sequence_shape(input_shape) -> tuple:
+    """``(timesteps, features)``; timesteps may be None (any length)."""
+    if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
+        raise ValueError(
+            "`input_shape` must be (timesteps, features), e.g. (28, 28) for images read row by row; "
+            f"timesteps may be None. Received: input_shape={input_shape!r}"
+        )
+    steps, features = input_shape
+    if steps is not None:
+        check_positive_int("input_shape[0]", steps)
+    return (steps, check_positive_int("input_shape[1]", features))
+
+
+def build_recurrent(
+    input_shape,
+    units,
+    num_classes: int,
+    *,
+    cell: str = "lstm",
+    norm=None,
+    bidirectional: bool = False,
+    return_sequences: bool = False,
+    activation="tanh",
+    initializer="glorot_uniform",
+    recurrent_initializer="orthogonal",
+    bias_initializer="zeros",
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    norm_kwargs: dict | None = None,
+    output_activation: str | None = "softmax",
+    name: str = "recurrent_net",
+) -> keras.Model:
+    """A sequence classifier: one recurrent layer per entry of `units`, then the classifier.
+
+    Layers are named ``block1_lstm``, ``block2_lstm``, ... (``block1_bilstm`` when
+    `bidirectional`), then ``logits`` and ``predictions`` as in `keras_bn.build_dense`. Every
+    layer but the last returns its whole sequence; the last returns the final state, or with
+    ``return_sequences=True`` every step, and the classifier is applied per step.
+
+    Args:
+        input_shape: ``(timesteps, features)``; timesteps may be None.
+        units: hidden units of each recurrent layer, e.g. ``128`` or ``[64, 64]``.
+        num_classes: outputs of the last Dense layer.
+        cell: "lstm", "gru" or "simple".
+        norm: None (Keras' own LSTM/GRU/SimpleRNN layer, cuDNN-eligible on a GPU) or "layer"
+            (``keras.layers.RNN`` of `LayerNormLSTMCell` etc.).
+        bidirectional: wrap each layer in ``keras.layers.Bidirectional`` (outputs concatenated).
+        activation: the cell's state activation (tanh).
+        initializer, recurrent_initializer, bias_initializer: by name, or a number for a
+            N(0, s^2) init, as the other builders (``"auto"`` picks from `activation`).
+        dropout, recurrent_dropout: each cell's input and recurrent dropout rates.
+        norm_kwargs: ``{"epsilon": ...}`` for the LN cells.
+        output_activation: "softmax", "sigmoid" or None (logits).
+        name: the model's name.
+
+    Example::
+
+        model = keras_bn.build_recurrent((None, 1), 50, 4, cell="simple", initializer=0.1,
+                                         recurrent_initializer=0.1)
+    """
+    input_shape = _check_sequence_shape(input_shape)
+    units = check_int_list("units", units)
+    cell = check_choice("cell", cell, CELL_TYPES)
+    norm = check_choice("norm", resolve_norm(norm), RECURRENT_NORMS)
+    for flag_name, flag in (("bidirectional", bidirectional), ("return_sequences", return_sequences)):
+        _check_bool(flag_name, flag)
+    dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)
+    recurrent_dropout = check_float("recurrent_dropout", recurrent_dropout, low=0.0, high=1.0, high_inclusive=False)
+    keras.activations.get(activation)
+    get_initializer(initializer, activation=activation, name="initializer")
+    get_initializer(recurrent_initializer, activation=activation, name="recurrent_initializer")
+    check_bias_initializer(bias_initializer)
+    if norm == "none" and norm_kwargs:
+        raise ValueError(f"`norm_kwargs` needs norm='layer'. Received: norm=None, norm_kwargs={norm_kwargs!r}")
+    ln_kwargs = check_norm_kwargs("layer", norm_kwargs) if norm == "layer" else {}
+    if set(ln_kwargs) - {"epsilon"}:
+        raise ValueError(
+            f"`norm_kwargs` of the LayerNorm cells takes only 'epsilon' (their gains and shifts are "
+            f"always learned). Received: norm_kwargs={norm_kwargs!r}"
+        )
+    _check_common(num_classes, output_activation, {}, [])
+
+    inputs = keras.Input(shape=input_shape, name="inputs")
+    x = inputs
+    for i, width in enumerate(units, start=1):
+        options = dict(
+            activation=activation,
+            kernel_initializer=get_initializer(initializer, activation=activation),
+            recurrent_initializer=get_initializer(recurrent_initializer, activation=activation),
+            bias_initializer=get_bias_initializer(bias_initializer),
+            dropout=dropout, recurrent_dropout=recurrent_dropout,
+        )
+        sequences = return_sequences or i < len(units)
+        layer_name = f"block{i}_{cell}"
+        if norm == "layer":
+            layer = keras.layers.RNN(_LN_CELLS[cell](width, **options, **ln_kwargs), return_sequences=sequences, name=layer_name)
+        else:
+            layer = _KERAS_LAYERS[cell](width, **options, return_sequences=sequences, name=layer_name)
+        if bidirectional:
+            layer = keras.layers.Bidirectional(layer, name=f"block{i}_bi{cell}")
+        x = layer(x)
+    outputs = _head(x, num_classes, output_activation)
+    return keras.Model(inputs, outputs, name=name)

@@ -173,8 +173,94 @@ def test_trains_a_step_and_reduces_loss():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(16, STEPS, FEATURES)).astype("float32")
     y = (x[:, 0, 0] > 0).astype("int32")
-    model = keras.Sequential([keras.Input((STEPS, FEATURES)), keras.layers.RNN(LayerNormGRUCell(8)), keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((STEPS, FEATURES)),
+                              keras.layers.RNN(LayerNormGRUCell(8, dropout=0.1, recurrent_dropout=0.1)), keras.layers.Dense(2)])
     model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     before = model.evaluate(x, y, verbose=0)
     model.fit(x, y, epochs=5, batch_size=16, verbose=0)
     assert model.evaluate(x, y, verbose=0) < before
+
+
+# --- build_recurrent -------------------------------------------------------------------
+
+BUILD_OPTIONS = [
+    dict(cell=cell, norm=norm, bidirectional=bi, return_sequences=seq)
+    for cell in ("lstm", "gru", "simple")
+    for norm in (None, "layer")
+    for bi, seq in ((False, False), (True, True))
+]
+
+
+@pytest.mark.parametrize("options", BUILD_OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_build_recurrent_every_option_builds_and_trains_a_step(options):
+    import keras_bn
+
+    model = keras_bn.build_recurrent((4, 3), [5, 6], 3, dropout=0.1, **options)
+    names = [layer.name for layer in model.layers]
+    kind = ("bi" if options["bidirectional"] else "") + options["cell"]
+    assert names == ["inputs", f"block1_{kind}", f"block2_{kind}", "logits", "predictions"]
+    rnn = model.get_layer(f"block1_{kind}")
+    inner = rnn.forward_layer if options["bidirectional"] else rnn
+    if options["norm"] == "layer":
+        assert type(inner) is keras.layers.RNN and type(inner.cell) is keras_bn.recurrent._LN_CELLS[options["cell"]]
+    else:
+        assert type(inner) is {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple": keras.layers.SimpleRNN}[options["cell"]]
+    width = 12 if options["bidirectional"] else 6
+    expected_shape = (2, 4, 3) if options["return_sequences"] else (2, 3)
+    x = np.random.default_rng(0).normal(size=(2, 4, 3)).astype("float32")
+    y = np.zeros(expected_shape[:-1], "int32")
+    assert model.get_layer("logits").input.shape[-1] == width
+    # eager (no tracing: 12 cases on a shared CPU); the graph-mode step is the LN test below
+    model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy", run_eagerly=True)
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(x, y, epochs=1, verbose=0)
+    assert tuple(model(x).shape) == expected_shape
+    assert np.isfinite(history.history["loss"][0])
+    changed = [not np.array_equal(a, b) for a, b in zip(before, model.get_weights())]
+    assert all(changed)
+
+
+def test_build_recurrent_initializers_by_name_and_std():
+    import keras_bn
+
+    model = keras_bn.build_recurrent((None, 1), 50, 2, cell="simple", initializer=0.1, recurrent_initializer=0.1,
+                                     output_activation=None)
+    layer = model.get_layer("block1_simple")
+    kernel = keras.ops.convert_to_numpy(layer.cell.recurrent_kernel)
+    assert abs(kernel.std() - 0.1) < 0.01 and abs(kernel.mean()) < 0.01
+    assert model.get_layer("logits").output.shape == (None, 2)
+    assert "predictions" not in [layer.name for layer in model.layers]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(cell="lstmm"), "Did you mean 'lstm'"),
+        (dict(norm="batch"), "norm='batch'"),
+        (dict(norm="laeyr"), "laeyr"),
+        (dict(input_shape=(28,)), r"input_shape=\(28,\)"),
+        (dict(units=[4, 0]), "units"),
+        (dict(num_classes=1), "num_classes"),
+        (dict(dropout=1.0), "dropout=1.0"),
+        (dict(initializer="he_nromal"), "he_nromal"),
+        (dict(norm="layer", norm_kwargs={"center": False}), "epsilon"),
+        (dict(norm_kwargs={"epsilon": 1e-5}), "norm='layer'"),
+        (dict(bidirectional="yes"), "bidirectional='yes'"),
+    ],
+)
+def test_build_recurrent_bad_options_fail_before_any_layer(kwargs, match, monkeypatch):
+    import keras_bn
+
+    made = []
+    original = keras.layers.Layer.__init__
+
+    def spy(self, *args, **kw):
+        made.append(type(self).__name__)
+        original(self, *args, **kw)
+
+    monkeypatch.setattr(keras.layers.Layer, "__init__", spy)
+    arguments = dict(input_shape=(5, 3), units=4, num_classes=3)
+    arguments.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        keras_bn.build_recurrent(arguments.pop("input_shape"), arguments.pop("units"), arguments.pop("num_classes"), **arguments)
+    assert made == []
