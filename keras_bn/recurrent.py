@@ -302,6 +302,7 @@ def build_recurrent(
     norm=None,
     bidirectional: bool = False,
     return_sequences: bool = False,
+    unroll: bool = False,
     activation="tanh",
     initializer="glorot_uniform",
     recurrent_initializer="orthogonal",
@@ -327,6 +328,9 @@ def build_recurrent(
         norm: None (Keras' own LSTM/GRU/SimpleRNN layer, cuDNN-eligible on a GPU) or "layer"
             (``keras.layers.RNN`` of `LayerNormLSTMCell` etc.).
         bidirectional: wrap each layer in ``keras.layers.Bidirectional`` (outputs concatenated).
+        return_sequences: the last recurrent layer returns every step (a per-step classifier).
+        unroll: unroll the time loop in the graph (faster for short, fixed-length sequences
+            on a CPU; needs a fixed number of timesteps).
         activation: the cell's state activation (tanh).
         initializer, recurrent_initializer, bias_initializer: by name, or a number for a
             N(0, s^2) init, as the other builders (``"auto"`` picks from `activation`).
@@ -344,8 +348,13 @@ def build_recurrent(
     units = check_int_list("units", units)
     cell = check_choice("cell", cell, CELL_TYPES)
     norm = check_choice("norm", resolve_norm(norm), RECURRENT_NORMS)
-    for flag_name, flag in (("bidirectional", bidirectional), ("return_sequences", return_sequences)):
+    for flag_name, flag in (("bidirectional", bidirectional), ("return_sequences", return_sequences), ("unroll", unroll)):
         _check_bool(flag_name, flag)
+    if unroll and input_shape[0] is None:
+        raise ValueError(
+            "`unroll=True` needs a fixed number of timesteps; give input_shape=(timesteps, features). "
+            f"Received: input_shape={input_shape!r}"
+        )
     dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)
     recurrent_dropout = check_float("recurrent_dropout", recurrent_dropout, low=0.0, high=1.0, high_inclusive=False)
     keras.activations.get(activation)
@@ -375,9 +384,10 @@ def build_recurrent(
         sequences = return_sequences or i < len(units)
         layer_name = f"block{i}_{cell}"
         if norm == "layer":
-            layer = keras.layers.RNN(_LN_CELLS[cell](width, **options, **ln_kwargs), return_sequences=sequences, name=layer_name)
+            layer = keras.layers.RNN(_LN_CELLS[cell](width, **options, **ln_kwargs), return_sequences=sequences,
+                                     unroll=unroll, name=layer_name)
         else:
-            layer = _KERAS_LAYERS[cell](width, **options, return_sequences=sequences, name=layer_name)
+            layer = _KERAS_LAYERS[cell](width, **options, return_sequences=sequences, unroll=unroll, name=layer_name)
         if bidirectional:
             layer = keras.layers.Bidirectional(layer, name=f"block{i}_bi{cell}")
         x = layer(x)

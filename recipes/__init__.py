@@ -17,6 +17,8 @@ RECIPES = (
     "sanity_checks",
     "lr_finder",
     "hparam_search",
+    "rnn_clipping",
+    "rnn_layernorm",
 )
 
 

@@ -223,13 +223,18 @@ def test_build_recurrent_every_option_builds_and_trains_a_step(options):
 def test_build_recurrent_initializers_by_name_and_std():
     import keras_bn
 
-    model = keras_bn.build_recurrent((None, 1), 50, 2, cell="simple", initializer=0.1, recurrent_initializer=0.1,
-                                     output_activation=None)
+    model = keras_bn.build_recurrent((6, 1), 50, 2, cell="simple", initializer=0.1, recurrent_initializer=0.1,
+                                     output_activation=None, unroll=True)
     layer = model.get_layer("block1_simple")
     kernel = keras.ops.convert_to_numpy(layer.cell.recurrent_kernel)
     assert abs(kernel.std() - 0.1) < 0.01 and abs(kernel.mean()) < 0.01
     assert model.get_layer("logits").output.shape == (None, 2)
     assert "predictions" not in [layer.name for layer in model.layers]
+    assert layer.unroll
+    unrolled = keras.ops.convert_to_numpy(model(np.ones((2, 6, 1), "float32")))
+    looped = keras_bn.build_recurrent((6, 1), 50, 2, cell="simple", output_activation=None)
+    looped.set_weights(model.get_weights())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(looped(np.ones((2, 6, 1), "float32"))), unrolled, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -246,6 +251,7 @@ def test_build_recurrent_initializers_by_name_and_std():
         (dict(norm="layer", norm_kwargs={"center": False}), "epsilon"),
         (dict(norm_kwargs={"epsilon": 1e-5}), "norm='layer'"),
         (dict(bidirectional="yes"), "bidirectional='yes'"),
+        (dict(input_shape=(None, 3), unroll=True), "unroll=True"),
     ],
 )
 def test_build_recurrent_bad_options_fail_before_any_layer(kwargs, match, monkeypatch):
