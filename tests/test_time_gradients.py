@@ -197,3 +197,36 @@ def test_beside_the_preset_one_run_and_rnn_saturation(tmp_path):
     expected = float(np.mean(np.abs(h) > threshold))
     assert 0 < expected < 1
     assert saturation[1] == pytest.approx(expected, abs=1e-6)
+
+
+class _DoublingRNN(keras.layers.SimpleRNN):
+    """An RNN whose output is not what its cell computes: the unroll cannot reproduce it."""
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        return super().call(sequences, initial_state=initial_state, mask=mask, training=training) * 2.0
+
+
+def test_layer_the_unroll_does_not_reproduce_is_left_out_with_a_warning(tmp_path):
+    x, y = _data(6)
+    inputs = keras.Input((T, F))
+    out = keras.layers.Dense(C)(_DoublingRNN(U, name="odd")(inputs))
+    model = keras.Model(inputs, out)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb = TimeGradients(tmp_path, probe=(x, y))
+    cb.set_model(model)
+    cb._attach()
+    with pytest.warns(RuntimeWarning, match="does not reproduce"):
+        assert cb.read() == {}
+    assert cb.read() == {}  # left out from then on, no second warning needed
+
+
+def test_multi_output_models_are_refused(tmp_path):
+    x, y = _data()
+    inputs = keras.Input((T, F))
+    h = keras.layers.SimpleRNN(U)(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(C)(h), keras.layers.Dense(1)(h)])
+    model.compile("sgd", ["mse", "mse"])
+    cb = TimeGradients(tmp_path, probe=(x, y))
+    cb.set_model(model)
+    with pytest.raises(ValueError, match="one output"):
+        cb._attach()

@@ -15,10 +15,10 @@ gradient: the *total* derivative, through the output at t and through every late
 one of them (both directions, tagged ``forward`` / ``backward``), in the top level of a
 Functional or Sequential model (a layer called twice: its first call). Refused, with a
 message saying why: stacked cells, ``stateful``, ``return_state``, a Bidirectional with
-``merge_mode=None``, a layer with a Masking layer or ``mask_zero`` Embedding upstream (the
-unroll applies no mask), a layer whose downstream part needs another input; and a layer
-whose unrolled output does not match the layer's own output on the probe (checked at the
-first read) is left out with a warning.
+``merge_mode=None``, a model with several outputs, a layer with a Masking layer or
+``mask_zero`` Embedding upstream (the unroll applies no mask), a layer whose downstream part
+needs another input; and a layer whose unrolled output does not match the layer's own output
+on the probe (checked at the first read) is left out with a warning.
 
 t counts the steps in the order the layer processes them, from 1 to T (for
 ``go_backwards=True`` and the backward half of a Bidirectional, t = 1 is the last input
@@ -214,6 +214,11 @@ class TimeGradients(DiagnosticCallback):
             raise ValueError(
                 f"TimeGradients needs a Functional or Sequential model (it cuts the graph at each "
                 f"recurrent layer); {model.name!r} has no symbolic inputs (a subclassed model)."
+            )
+        if len(model.outputs) != 1:
+            # compute_loss would also update the per-output loss metrics of the running epoch
+            raise ValueError(
+                f"TimeGradients supports models with one output; {model.name!r} has {len(model.outputs)}."
             )
         if getattr(model, "loss", None) is None:
             raise ValueError(
