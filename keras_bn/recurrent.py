@@ -347,7 +347,14 @@ def build_recurrent(
     input_shape = _check_sequence_shape(input_shape)
     units = check_int_list("units", units)
     cell = check_choice("cell", cell, CELL_TYPES)
-    norm = check_choice("norm", resolve_norm(norm), RECURRENT_NORMS)
+    norm = resolve_norm(norm)
+    if norm in ("batch", "sync_batch"):
+        raise ValueError(
+            "`norm` must be None or 'layer' for a recurrent net: BatchNorm would need statistics per "
+            "time step over the batch, which is what LayerNorm replaces in RNNs (Ba et al. 2016). "
+            f"Received: norm={norm!r}"
+        )
+    norm = check_choice("norm", norm, RECURRENT_NORMS)
     for flag_name, flag in (("bidirectional", bidirectional), ("return_sequences", return_sequences), ("unroll", unroll)):
         _check_bool(flag_name, flag)
     if unroll and input_shape[0] is None:
