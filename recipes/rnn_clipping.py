@@ -10,10 +10,11 @@ at lr 0.01, batch 20 of fresh sequences each step, clipping threshold 1.0. Each 
 per-variable ``clipnorm`` and ``global_clipnorm`` (the paper's). A run succeeds when it makes
 fewer than 1% errors on `--test-size` fresh sequences (checked every `--eval-every` steps).
 
-Reported per variant: success rate, steps to success, the clip engagement fraction (the
-diagnostics' ``grad_global/clip_fraction``, over the whole run) and the distribution of the
-global gradient norm before clipping (sampled every `--every` steps: median, 99th percentile,
-max, and the share of samples above 10x the run's median: the spikes clipping cuts).
+Reported per variant: success rate, steps to success, the mean final test error, the clip
+engagement fraction (the diagnostics' ``grad_global/clip_fraction``, over the whole run) and
+the distribution of the global gradient norm before clipping (sampled every `--every` steps:
+median, 99th percentile, max, and the share of samples above 10x the run's median: the
+spikes clipping cuts).
 
 Usage::
 
@@ -177,8 +178,9 @@ def run(args: argparse.Namespace) -> dict:
                   f" {result['seconds']:.0f} s)")
     summary = summarize(results, args.variants)
     print(_common.format_table(
-        ["variant", "success", "median steps to success", "clip engaged", "norm median", "norm p99", "norm max", "spikes >10x"],
-        [[v, f"{s['successes']}/{s['runs']}", _common.dash_nan(s["median_steps"]), f"{s['clip_fraction']:.1%}",
+        ["variant", "success", "median steps to success", "mean final error", "clip engaged", "norm median", "norm p99",
+         "norm max", "spikes >10x"],
+        [[v, f"{s['successes']}/{s['runs']}", _common.dash_nan(s["median_steps"]), s["mean_error"], f"{s['clip_fraction']:.1%}",
           s["median"], s["p99"], s["max"], f"{s['spikes']:.2%}"] for v, s in summary.items()]))
     _plot(results, args, _common.recipe_dir(args, NAME) / f"{NAME}.png")
     return {"length": args.length, "results": results, "summary": summary}
@@ -193,6 +195,7 @@ def summarize(results: list, variants) -> dict:
         pooled = np.concatenate([r["norms"] for r in runs]) if runs else np.array([])
         summary[variant] = {"runs": len(runs), "successes": len(steps),
                             "median_steps": float(np.median(steps)) if steps else float("nan"),
+                            "mean_error": float(np.mean([r["final_error"] for r in runs])),
                             "clip_fraction": float(np.mean([r["clip_fraction"] for r in runs])),
                             **spike_summary(pooled)}
     return summary

@@ -49,3 +49,4 @@ def test_quick_run_clips_as_configured(tmp_path, capsys):
     np.testing.assert_allclose(norms["global_clipnorm"], [preclip[s] for s in sorted(preclip)], rtol=1e-6)
     assert (tmp_path / "rnn_clipping" / "rnn_clipping.png").stat().st_size > 10_000
     assert "| global_clipnorm | 0/1" in capsys.readouterr().out
+    assert summary["none"]["mean_error"] == next(r["final_error"] for r in results["results"] if r["variant"] == "none")
