@@ -93,7 +93,7 @@ def _train_all(models: dict, data, args, steps: int, batch: int) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     if args.quick:
-        args.rnn_steps, args.mlp_steps, args.eval_every, args.rnn_units, args.mlp_units = 40, 80, 20, 16, [32]
+        args.rnn_steps, args.mlp_steps, args.eval_every, args.rnn_units, args.mlp_units = 80, 80, 20, 32, [32]
         args.test_size = 200
     images = _common.load_data(args, flatten=False)
     test = slice(0, args.test_size)
