@@ -18,6 +18,7 @@ from keras_bn.folding import FoldReport, fold_batchnorm
 from keras_bn.layers import ConvBlock, DenseBlock
 from keras_bn.resnet import build_resnet
 from keras_bn.residual_layers import ScalarBias, ScalarScale, ZeroPadShortcut
+from keras_bn.recurrent import LayerNormGRUCell, LayerNormLSTMCell, LayerNormSimpleRNNCell, build_recurrent
 from keras_bn import callbacks, data, distribute, lr_find, optimizers, report, sanity, search  # noqa: E402  (submodules)
 from keras_bn import bn_stats  # noqa: E402  (submodule)
 from keras_bn.sanity import LossGuard, sanity_check
@@ -32,6 +33,9 @@ __all__ = [
     "ConvBlock",
     "DenseBlock",
     "FoldReport",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
+    "LayerNormSimpleRNNCell",
     "LossGuard",
     "Maxout",
     "ScalarBias",
@@ -42,6 +46,7 @@ __all__ = [
     "build_conv",
     "build_dense",
     "build_resnet",
+    "build_recurrent",
     "callbacks",
     "check_batchnorm",
     "data",
@@ -50,6 +55,7 @@ __all__ = [
     "fold_batchnorm",
     "lr_find",
     "optimizers",
+    "recurrent",
     "report",
     "sanity",
     "sanity_check",

@@ -371,3 +371,14 @@ def producing_operation(tensor):
 def direct_sublayers(layer) -> list:
     """The layers `layer` tracks directly (a Model's layers, a composite layer's parts)."""
     return list(layer._flatten_layers(include_self=False, recursive=False))
+# --- recurrent cells (owner: recurrent) ---
+# keras.layers.RNN prepares one dropout mask per sequence (before its loop, outside any
+# tf.while_loop) only for cells that are instances of this mixin; Keras 3 does not export it.
+require("keras.src.layers.rnn.dropout_rnn_cell", "DropoutRNNCell")
+
+
+def dropout_rnn_cell_base() -> type:
+    """Keras' ``DropoutRNNCell`` mixin (``get_dropout_mask`` / ``get_recurrent_dropout_mask``)."""
+    from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
+    return DropoutRNNCell

@@ -57,7 +57,8 @@ def check_parameter_count(estimate: int, argument: str, value) -> None:
         )
 
 
-def _head(x, num_classes: int, output_activation: str | None, initializer="glorot_uniform"):
+def output_head(x, num_classes: int, output_activation: str | None, initializer="glorot_uniform"):
+    """The `logits` Dense layer and, unless `output_activation` is None, a float32 `predictions` activation."""
     x = keras.layers.Dense(num_classes, kernel_initializer=initializer, name="logits")(x)
     if output_activation is not None:
         # float32 so that mixed-precision models keep a float32 softmax, as Keras recommends.
@@ -127,7 +128,7 @@ def build_dense(
     x = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
     for i, width in enumerate(units, start=1):
         x = _apply(block_layers(width, options, name=f"block{i}"), x)
-    outputs = _head(x, num_classes, output_activation)
+    outputs = output_head(x, num_classes, output_activation)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -234,5 +235,5 @@ def build_conv(
     offset = len(filters)
     for j, width in enumerate(dense_units, start=offset + 1):
         x = _apply(block_layers(width, options, name=f"block{j}"), x)
-    outputs = _head(x, num_classes, output_activation)
+    outputs = output_head(x, num_classes, output_activation)
     return keras.Model(inputs, outputs, name=name)

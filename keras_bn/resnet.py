@@ -35,7 +35,7 @@ import keras
 from keras_bn._validation import check_choice, check_int_list, check_shape
 from keras_bn.activations import resolve_activation
 from keras_bn.block_options import BlockOptions
-from keras_bn.builders import _head, check_common, check_parameter_count
+from keras_bn.builders import output_head, check_common, check_parameter_count
 from keras_bn.initializers import Scaled
 from keras_bn.layers import DATA_FORMATS
 from keras_bn.residual_layers import ScalarBias, ScalarScale, ZeroPadShortcut
@@ -312,5 +312,5 @@ def build_resnet(
     x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="global_avg_pool")(x)
     if fixup:
         x = ScalarBias(name="logits_bias")(x)
-    outputs = _head(x, num_classes, output_activation, initializer="zeros" if fixup else "glorot_uniform")
+    outputs = output_head(x, num_classes, output_activation, initializer="zeros" if fixup else "glorot_uniform")
     return keras.Model(inputs, outputs, name=name)

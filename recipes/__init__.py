@@ -19,6 +19,8 @@ RECIPES = (
     "hparam_search",
     "degradation",
     "norm_free",
+    "rnn_clipping",
+    "rnn_layernorm",
 )
 
 

@@ -32,6 +32,7 @@ from keras_bn.callbacks.bn_check import BatchNormCheck
 from keras_bn.callbacks.gradient_norms import GradientNorms
 from keras_bn.callbacks.metrics_logger import MetricsLogger
 from keras_bn.callbacks.preset import diagnostics
+from keras_bn.callbacks.time_gradients import TimeGradients
 from keras_bn.callbacks.update_ratio import UpdateRatio
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "GradientNorms",
     "MetricsLogger",
     "RunWriters",
+    "TimeGradients",
     "UpdateRatio",
     "close_all_writers",
     "diagnostics",
