@@ -16,6 +16,8 @@ from keras_bn.folding import BatchNormCheck, BatchNormRow, FoldReport, check_bat
 from keras_bn.layers import ConvBlock, DenseBlock
 from keras_bn import callbacks, data, distribute, lr_find, optimizers, report, sanity, search  # noqa: E402  (submodules)
 from keras_bn.sanity import LossGuard, sanity_check
+from keras_bn import doctor, precise_bn  # noqa: E402  (doctor's submodules)
+from keras_bn.precise_bn import recompute_batchnorm_statistics
 
 __version__ = "0.1.0"
 
@@ -34,9 +36,12 @@ __all__ = [
     "check_batchnorm",
     "data",
     "distribute",
+    "doctor",
     "fold_batchnorm",
     "lr_find",
     "optimizers",
+    "precise_bn",
+    "recompute_batchnorm_statistics",
     "report",
     "sanity",
     "sanity_check",
