@@ -44,7 +44,7 @@ def _epoch_ends(series: dict, facts) -> dict[int, float] | None:
     batch, val = series.get("batch_loss", []), dict(series.get("validation/epoch_loss", []))
     found, i = {}, 0
     for epoch, value in train:
-        candidates = [value] + ([val[epoch]] if epoch in val else [])
+        candidates = [val[epoch]] if epoch in val else [value]  # with validation, Keras' metrics hold it
         while i < len(batch) and not any(math.isclose(batch[i][1], c, rel_tol=1e-6, abs_tol=1e-9)
                                          for c in candidates):
             i += 1
