@@ -230,3 +230,134 @@ def test_format_findings_ranks_groups_and_caps():
     assert lines[1] == "error:" and lines[3] == "warnings:" and lines[4] == "  dead_units (30 layers):"
     assert lines[5].startswith("    step 10  block1_relu  dead units 90%")  # natural order: block1, block2, ...
     assert lines[-1] == "  ... and 25 more warnings"
+
+
+# --- the catalogue of broken runs, end to end (plain Keras models, not keras-bn builders) ------
+import keras_bn  # noqa: E402
+
+
+def blobs(n=512, features=16, classes=4, seed=0):
+    """A learnable classification set: labels of a random linear map of Gaussian inputs."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    y = np.argmax(x @ rng.normal(size=(features, classes)), axis=1)
+    return x, y
+
+
+def mlp(hidden=(32, 32), activation="relu", classes=4, init="glorot_uniform", head_scale=1.0, bn=False,
+        momentum=0.99, features=16):
+    inputs = keras.Input((features,))
+    h = inputs
+    for i, units in enumerate(hidden, start=1):
+        h = keras.layers.Dense(units, kernel_initializer=init, name=f"hidden{i}")(h)
+        if bn:
+            h = keras.layers.BatchNormalization(momentum=momentum, name=f"bn{i}")(h)
+        h = keras.layers.Activation(activation, name=f"act{i}")(h)
+    logits = keras.layers.Dense(classes, kernel_initializer=init, name="head")(h)
+    if head_scale != 1.0:
+        logits = keras.layers.Rescaling(head_scale, name="head_scale")(logits)
+    return keras.Model(inputs, keras.layers.Softmax(name="probs")(logits))
+
+
+def diagnosed_fit(tmp_path, model, x, y, *, optimizer=None, epochs=2, batch_size=32, every=8, probe=True,
+                  validation=None, callbacks=()):
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    cbs = keras_bn.callbacks.diagnostics(str(tmp_path), probe=x[:128] if probe else None, every=every,
+                                         figures=False)
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, validation_data=validation,
+              callbacks=[*cbs, *callbacks])
+    live = cbs[-1].findings
+    offline = doctor.diagnose(tmp_path)
+    return live, offline
+
+
+def test_lr_far_too_high_diverges_and_stop_on_stops_fit(tmp_path, capsys):
+    x, y = blobs()
+    live, offline = diagnosed_fit(tmp_path / "high", mlp(), x, y, optimizer=keras.optimizers.SGD(50.0), probe=False)
+    assert rules_of(live, ("error",)) & {"diverging", "nonfinite_loss"}
+    assert rules_of(offline, ("error",)) & {"diverging", "nonfinite_loss"}
+    printed = capsys.readouterr().out
+    assert any(line.startswith("step ") and ("3x the initial" in line or "turned" in line) for line in printed.splitlines())
+    model = mlp()
+    model.compile(optimizer=keras.optimizers.SGD(50.0), loss="sparse_categorical_crossentropy")
+    cbs = keras_bn.callbacks.diagnostics(str(tmp_path / "stop"), every=2, figures=False)
+    cbs[-1].stop_on = {"diverging", "nonfinite_loss"}
+    history = model.fit(x, y, epochs=20, batch_size=32, verbose=0, callbacks=cbs)
+    assert cbs[-1].stopped_by is not None and len(history.history["loss"]) < 20
+    _, twin = diagnosed_fit(tmp_path / "twin", mlp(), x, y, probe=False)
+    assert not rules_of(twin, SERIOUS)
+
+
+def test_softmax_head_scaled_x100_fires_initial_loss(tmp_path):
+    x, y = blobs()
+    live, offline = diagnosed_fit(tmp_path / "x100", mlp(head_scale=100.0), x, y, epochs=1)
+    finding = next(f for f in offline if f.rule == "initial_loss")
+    assert finding.step == 1 and finding.evidence["loss"] > 2 * math.log(4)
+    assert "initial_loss" in rules_of(live)
+    _, twin = diagnosed_fit(tmp_path / "twin", mlp(), x, y, epochs=1)
+    assert not rules_of(twin, SERIOUS)
+
+
+def test_zero_init_fires_no_gradient(tmp_path):
+    x, y = blobs()
+    _, offline = diagnosed_fit(tmp_path / "zero", mlp(init="zeros"), x, y, epochs=1)
+    assert {(f.rule, f.layer) for f in offline if f.rule == "no_gradient"} == {("no_gradient", "hidden1"),
+                                                                               ("no_gradient", "hidden2")}
+
+
+def test_batchnorm_at_batch_2_frozen_and_pytorch_momentum(tmp_path):
+    x, y = blobs(n=64)
+    model = mlp(bn=True, momentum=0.1)
+    model.get_layer("bn2").trainable = False
+    _, offline = diagnosed_fit(tmp_path / "bn", model, x, y, epochs=1, batch_size=2, probe=False)
+    found = {(f.rule, f.layer): f for f in offline}
+    assert found[("bn_small_batch", None)].evidence["batch_size"] == 2
+    assert found[("bn_pytorch_momentum", "bn1")].evidence["momentum"] == pytest.approx(0.1)
+    assert found[("bn_frozen", "bn2")].severity == "info"
+    x, y = blobs()
+    _, twin = diagnosed_fit(tmp_path / "twin", mlp(bn=True, momentum=0.9), x, y, epochs=3, batch_size=32)
+    assert not rules_of(twin) & {"bn_small_batch", "bn_pytorch_momentum", "bn_frozen"}
+    assert not rules_of(twin, SERIOUS)
+
+
+def test_clip_far_below_the_gradient_norm_binds_on_every_step(tmp_path):
+    x, y = blobs()
+    _, offline = diagnosed_fit(tmp_path / "clip", mlp(), x, y, optimizer=keras.optimizers.SGD(0.1, global_clipnorm=1e-3))
+    finding = next(f for f in offline if f.rule == "clip_binds_mostly")
+    assert finding.evidence["clip_fraction"] == pytest.approx(1.0)
+    _, twin = diagnosed_fit(tmp_path / "twin", mlp(), x, y, optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=1e3),
+                            epochs=7, probe=False)  # 112 steps: enough to say "never"
+    assert "clip_binds_mostly" not in rules_of(twin) and not rules_of(twin, SERIOUS)
+    assert "clip_never_binds" in rules_of(twin)  # an info: the clip does nothing
+
+
+def test_lr_far_too_low_is_not_learning(tmp_path):
+    x, y = blobs(n=2048)
+    _, offline = diagnosed_fit(tmp_path / "low", mlp(), x, y, optimizer=keras.optimizers.Adam(1e-8),
+                               epochs=4, every=25, probe=False)
+    assert "not_learning" in rules_of(offline)
+    _, twin = diagnosed_fit(tmp_path / "twin", mlp(), x, y, epochs=4, every=25, probe=False)
+    assert "not_learning" not in rules_of(twin) and not rules_of(twin, SERIOUS)
+
+
+def test_tiny_init_deep_tanh_collapses(tmp_path):
+    x, y = blobs()
+    tiny = keras.initializers.RandomNormal(stddev=0.01, seed=1)
+    live, _ = diagnosed_fit(tmp_path / "tiny", mlp(hidden=(64,) * 6, activation="tanh", init=tiny), x, y,
+                            optimizer=keras.optimizers.SGD(1e-2), epochs=1)
+    assert "collapsing_activations" in rules_of(live)
+    live, _ = diagnosed_fit(tmp_path / "twin", mlp(hidden=(64,) * 6, activation="tanh"), x, y,
+                            optimizer=keras.optimizers.SGD(1e-2), epochs=1)
+    assert not rules_of(live, SERIOUS)
+
+
+def test_tiny_train_set_trained_long_overfits(tmp_path):
+    x, y = blobs(n=1024)
+    x_val, y_val = x[512:], y[512:]
+    _, offline = diagnosed_fit(tmp_path / "tiny_set", mlp(hidden=(128, 128)), x[:32], y[:32],
+                               optimizer=keras.optimizers.Adam(1e-2), epochs=40, batch_size=32, every=50,
+                               probe=False, validation=(x_val, y_val))
+    assert "overfitting" in rules_of(offline)
+    _, twin = diagnosed_fit(tmp_path / "twin", mlp(), x[:512], y[:512], optimizer=keras.optimizers.Adam(3e-3),
+                            epochs=6, batch_size=32, every=50, probe=False, validation=(x_val, y_val))
+    assert not rules_of(twin, SERIOUS)
