@@ -177,9 +177,11 @@ def model_facts(model, probe=None) -> RunFacts:
         if isinstance(layer, keras.layers.BatchNormalization):
             batchnorm.append({"name": path, "momentum": float(layer.momentum), "trainable": bool(layer.trainable)})
     if layers and not any(layer["output"] for layer in layers):  # a subclassed model: its last weighted layer
-        weighted = [info for info, (_, layer) in zip(layers, iter_layers(model)) if layer.weights]
+        weighted = [(info, layer) for info, (_, layer) in zip(layers, iter_layers(model)) if layer.weights]
         if weighted:
-            weighted[-1]["output"] = True
+            weighted[-1][0]["output"] = True
+            if width is None and isinstance(getattr(weighted[-1][1], "units", None), int):
+                width = weighted[-1][1].units
     bn_ids = {id(v) for _, layer in iter_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
               for v in layer.trainable_variables}
     trains = any(id(v) not in bn_ids for v in model.trainable_variables)

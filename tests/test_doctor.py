@@ -314,12 +314,13 @@ def test_batchnorm_at_batch_2_frozen_and_pytorch_momentum(tmp_path):
     assert found[("bn_small_batch", None)].evidence["batch_size"] == 2
     assert found[("bn_pytorch_momentum", "bn1")].evidence["momentum"] == pytest.approx(0.1)
     assert found[("bn_frozen", "bn2")].severity == "info"
-    x, y = blobs()
+    x, y = blobs(n=256)
     _, twin = diagnosed_fit(tmp_path / "twin", mlp(bn=True, momentum=0.9), x, y, epochs=3, batch_size=32)
     assert not rules_of(twin) & {"bn_small_batch", "bn_pytorch_momentum", "bn_frozen"}
     assert not rules_of(twin, SERIOUS)
 
 
+@pytest.mark.slow  # the rule is covered on series above; this is the end-to-end run
 def test_clip_far_below_the_gradient_norm_binds_on_every_step(tmp_path):
     x, y = blobs()
     _, offline = diagnosed_fit(tmp_path / "clip", mlp(), x, y, optimizer=keras.optimizers.SGD(0.1, global_clipnorm=1e-3))
@@ -331,6 +332,7 @@ def test_clip_far_below_the_gradient_norm_binds_on_every_step(tmp_path):
     assert "clip_never_binds" in rules_of(twin)  # an info: the clip does nothing
 
 
+@pytest.mark.slow  # the rule is covered on series above; this is the end-to-end run
 def test_lr_far_too_low_is_not_learning(tmp_path):
     x, y = blobs(n=2048)
     _, offline = diagnosed_fit(tmp_path / "low", mlp(), x, y, optimizer=keras.optimizers.Adam(1e-8),
@@ -340,6 +342,7 @@ def test_lr_far_too_low_is_not_learning(tmp_path):
     assert "not_learning" not in rules_of(twin) and not rules_of(twin, SERIOUS)
 
 
+@pytest.mark.slow  # the rule is covered on series above; this is the end-to-end run
 def test_tiny_init_deep_tanh_collapses(tmp_path):
     x, y = blobs()
     tiny = keras.initializers.RandomNormal(stddev=0.01, seed=1)
@@ -351,6 +354,7 @@ def test_tiny_init_deep_tanh_collapses(tmp_path):
     assert not rules_of(live, SERIOUS)
 
 
+@pytest.mark.slow  # the rule is covered on series above; this is the end-to-end run
 def test_tiny_train_set_trained_long_overfits(tmp_path):
     x, y = blobs(n=1024)
     x_val, y_val = x[512:], y[512:]
