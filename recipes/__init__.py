@@ -7,6 +7,7 @@ that ``keras-bn run NAME`` takes; a module is imported only when it is listed or
 import importlib
 
 RECIPES = (
+    "doctor_demo",
     "bn_vs_no_bn",
     "init_study",
     "bn_paper_mnist",
