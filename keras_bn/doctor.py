@@ -162,7 +162,7 @@ def model_facts(model, probe=None) -> RunFacts:
         width = int(outputs[0].shape[-1])
     elif not outputs and probe is not None:
         try:
-            width = int(keras.ops.shape(model(probe[:2], training=False))[-1])
+            width = int(keras.ops.shape(model(keras.tree.map_structure(lambda a: a[:2], probe), training=False))[-1])
         except Exception:  # noqa: BLE001  a model we cannot call on the probe: no class count
             width = None
     layers, batchnorm = [], []

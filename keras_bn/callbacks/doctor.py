@@ -77,7 +77,7 @@ class Doctor(DiagnosticCallback):
                 raise ValueError(f"`stop_on` must hold rule ids of keras_bn.doctor.RULES ({', '.join(RULES)}). "
                                  f"Received: stop_on={tuple(stop_on)!r}")
         self.stop_on = set(stop_on) | ({"nonfinite_loss"} if "diverging" in stop_on else set())
-        self.probe = None if probe is None else probe[:MAX_PROBE]
+        self.probe = None if probe is None else keras.tree.map_structure(lambda a: a[:MAX_PROBE], probe)
         self.verbose = bool(verbose)
         self.series: dict = defaultdict(list)
         self.facts = kb_doctor.RunFacts()
