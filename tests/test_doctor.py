@@ -365,3 +365,11 @@ def test_tiny_train_set_trained_long_overfits(tmp_path):
     _, twin = diagnosed_fit(tmp_path / "twin", mlp(), x[:512], y[:512], optimizer=keras.optimizers.Adam(3e-3),
                             epochs=6, batch_size=32, every=50, probe=False, validation=(x_val, y_val))
     assert not rules_of(twin, SERIOUS)
+
+
+def test_docs_rules_table_matches_the_rule_table():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "doctor.md").read_text()
+    for rule in RULES.values():
+        assert f"| `{rule.id}` | {rule.severity} | {rule.threshold} | {rule.source} | {rule.remedy} |" in page
