@@ -62,6 +62,7 @@ CLIP_BINDS_FRACTION = 0.5         # issue #19: the clip binds on most steps
 CLIP_NEVER_MIN_STEPS = 100        # "never binds" needs at least this many steps watched
 SPIKE_FACTOR = 10.0               # a pre-clip global norm 10x its running median
 SPIKE_MIN_HISTORY = 5             # ... over at least 5 earlier logged values
+SPIKE_WINDOW = 20                 # ... the median of the last 20 logged values
 BN_GAP_WARN = 0.25                # stale BN: RMS train/inference output gap > 0.25 std (3x the
                                   # sampling noise sqrt(1.5/n) of a 256-sample probe, 0.077)
 BN_MIN_BATCH = 16                 # Wu & He 2018 (Group Norm), Fig. 1: BN degrades below 16/replica
@@ -126,7 +127,7 @@ _RULES = [
     Rule("clip_never_binds", "info", f"clip never engaged in >= {CLIP_NEVER_MIN_STEPS} steps",
          "issue #19", "the clip does nothing here; lower it or drop it"),
     Rule("gradient_spike", "warning",
-         f"pre-clip global norm > {SPIKE_FACTOR:g}x its running median",
+         f"pre-clip global norm > {SPIKE_FACTOR:g}x the median of its last {SPIKE_WINDOW} logged values",
          "SEEDS §1 / Pascanu et al. 2013: exploding gradients show as norm spikes",
          "clip by global norm near the median norm, or lower the learning rate"),
     Rule("stale_bn_statistics", "warning", f"BN train/inference output gap > {BN_GAP_WARN:g} std",

@@ -191,13 +191,17 @@ def rule_clipping(series, facts):
             findings.append(make_finding("clip_never_binds", step=steps[-1], evidence={"steps": steps[-1] - steps[0]},
                                          what=f"the clip never bound in {steps[-1] - steps[0]} steps"))
     norms = base.finite(series.get("grad_global/norm_preclip", []))
-    for i in range(base.SPIKE_MIN_HISTORY, len(norms)):
-        median = float(np.median([v for _, v in norms[:i]]))
-        if median > 0 and norms[i][1] > base.SPIKE_FACTOR * median:
+    if len(norms) > base.SPIKE_MIN_HISTORY:
+        values = np.array([v for _, v in norms])
+        medians = np.array([np.median(values[max(0, i - base.SPIKE_WINDOW):i])
+                            for i in range(base.SPIKE_MIN_HISTORY, len(values))])
+        later = values[base.SPIKE_MIN_HISTORY:]
+        spikes = np.flatnonzero((medians > 0) & (later > base.SPIKE_FACTOR * medians))
+        if spikes.size:
+            i, median = int(spikes[0]) + base.SPIKE_MIN_HISTORY, float(medians[spikes[0]])
             findings.append(make_finding(
-                "gradient_spike", step=norms[i][0], evidence={"norm": norms[i][1], "median": median},
-                what=f"pre-clip gradient norm {norms[i][1]:.3g} = {norms[i][1] / median:.0f}x its running median"))
-            break
+                "gradient_spike", step=norms[i][0], evidence={"norm": values[i], "median": median},
+                what=f"pre-clip gradient norm {values[i]:.3g} = {values[i] / median:.0f}x its running median"))
     return findings
 
 

@@ -46,6 +46,7 @@ from keras_bn.callbacks._base import DiagnosticCallback
 DOCTOR_RUN = "doctor"
 REPORT_FILE = "report.md"
 MAX_PROBE = 256
+MAX_OVERHEAD = 0.005  # between epoch ends, rule evaluation takes at most this share of the wall time
 
 
 class Doctor(DiagnosticCallback):
@@ -88,6 +89,8 @@ class Doctor(DiagnosticCallback):
         self._batch_size = None  # tf.Variable: the largest batch a trainable BN layer saw
         self._wrapped = None
         self._initial_pending = False
+        self._busy = 0.0  # seconds spent evaluating since train begin
+        self._began = time.monotonic()
         self.stopped_by = None
 
     @property
@@ -130,6 +133,7 @@ class Doctor(DiagnosticCallback):
             self.writers.add_listener(self._listen)
             self._listening = True
         self._refresh_facts()
+        self._busy, self._began = 0.0, time.monotonic()
         self._initial_pending = self._optimizer_step() == 0
         self._wrap_batch_size()
         self._save()
@@ -161,7 +165,7 @@ class Doctor(DiagnosticCallback):
         loss = self.model.get_metrics_result().get("loss")
         if loss is not None:
             self._own_scalars(step, {"doctor/initial_loss": float(loss)})
-            self._evaluate(step)
+            self._evaluate(step, force=True)
 
     def _log_step(self, step):
         if not self.facts.layers:
@@ -176,25 +180,30 @@ class Doctor(DiagnosticCallback):
             gaps = batchnorm_gaps(self.model, self.probe)
             self._own_scalars(step, {f"doctor/bn_gap/{name}": gap for name, gap in gaps.items()})
         self._dirty = True
-        self._evaluate(step)
+        self._evaluate(step, force=True)
         self._save(step)
 
     def _detach(self):
         self._unwrap_batch_size()
-        self._evaluate(self._optimizer_step())
+        self._evaluate(self._optimizer_step(), force=True)
         self._save(self._optimizer_step())
         if self._text_writer is not None:
             self._text_writer.close()
             self._text_writer = None
 
     # --- the rules ----------------------------------------------------------------------------
-    def _evaluate(self, step):
-        if not self._dirty:
+    def _evaluate(self, step, force: bool = False):
+        """Run the rules on the series so far; between epoch ends only within `MAX_OVERHEAD`."""
+        now = time.monotonic()
+        if not self._dirty or (not force and self._busy > MAX_OVERHEAD * (now - self._began)):
             return
         self._dirty = False
-        series = {tag: sorted(values) for tag, values in self.series.items()}
+        try:
+            found = kb_doctor.evaluate(self.series, self.facts)  # appended in step order: no sort
+        finally:
+            self._busy += time.monotonic() - now
         new = []
-        for finding in kb_doctor.evaluate(series, self.facts):
+        for finding in found:
             if finding.key not in self._found:
                 new.append(finding)
             self._found[finding.key] = finding
