@@ -43,6 +43,8 @@ from keras_bn import doctor as kb_doctor
 from keras_bn._doctor_base import RULES
 from keras_bn.callbacks._base import DiagnosticCallback
 
+__all__ = ["Doctor"]
+
 DOCTOR_RUN = "doctor"
 REPORT_FILE = "report.md"
 MAX_PROBE = 256
