@@ -7,7 +7,6 @@ that ``keras-bn run NAME`` takes; a module is imported only when it is listed or
 import importlib
 
 RECIPES = (
-    "doctor_demo",
     "bn_vs_no_bn",
     "init_study",
     "bn_paper_mnist",
@@ -18,6 +17,7 @@ RECIPES = (
     "sanity_checks",
     "lr_finder",
     "hparam_search",
+    "doctor_demo",
 )
 
 
