@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict:
                         validation_data=(data.x_test, data.y_test),
                         callbacks=_common.training_callbacks(path, probe=data.x_test[:256], every=every))
         findings = doctor.diagnose(path)
-        causes = [f for f in findings if f.rule in FAULTS.get(name, ())]
+        causes = [f for rule in FAULTS.get(name, ()) for f in findings if f.rule == rule]  # FAULTS' order
         if causes:
             print(f"-> the doctor's diagnosis: {causes[0].what}; remedy: {causes[0].remedy}")
         results["runs"][name] = {"loss": [float(v) for v in fit.history["loss"]],
