@@ -13,9 +13,9 @@ at train end and when a step raises, so a run that dies still leaves it).
 
 What it measures itself (the facts the event files lack), in ``<log_dir>/doctor``:
 ``doctor/initial_loss`` (the loss of step 1, one read at step 1 of a fresh run),
-``doctor/bn_gap/<layer>`` (each epoch end, when a `probe` is given and the model has
-BatchNormalization: one inference pass on at most 256 probe samples, see
-`keras_bn.precise_bn.batchnorm_gaps`), and ``facts.json`` (loss kind and classes, layer kinds,
+``doctor/bn_gap/<layer>`` (at train end, and at epoch ends within the same budget, when a
+`probe` is given and the model has BatchNormalization: one inference pass on at most 256
+probe samples, see `keras_bn.precise_bn.batchnorm_gaps`), and ``facts.json`` (loss kind and classes, layer kinds,
 output layers, BN momentum and trainability, the per-replica batch BN sees, epoch starts). The
 batch size is recorded inside the training step (one scalar assign in the first trainable BN
 layer, read at epoch ends); not under a tf.distribute strategy.
@@ -56,7 +56,8 @@ class Doctor(DiagnosticCallback):
 
     Args:
         log_dir: the run directory (the one given to the other diagnostics callbacks).
-        every: evaluate after each log of this cadence (and at each epoch end).
+        every: unused (the Doctor evaluates when the other callbacks write); kept so that its
+            signature is the other diagnostics callbacks'.
         probe: inputs for the BatchNormalization train/inference gap (None: not measured).
         stop_on: rule ids that stop training when they fire (e.g. ``("diverging",)``).
         verbose: print each new finding.
@@ -101,6 +102,7 @@ class Doctor(DiagnosticCallback):
 
     # --- listening ----------------------------------------------------------------------------
     def _listen(self, run, step, scalars):
+        """Called by the writers after each write: record it, then evaluate (within budget)."""
         prefix = "" if run == "train" else f"{run}/"
         for tag, value in scalars.items():
             values = self.series[prefix + tag]
@@ -109,6 +111,8 @@ class Doctor(DiagnosticCallback):
             else:
                 values.append((step, value))
         self._dirty = True
+        if self.model is not None:
+            self._run_safely(self._evaluate, step)
 
     def _own_scalars(self, step, scalars):
         """Write the doctor's own measurements to its run, and into the series."""
@@ -153,37 +157,49 @@ class Doctor(DiagnosticCallback):
         if step not in self.facts.epoch_starts:
             self.facts.epoch_starts.append(step)
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.facts.epoch_ends[str(epoch)] = self._optimizer_step()
-        super().on_epoch_end(epoch, logs)
+    def on_epoch_end(self, epoch, logs=None):  # no per-step cadence of its own: see `_listen`
+        step = self._optimizer_step()
+        self.facts.epoch_ends[str(epoch)] = step
+        last = epoch + 1 >= (self.params or {}).get("epochs", epoch + 2)  # train end measures the gap
+        self._run_safely(self._log_epoch, step, not last)
 
-    def on_train_batch_begin(self, batch, logs=None):
-        super().on_train_batch_begin(batch, logs)
+    def on_train_batch_begin(self, batch, logs=None):  # the only per-step work: one test
         if self._initial_pending and batch >= 1:
             self._initial_pending = False
-            self._run_safely(self._read_initial_loss, self._steps_at_epoch_start + batch)
+            self._run_safely(self._read_initial_loss, self._optimizer_step())
+
+    def on_train_end(self, logs=None):
+        self._run_safely(self._measure_gaps, self._optimizer_step(), True)
+        super().on_train_end(logs)
 
     def _read_initial_loss(self, step):
-        loss = self.model.get_metrics_result().get("loss")
-        if loss is not None:
-            self._own_scalars(step, {"doctor/initial_loss": float(loss)})
+        tracker = next((m for m in self.model.metrics if m.name == "loss"), None)  # Keras' loss tracker
+        if tracker is not None:
+            self._own_scalars(step, {"doctor/initial_loss": float(tracker.result())})
             self._evaluate(step, force=True)
 
-    def _log_step(self, step):
+    def _log_epoch(self, step, gaps: bool):
         if not self.facts.layers:
             self._refresh_facts()
-        self._evaluate(step)
-
-    def _log_epoch(self, epoch, step, logs):
         self._read_batch_size()
-        if self.probe is not None and self.facts.batchnorm:
-            from keras_bn.precise_bn import batchnorm_gaps
-
-            gaps = batchnorm_gaps(self.model, self.probe)
-            self._own_scalars(step, {f"doctor/bn_gap/{name}": gap for name, gap in gaps.items()})
+        if gaps:
+            self._measure_gaps(step, False)
         self._dirty = True
         self._evaluate(step, force=True)
         self._save(step)
+
+    def _measure_gaps(self, step, force: bool):
+        """The BN train/inference gaps on the probe (one inference pass), within the budget."""
+        if self.probe is None or not self.facts.batchnorm:
+            return
+        if not force and self._busy > MAX_OVERHEAD * (time.monotonic() - self._began):
+            return
+        from keras_bn.precise_bn import batchnorm_gaps
+
+        start = time.monotonic()
+        gaps = batchnorm_gaps(self.model, self.probe)
+        self._busy += time.monotonic() - start
+        self._own_scalars(step, {f"doctor/bn_gap/{name}": gap for name, gap in gaps.items()})
 
     def _detach(self):
         self._unwrap_batch_size()
