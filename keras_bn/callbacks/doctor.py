@@ -2,8 +2,9 @@
 
 The callback listens to the shared `RunWriters` (``add_listener``): every scalar another
 diagnostics callback writes reaches it as a Python float, so it reads nothing from the device
-for those. After each log (it runs last in the preset) it evaluates `keras_bn.doctor`'s rules
-on the run so far; a finding seen for the first time is printed once as one line::
+for those, and it keeps no per-step cadence of its own. After each write it evaluates
+`keras_bn.doctor`'s rules on the run so far (outside epoch ends and train end, where it always
+does, only while its own work has taken at most `MAX_OVERHEAD`, 0.2%, of the wall time); a finding seen for the first time is printed once as one line::
 
     step 1200  block3_relu  dead units 62% (> 40%): lower the learning rate or use He init / leaky_relu
 
@@ -15,8 +16,9 @@ What it measures itself (the facts the event files lack), in ``<log_dir>/doctor`
 ``doctor/initial_loss`` (the loss of step 1, one read at step 1 of a fresh run),
 ``doctor/bn_gap/<layer>`` (at train end, and at epoch ends within the same budget, when a
 `probe` is given and the model has BatchNormalization: one inference pass on at most 256
-probe samples, see `keras_bn.precise_bn.batchnorm_gaps`), and ``facts.json`` (loss kind and classes, layer kinds,
-output layers, BN momentum and trainability, the per-replica batch BN sees, epoch starts). The
+probe samples, see `keras_bn.precise_bn.batchnorm_gaps`), and ``facts.json`` (loss kind and
+classes, layer kinds, output layers, BN momentum and trainability, the per-replica batch BN
+sees, epoch starts and ends). The
 batch size is recorded inside the training step (one scalar assign in the first trainable BN
 layer, read at epoch ends); not under a tf.distribute strategy.
 
