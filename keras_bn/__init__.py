@@ -23,6 +23,8 @@ from keras_bn import callbacks, data, distribute, lr_find, optimizers, report, s
 from keras_bn import bn_stats  # noqa: E402  (submodule)
 from keras_bn.sanity import LossGuard, sanity_check
 from keras_bn import events  # noqa: E402  (event files without TensorFlow)
+from keras_bn import doctor, precise_bn  # noqa: E402  (doctor's submodules)
+from keras_bn.precise_bn import recompute_batchnorm_statistics
 
 __version__ = "0.1.0"
 
@@ -45,16 +47,19 @@ __all__ = [
     "bn_stats",
     "build_conv",
     "build_dense",
-    "build_resnet",
     "build_recurrent",
+    "build_resnet",
     "callbacks",
     "check_batchnorm",
     "data",
     "distribute",
+    "doctor",
     "events",
     "fold_batchnorm",
     "lr_find",
     "optimizers",
+    "precise_bn",
+    "recompute_batchnorm_statistics",
     "recurrent",
     "report",
     "sanity",

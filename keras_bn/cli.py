@@ -102,14 +102,33 @@ def _tensorboard(args) -> int:
 
 
 def _report(args) -> int:
-    from keras_bn.report import report
+    """Exit codes: 0 done, 1 done with findings at the --fail-on level, 2 bad usage or input,
+    3 nothing readable."""
+    from pathlib import Path
 
+    from keras_bn.report import exit_code, report
+
+    if args.max < 1:
+        print(f"keras-bn: `--max` must be an integer >= 1. Received: --max={args.max}", file=sys.stderr)
+        return 2
+    if not Path(args.logdir).exists():
+        print(f"keras-bn: no such folder: {args.logdir!r}; pass the folder given to "
+              "keras_bn.callbacks.diagnostics (it holds train/ and validation/).", file=sys.stderr)
+        return 2
     try:
-        print(report(args.logdir))
+        result = report(args.logdir, max_per_severity=args.max)
     except FileNotFoundError as err:
         print(f"keras-bn: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 3
+    except Exception as err:  # noqa: BLE001  an unreadable run: say so, never a traceback
+        print(f"keras-bn: could not read the run in {args.logdir!r}: {err}", file=sys.stderr)
+        return 3
+    if not result.rows and not result.findings:
+        print(result)
+        print(f"keras-bn: nothing readable: no keras-bn diagnostics scalars in {args.logdir!r}", file=sys.stderr)
+        return 3
+    print(result)
+    return exit_code(result.findings, args.fail_on)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,10 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("logdir", nargs="?", default="logs", help="log folder (default logs)")
     board.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     board.set_defaults(func=_tensorboard)
-    rep = sub.add_parser("report", help="summarize a diagnostics run from its event files, with warnings",
+    rep = sub.add_parser("report", help="diagnose a run from its event files: a per-layer table and the doctor's findings",
                          description="Per layer: final/min/max gradient norm, update ratio, dead and "
-                         "saturated fractions, activation std; then warnings (thresholds: keras_bn.report).")
+                         "saturated fractions, activation std; then the doctor's findings, ranked and grouped "
+                         "(rules and thresholds: docs/doctor.md). Exit codes: 0 done, 1 findings at the "
+                         "--fail-on level, 2 bad usage or input, 3 nothing readable.")
     rep.add_argument("logdir", help="the run folder passed to keras_bn.callbacks.diagnostics")
+    rep.add_argument("--fail-on", choices=("error", "warning", "never"), default="error",
+                     help="exit 1 when a finding of this severity or worse exists (default error)")
+    rep.add_argument("--max", type=int, default=10, metavar="N",
+                     help="show at most N findings per severity, then a summary line (default 10)")
     rep.set_defaults(func=_report)
     return parser
 

@@ -1,13 +1,5 @@
 """Read a diagnostics run back from its event files and say what looks wrong.
 
-`read_run(log_dir)` loads every scalar of a run (``<log_dir>/train`` or the folder itself)
-with keras-bn's streaming reader (`keras_bn.events`); `report(log_dir)` turns the tags written by
-`keras_bn.callbacks.diagnostics` into a per-layer table and a list of warnings.
-``keras-bn report LOGDIR`` prints it.
-
-Warning thresholds, and where they come from:
-
-========================= ============ ===================================================
 what                      threshold    source
 ========================= ============ ===================================================
 dead ReLU units           > 40 %       SEEDS §2: a trained net often has 10-20 % dead units;
@@ -22,12 +14,17 @@ exploding gradients       first/last   the mirror image, or any non-finite gradi
 collapsing activations    last/first   SEEDS §4: with N(0, 0.01^2) tanh activations shrink
                           std < 0.15   layer by layer toward 0
 ========================= ============ ===================================================
+=======
+`read_run(log_dir)` loads every scalar of a run (``<log_dir>/train`` or the folder itself) with
+keras-bn's streaming reader (`keras_bn.events`);
+`report(log_dir)` turns it into a per-layer table and the doctor's findings
+(`keras_bn.doctor`: the rules, their thresholds and sources are in `keras_bn.doctor.RULES`
+and docs/doctor.md). ``keras-bn report LOGDIR`` prints it: findings ranked (errors, then
+warnings, then infos), grouped by rule, capped per severity with a summary line ("... and 27
+more warnings"), and exits 1 when a finding at the ``--fail-on`` level exists.
 
 Layers are ordered by a natural sort of their names (``block2`` before ``block10``), which
-matches the builders' names and Keras' default ``dense``, ``dense_1``, ... names. The
-gradient comparison leaves out normalization layers (their gamma/beta gradients are not the
-signal that vanishes), and the activation comparison uses the activation layers (those with
-a dead or saturation fraction) where there are any.
+matches the builders' names and Keras' default ``dense``, ``dense_1``, ... names.
 
 Usage::
 
@@ -37,25 +34,15 @@ Usage::
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEAD_FRACTION_WARN = 0.40
-SATURATION_WARN = 0.30
-UPDATE_RATIO_HIGH = 1e-2
-UPDATE_RATIO_LOW = 1e-5
-VANISHING_RATIO = 1e-2
-EXPLODING_RATIO = 1e2
-ACTIVATION_COLLAPSE_RATIO = 0.15
+from keras_bn._doctor_base import SEVERITIES, Finding, natural_key as _natural_key
 
-NORM_LAYER = re.compile(r"(_bn|_ln|_gn|_syncbn|normalization(_\d+)?)$")
+__all__ = ["PER_LAYER", "RunReport", "exit_code", "read_run", "report"]
+
 PER_LAYER = ("grad_norm", "update_ratio", "dead_fraction", "saturation", "activation_std")
-
-
-def _natural_key(name: str):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _event_folder(log_dir: Path) -> Path:
@@ -73,13 +60,21 @@ def read_run(log_dir) -> dict[str, list[tuple[int, float]]]:
 
 @dataclass
 class RunReport:
-    """Per-layer figures (``rows``), warnings, and a printable table."""
+    """Per-layer figures (``rows``), the doctor's `findings`, and a printable table."""
 
     log_dir: str
     rows: list[dict] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    max_per_severity: int = 10
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every finding as its one printed line (errors, warnings and infos)."""
+        return [str(f) for f in self.findings]
 
     def __str__(self) -> str:
+        from keras_bn.doctor import format_findings
+
         columns = ["layer", "grad norm final", "grad norm min", "grad norm max", "update ratio",
                    "dead", "saturated", "act std"]
         keys = [None, "grad_final", "grad_min", "grad_max", "update_ratio", "dead_fraction",
@@ -97,31 +92,24 @@ class RunReport:
         lines = [f"keras-bn report: {self.log_dir}",
                  "  ".join(c.ljust(w) for c, w in zip(columns, widths))]
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in table]
-        lines.append("warnings:" if self.warnings else "warnings: none")
-        lines += [f"  - {w}" for w in self.warnings]
+        lines.append(format_findings(self.findings, self.max_per_severity))
         return "\n".join(lines)
 
 
-def _since(values: list[tuple[int, float]], above: float) -> int | None:
-    """The first step from which every value stays above `above` (None if the last is not)."""
-    start = None
-    for step, value in values:
-        if value > above:
-            start = step if start is None else start
-        else:
-            start = None
-    return start
+def report(log_dir, max_per_severity: int = 10) -> RunReport:
+    """The per-layer table and the doctor's findings of one diagnostics run.
 
+    Usage: ``print(report("logs/run1"))``
+    """
+    from keras_bn import doctor
 
-def report(log_dir) -> RunReport:
-    """Summarize one diagnostics run (see the module docstring for the thresholds)."""
-    series = read_run(log_dir)
+    series = doctor.read_series(log_dir)
     per_layer: dict[str, dict[str, list]] = defaultdict(dict)
     for tag, values in series.items():
         quantity, _, layer = tag.partition("/")
-        if quantity in PER_LAYER and layer:
+        if quantity in PER_LAYER and layer and values:
             per_layer[layer][quantity] = values
-    result = RunReport(str(log_dir))
+    result = RunReport(str(log_dir), max_per_severity=max_per_severity)
     for layer in sorted(per_layer, key=_natural_key):
         q = per_layer[layer]
         row = {"layer": layer}
@@ -133,46 +121,13 @@ def report(log_dir) -> RunReport:
             if name in q:
                 row[name] = q[name][-1][1]
         result.rows.append(row)
-        if "dead_fraction" in q and row["dead_fraction"] > DEAD_FRACTION_WARN:
-            since = _since(q["dead_fraction"], DEAD_FRACTION_WARN)
-            result.warnings.append(f"layer {layer}: {row['dead_fraction']:.0%} dead units since step {since}")
-        if "saturation" in q and row["saturation"] > SATURATION_WARN:
-            result.warnings.append(f"layer {layer}: {row['saturation']:.0%} of outputs saturated: "
-                                   "gradients through it vanish (check the init scale, or add BN)")
-        ratio = row.get("update_ratio")
-        if ratio is not None and ratio > UPDATE_RATIO_HIGH:
-            result.warnings.append(f"layer {layer}: update ratio {ratio:.0e}: learning rate likely too high (guide ~1e-3)")
-        elif ratio is not None and 0 < ratio < UPDATE_RATIO_LOW:
-            result.warnings.append(f"layer {layer}: update ratio {ratio:.0e}: learning rate likely too low (guide ~1e-3)")
-    _gradient_warnings(result, series)
-    _activation_warnings(result)
+    result.findings = doctor.evaluate(series, doctor.RunFacts.load(log_dir))
     return result
 
 
-def _gradient_warnings(result: RunReport, series: dict) -> None:
-    grads = [r for r in result.rows if r.get("grad_final") is not None and not NORM_LAYER.search(r["layer"])]
-    if any(not math.isfinite(r["grad_final"]) for r in grads):
-        result.warnings.append("non-finite gradient norms: the loss diverged (lower the learning rate, clip gradients)")
-    nonfinite = series.get("nonfinite/grad_steps", [])
-    if any(v > 0 for _, v in nonfinite):
-        result.warnings.append(f"{int(sum(v for _, v in nonfinite))} steps had NaN/Inf gradients")
-    finite = [r for r in grads if math.isfinite(r["grad_final"])]
-    if len(finite) >= 2 and finite[-1]["grad_final"] > 0:
-        ratio = finite[0]["grad_final"] / finite[-1]["grad_final"]
-        if ratio < VANISHING_RATIO:
-            result.warnings.append(f"gradient norm at the first layer ({finite[0]['layer']}) {ratio:.0e} of the last "
-                                   f"({finite[-1]['layer']}): vanishing gradients")
-        elif ratio > EXPLODING_RATIO:
-            result.warnings.append(f"gradient norm at the first layer ({finite[0]['layer']}) {ratio:.0e} of the last "
-                                   f"({finite[-1]['layer']}): exploding gradients")
-
-
-def _activation_warnings(result: RunReport) -> None:
-    stds = [r for r in result.rows if r.get("activation_std") is not None]
-    activations = [r for r in stds if "dead_fraction" in r or "saturation" in r]
-    stds = activations or stds
-    if len(stds) >= 2 and stds[0]["activation_std"] > 0:
-        ratio = stds[-1]["activation_std"] / stds[0]["activation_std"]
-        if ratio < ACTIVATION_COLLAPSE_RATIO:
-            result.warnings.append(f"activation std at the last layer ({stds[-1]['layer']}) is {ratio:.2g} of the first "
-                                   f"({stds[0]['layer']}): vanishing activations (init scale too small?)")
+def exit_code(findings, fail_on: str = "error") -> int:
+    """1 when a finding at `fail_on` severity or worse exists (``"never"``: always 0), else 0."""
+    if fail_on == "never":
+        return 0
+    worst = SEVERITIES.index(fail_on)
+    return int(any(SEVERITIES.index(f.severity) <= worst for f in findings))

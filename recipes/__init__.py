@@ -21,6 +21,7 @@ RECIPES = (
     "norm_free",
     "rnn_clipping",
     "rnn_layernorm",
+    "doctor_demo",
 )
 
 

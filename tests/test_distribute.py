@@ -138,7 +138,7 @@ def test_multiworker_two_processes(tmp_path):
     assert chief["latest_norms"] == pytest.approx(worker["latest_norms"], rel=1e-6)
     # Only the chief wrote: one event file, each tag once per step, steps 1..4 logged.
     files = list((log_dir / "train").glob("events.out.tfevents.*"))
-    assert len(files) == 1 and sorted(log_dir.iterdir()) == [log_dir / "train"]
+    assert len(files) == 1 and sorted(log_dir.iterdir()) == [log_dir / "doctor", log_dir / "report.md", log_dir / "train"]
     counts = tag_step_counts(log_dir / "train")
     assert max(counts.values()) == 1
     assert {s for t, s in counts if t == "grad_global/norm"} == {1, 2, 3, 4}

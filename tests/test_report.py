@@ -34,7 +34,7 @@ def test_healthy_run_has_no_warnings(tmp_path):
     assert row["grad_final"] == pytest.approx(0.4) and row["grad_max"] == pytest.approx(0.5)
 
 
-def test_each_problem_gets_its_warning(tmp_path):
+def test_each_problem_gets_its_finding(tmp_path):
     write_run(tmp_path, {
         "grad_norm/block2_dense": [(0, 1e-7)],
         "grad_norm/block10_dense": [(0, 1.0)],
@@ -45,12 +45,12 @@ def test_each_problem_gets_its_warning(tmp_path):
         "nonfinite/grad_steps": [(0, 0.0), (100, 3.0)],
     })
     text = "\n".join(report(tmp_path).warnings)
-    assert "layer block3_relu: 62% dead units since step 200" in text
-    assert "layer block4_tanh: 90% of outputs saturated" in text
-    assert "layer block2_dense: update ratio 3e-01: learning rate likely too high" in text
-    assert "layer block10_dense: update ratio 1e-07: learning rate likely too low" in text
-    assert "first layer (block2_dense) 1e-07 of the last (block10_dense): vanishing gradients" in text
-    assert "3 steps had NaN/Inf gradients" in text
+    assert "step 200  block3_relu  dead units 62% (> 40%)" in text
+    assert "step 0  block4_tanh  saturated units 90% (> 30%)" in text
+    assert "block2_dense  update ratio 3.0e-01 (> 0.01, guide ~1e-3): lower the learning rate" in text
+    assert "block10_dense  update ratio 1.0e-07 (< 0.0001, guide ~1e-3): raise the learning rate" in text
+    assert "gradient norm at block2_dense is 1.0e-07 of block10_dense's" in text
+    assert "NaN/Inf gradients (3 steps counted" in text
 
 
 def test_collapsing_activations_and_nan_gradients(tmp_path):
@@ -64,17 +64,39 @@ def test_collapsing_activations_and_nan_gradients(tmp_path):
     })
     result = report(tmp_path)
     text = "\n".join(result.warnings)
-    assert "activation std at the last layer (block6_tanh) is 0.0005 of the first (block1_tanh)" in text
-    assert "non-finite gradient norms" in text
+    assert "activation std at block6_tanh is 0.0005 of block1_tanh's" in text
+    assert "NaN/Inf gradients" in text and "block1_dense" in text
     rows = {r["layer"]: r for r in result.rows}
     assert math.isnan(rows["block1_dense"]["grad_final"]) and "grad_final" not in rows["block1_tanh"]
     assert "block1_dense" in str(result)
 
 
-def test_read_run_and_cli(tmp_path, capsys):
+def test_read_run_and_cli_exit_codes(tmp_path, capsys):
     write_run(tmp_path, {"grad_norm/dense": [(5, 2.0), (1, 1.0)]})
     assert read_run(tmp_path)["grad_norm/dense"] == [(1, 1.0), (5, 2.0)]
     assert cli.main(["report", str(tmp_path)]) == 0
-    assert "warnings: none" in capsys.readouterr().out
+    assert "doctor: no findings" in capsys.readouterr().out
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["report", str(tmp_path / "empty")]) == 3
     assert "No TensorBoard event files" in capsys.readouterr().err
+    assert cli.main(["report", str(tmp_path), "--max", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["report", str(tmp_path), "--fail-on", "sometimes"])
+    assert exit_info.value.code == 2
+
+
+def test_cli_fail_on_levels_and_cap(tmp_path, capsys):
+    series = {f"dead_fraction/block{i}_relu": [(10, 0.9)] for i in range(1, 31)}
+    series["grad_global/clip_fraction"] = [(100, 0.0), (200, 0.0)]  # an info
+    write_run(tmp_path / "warn", series)
+    assert cli.main(["report", str(tmp_path / "warn")]) == 0  # warnings only: the default fails on errors
+    out = capsys.readouterr().out
+    assert "  ... and 20 more warnings" in out and "doctor: 30 warnings, 1 info" in out
+    assert cli.main(["report", str(tmp_path / "warn"), "--fail-on", "warning", "--max", "3"]) == 1
+    assert "  ... and 27 more warnings" in capsys.readouterr().out
+    write_run(tmp_path / "err", {"nonfinite/grad_steps": [(10, 2.0)]})
+    assert cli.main(["report", str(tmp_path / "err")]) == 1
+    assert cli.main(["report", str(tmp_path / "err"), "--fail-on", "never"]) == 0
+    assert "error:\n  step None" not in capsys.readouterr().out

@@ -29,6 +29,7 @@ from keras_bn.callbacks._taps import record_gradients
 from keras_bn.callbacks._writer import RunWriters, close_all_writers
 from keras_bn.callbacks.activation_stats import ActivationStats
 from keras_bn.callbacks.bn_check import BatchNormCheck
+from keras_bn.callbacks.doctor import Doctor
 from keras_bn.callbacks.gradient_norms import GradientNorms
 from keras_bn.callbacks.metrics_logger import MetricsLogger
 from keras_bn.callbacks.preset import diagnostics
@@ -38,6 +39,7 @@ from keras_bn.callbacks.update_ratio import UpdateRatio
 __all__ = [
     "ActivationStats",
     "BatchNormCheck",
+    "Doctor",
     "GradientNorms",
     "MetricsLogger",
     "RunWriters",

@@ -15,6 +15,7 @@ from keras_bn.callbacks._runs import check_writable_log_dir
 from keras_bn.callbacks._writer import RunWriters
 from keras_bn.callbacks.activation_stats import ActivationStats
 from keras_bn.callbacks.bn_check import BatchNormCheck
+from keras_bn.callbacks.doctor import Doctor
 from keras_bn.callbacks.gradient_norms import GradientNorms
 from keras_bn.callbacks.metrics_logger import MetricsLogger
 from keras_bn.callbacks.update_ratio import UpdateRatio
@@ -35,15 +36,16 @@ def diagnostics(
     update_ratio: bool = True,
     metrics: bool = True,
     bn_check: bool = True,
+    doctor: bool = True,
     flush_secs: float = 5.0,
     **activation_options,
 ) -> list:
     """The diagnostics callbacks for `model.fit`, sharing one set of writers in `log_dir`.
 
     Returns ``[MetricsLogger, GradientNorms, UpdateRatio, BatchNormCheck, ActivationStats]``
-    (the last only when a `probe` is given; `metrics=False` / `update_ratio=False` /
-    `bn_check=False` leave those out). A `log_dir` that cannot be written raises ValueError
-    here, before any training. With
+    (the last only when a `probe` is given), then a `Doctor` reading what they write
+    (`metrics=False` / `update_ratio=False` / `bn_check=False` / `doctor=False` leave those
+    out). A `log_dir` that cannot be written raises ValueError here, before any training. With
     `metrics` on, it replaces ``keras.callbacks.TensorBoard`` (same run layout and
     ``epoch_*`` tags) at a fraction of its cost. The tags are listed in `keras_bn.callbacks`.
 
@@ -60,6 +62,8 @@ def diagnostics(
         metrics: include `MetricsLogger` (loss and metrics).
         bn_check: include `BatchNormCheck` (warns once per BatchNormalization layer trained
             on one value per channel, e.g. batch size 1).
+        doctor: append `keras_bn.callbacks.Doctor` (the live rules; prints each new finding
+            once and writes ``<log_dir>/report.md``).
         flush_secs: every summary is on disk at most this many seconds after it is written
             (and at each epoch end, train end, on a failing step and on SIGTERM).
         **activation_options: passed to `ActivationStats` (``bins``, ``tanh_threshold``,
@@ -73,7 +77,8 @@ def diagnostics(
     """
     log_dir = check_log_dir(log_dir)
     every = check_positive_int("every", every)
-    for name, flag in (("figures", figures), ("update_ratio", update_ratio), ("metrics", metrics), ("bn_check", bn_check)):
+    for name, flag in (("figures", figures), ("update_ratio", update_ratio), ("metrics", metrics), ("bn_check", bn_check),
+                       ("doctor", doctor)):
         if not isinstance(flag, bool):
             raise TypeError(f"`{name}` must be True or False. Received: {name}={flag!r}")
     flush_secs = check_float("flush_secs", flush_secs, low=0.0, low_inclusive=False)
@@ -100,4 +105,6 @@ def diagnostics(
         raise ValueError(
             f"Activation options ({', '.join(given)}) need a `probe` batch. Received: probe=None"
         )
+    if doctor:  # last: it evaluates what the others wrote at the same step
+        callbacks.append(Doctor(log_dir, every, probe=probe, writers=writers))
     return callbacks

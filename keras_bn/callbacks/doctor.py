@@ -1,0 +1,313 @@
+"""Doctor: the doctor's rules, live during ``fit``, on the values the diagnostics already read.
+
+The callback listens to the shared `RunWriters` (``add_listener``): every scalar another
+diagnostics callback writes reaches it as a Python float, so it reads nothing from the device
+for those, and it keeps no per-step cadence of its own. After each write it evaluates
+`keras_bn.doctor`'s rules on the run so far (outside epoch ends and train end, where it always
+does, only while its own work has taken at most `MAX_OVERHEAD`, 0.2%, of the wall time); a finding seen for the first time is printed once as one line::
+
+    step 1200  block3_relu  dead units 62% (> 40%): lower the learning rate or use He init / leaky_relu
+
+written as text to TensorBoard's Text dashboard (run ``<log_dir>/doctor``) and to
+``<log_dir>/report.md`` (rewritten at train begin, after each new finding, at each epoch end,
+at train end and when a step raises, so a run that dies still leaves it).
+
+What it measures itself (the facts the event files lack), in ``<log_dir>/doctor``:
+``doctor/initial_loss`` (the loss of step 1, one read at step 1 of a fresh run),
+``doctor/bn_gap/<layer>`` (at train end, and at epoch ends within the same budget, when a
+`probe` is given and the model has BatchNormalization: one inference pass on at most 256
+probe samples, see `keras_bn.precise_bn.batchnorm_gaps`), and ``facts.json`` (loss kind and
+classes, layer kinds, output layers, BN momentum and trainability, the per-replica batch BN
+sees, epoch starts and ends). The
+batch size is recorded inside the training step (one scalar assign in the first trainable BN
+layer, read at epoch ends); not under a tf.distribute strategy.
+
+``stop_on=("diverging",)`` stops ``fit`` like ``keras.callbacks.TerminateOnNaN`` when that
+rule fires ("diverging" also covers a non-finite loss).
+
+Usage::
+
+    cbs = keras_bn.callbacks.diagnostics("logs/run1", probe=x_val[:256])  # includes a Doctor
+    cbs = [*keras_bn.callbacks.diagnostics("logs/run1", doctor=False),
+           keras_bn.callbacks.Doctor("logs/run1", stop_on=("diverging",))]  # its own writers: no
+                                                                           # listener data
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+
+import keras
+
+from keras_bn import doctor as kb_doctor
+from keras_bn._doctor_base import RULES
+from keras_bn.callbacks._base import DiagnosticCallback
+
+__all__ = ["Doctor"]
+
+DOCTOR_RUN = "doctor"
+REPORT_FILE = "report.md"
+MAX_PROBE = 256
+MAX_OVERHEAD = 0.002  # outside forced points, the Doctor's own work takes at most this share of wall time
+
+
+class Doctor(DiagnosticCallback):
+    """Evaluates the doctor's rules live; prints each new finding once; writes report.md.
+
+    Args:
+        log_dir: the run directory (the one given to the other diagnostics callbacks).
+        every: unused (the Doctor evaluates when the other callbacks write); kept so that its
+            signature is the other diagnostics callbacks'.
+        probe: inputs for the BatchNormalization train/inference gap (None: not measured).
+        stop_on: rule ids that stop training when they fire (e.g. ``("diverging",)``).
+        verbose: print each new finding.
+        writers: the shared `RunWriters` whose writes it listens to (the preset passes it).
+
+    Attributes: ``findings`` (the latest version of each finding, ranked).
+
+    Example::
+
+        doctor = keras_bn.callbacks.Doctor("logs/run1", writers=writers, stop_on=("diverging",))
+    """
+
+    _needs_built_model = False
+
+    def __init__(self, log_dir, every: int = 100, *, probe=None, stop_on=(), verbose: bool = True, writers=None):
+        super().__init__(log_dir, every, writers=writers)
+        if isinstance(stop_on, str):
+            stop_on = (stop_on,)
+        for rule in stop_on:
+            if rule not in RULES:
+                raise ValueError(f"`stop_on` must hold rule ids of keras_bn.doctor.RULES ({', '.join(RULES)}). "
+                                 f"Received: stop_on={tuple(stop_on)!r}")
+        self.stop_on = set(stop_on) | ({"nonfinite_loss"} if "diverging" in stop_on else set())
+        self.probe = None if probe is None else keras.tree.map_structure(lambda a: a[:MAX_PROBE], probe)
+        self.verbose = bool(verbose)
+        self.series: dict = defaultdict(list)
+        self.facts = kb_doctor.RunFacts()
+        self._found: dict = {}
+        self._dirty = False
+        self._listening = False
+        self._text_writer = None
+        self._batch_size = None  # tf.Variable: the largest batch a trainable BN layer saw
+        self._wrapped = None
+        self._initial_pending = False
+        self._busy = 0.0  # seconds spent evaluating since train begin
+        self._began = time.monotonic()
+        self.stopped_by = None
+
+    @property
+    def findings(self) -> list:
+        return kb_doctor.rank(self._found.values())
+
+    # --- listening ----------------------------------------------------------------------------
+    def _listen(self, run, step, scalars):
+        """Called by the writers after each write: record it, then evaluate (within budget)."""
+        prefix = "" if run == "train" else f"{run}/"
+        for tag, value in scalars.items():
+            values = self.series[prefix + tag]
+            if values and values[-1][0] == step:
+                values[-1] = (step, value)
+            else:
+                values.append((step, value))
+        self._dirty = True
+        if self.model is not None:
+            self._run_safely(self._evaluate, step)
+
+    def _own_scalars(self, step, scalars):
+        """Write the doctor's own measurements to its run, and into the series."""
+        from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+
+        for tag, value in scalars.items():
+            self.series[tag].append((step, float(value)))
+            self._write_summary(scalar_pb(tag, float(value)), step)
+        self._dirty = True
+
+    def _write_summary(self, summary, step):
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        if not getattr(self.writers, "is_chief", True):
+            return
+        if self._text_writer is None:
+            self._text_writer = EventFileWriter(os.path.join(self.log_dir, DOCTOR_RUN), flush_secs=5)
+        self._text_writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    # --- Keras hooks ------------------------------------------------------------------------------
+    def _attach(self):
+        if not self._listening:
+            self.writers.add_listener(self._listen)
+            self._listening = True
+        self._refresh_facts()
+        self._busy, self._began = 0.0, time.monotonic()
+        self._initial_pending = self._optimizer_step() == 0
+        self._wrap_batch_size()
+        self._save()
+
+    def _refresh_facts(self):
+        if not self.model.built:
+            return
+        facts = kb_doctor.model_facts(self.model, self.probe)
+        facts.epoch_starts, facts.epoch_ends = self.facts.epoch_starts, self.facts.epoch_ends
+        facts.batch_size = self.facts.batch_size
+        self.facts = facts
+
+    def on_epoch_begin(self, epoch, logs=None):
+        step = self._optimizer_step()
+        if step not in self.facts.epoch_starts:
+            self.facts.epoch_starts.append(step)
+
+    def on_epoch_end(self, epoch, logs=None):  # no per-step cadence of its own: see `_listen`
+        step = self._optimizer_step()
+        self.facts.epoch_ends[str(epoch)] = step
+        last = epoch + 1 >= (self.params or {}).get("epochs", epoch + 2)  # train end measures the gap
+        self._run_safely(self._log_epoch, step, not last)
+
+    def on_train_batch_begin(self, batch, logs=None):  # the only per-step work: one test
+        if self._initial_pending and batch >= 1:
+            self._initial_pending = False
+            self._run_safely(self._read_initial_loss, self._optimizer_step())
+
+    def on_train_end(self, logs=None):
+        self._run_safely(self._measure_gaps, self._optimizer_step(), True)
+        super().on_train_end(logs)
+
+    def _read_initial_loss(self, step):
+        tracker = next((m for m in self.model.metrics if m.name == "loss"), None)  # Keras' loss tracker
+        if tracker is not None:
+            try:  # two variable reads; an eager `result()` dispatches ops (~0.1 s the first time)
+                loss = float(tracker.total.numpy()) / float(tracker.count.numpy())
+            except (AttributeError, ZeroDivisionError):
+                loss = float(tracker.result())
+            self._own_scalars(step, {"doctor/initial_loss": loss})
+            self._evaluate(step, force=True)
+
+    def _log_epoch(self, step, gaps: bool):
+        if not self.facts.layers:
+            self._refresh_facts()
+        self._read_batch_size()
+        if gaps:
+            self._measure_gaps(step, False)
+        self._dirty = True
+        self._evaluate(step, force=True)
+        self._save(step)
+
+    def _measure_gaps(self, step, force: bool):
+        """The BN train/inference gaps on the probe (one inference pass), within the budget."""
+        if self.probe is None or not self.facts.batchnorm:
+            return
+        if not force and self._busy > MAX_OVERHEAD * (time.monotonic() - self._began):
+            return
+        from keras_bn.precise_bn import batchnorm_gaps
+
+        start = time.monotonic()
+        gaps = batchnorm_gaps(self.model, self.probe)
+        self._busy += time.monotonic() - start
+        self._own_scalars(step, {f"doctor/bn_gap/{name}": gap for name, gap in gaps.items()})
+
+    def _detach(self):
+        self._unwrap_batch_size()
+        self._evaluate(self._optimizer_step(), force=True)
+        self._save(self._optimizer_step())
+        if self._text_writer is not None:
+            self._text_writer.close()
+            self._text_writer = None
+
+    # --- the rules ----------------------------------------------------------------------------
+    def _evaluate(self, step, force: bool = False):
+        """Run the rules on the series so far; between epoch ends only within `MAX_OVERHEAD`."""
+        now = time.monotonic()
+        if not self._dirty or (not force and self._busy > MAX_OVERHEAD * (now - self._began)):
+            return
+        self._dirty = False
+        try:
+            found = kb_doctor.evaluate(self.series, self.facts)  # appended in step order: no sort
+        finally:
+            self._busy += time.monotonic() - now
+        new = []
+        for finding in found:
+            if finding.key not in self._found:
+                new.append(finding)
+            self._found[finding.key] = finding
+        if not new:
+            return
+        from tensorboard.plugins.text.summary_v2 import text_pb
+
+        for finding in new:
+            if self.verbose:
+                print(str(finding), flush=True)
+            self._write_summary(text_pb("doctor/findings", f"**{finding.severity}** `{finding.rule}`: {finding}"), step)
+        self._save(step)
+        stops = [f for f in new if f.rule in self.stop_on]
+        if stops:
+            self.stopped_by = stops[0]
+            self.model.stop_training = True
+            if self.verbose:
+                print(f"keras-bn doctor: stopping training at step {step}: {stops[0].rule}", flush=True)
+
+    def _save(self, step=None):
+        if not getattr(self.writers, "is_chief", True):
+            return
+        self.facts.save(self.log_dir)
+        path = os.path.join(self.log_dir, REPORT_FILE)
+        with open(path + ".tmp", "w", encoding="utf-8") as file:
+            file.write(kb_doctor.markdown_report(self._found.values(), title=f"keras-bn doctor: {self.log_dir}",
+                                                 step=step if step is not None else self._optimizer_step()))
+        os.replace(path + ".tmp", path)
+
+    # --- the per-replica batch size BN sees ------------------------------------------------
+    def _wrap_batch_size(self):
+        import tensorflow as tf
+
+        strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        if self._wrapped is not None or type(strategy).__name__ != "_DefaultDistributionStrategy":
+            return
+        layer = next((layer for _, layer in _batchnorm_layers(self.model) if layer.trainable), None)
+        if layer is None:
+            return
+        if self._batch_size is None:
+            self._batch_size = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="keras_bn_doctor_batch")
+        had_own, original, counter = "call" in vars(layer), layer.call, self._batch_size
+
+        def call(inputs, *args, **kwargs):
+            training = kwargs.get("training", args[0] if args else None)
+            if training is True:
+                counter.assign(tf.maximum(counter, tf.shape(inputs, out_type=tf.int64)[0]))
+            return original(inputs, *args, **kwargs)
+
+        layer.call = call
+        self._wrapped = (layer, had_own, original, call)
+        self.model.make_train_function(force=True)
+
+    def _read_batch_size(self):
+        if self._batch_size is not None:
+            value = int(self._batch_size.numpy())
+            if value > 0:
+                self.facts.batch_size = value
+
+    def _unwrap_batch_size(self):
+        if self._wrapped is None:
+            return
+        self._read_batch_size()
+        layer, had_own, original, call = self._wrapped
+        self._wrapped = None
+        if vars(layer).get("call") is not call:
+            return  # another callback's unwrapping removed it with its own (BatchNormCheck's)
+        if had_own:
+            layer.call = original
+        else:
+            vars(layer).pop("call", None)
+        self.model.train_function = None  # the next fit traces a clean step
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(stop_on=sorted(self.stop_on - {"nonfinite_loss"}) or (), verbose=self.verbose)
+        return config
+
+
+def _batchnorm_layers(model):
+    from keras_bn.callbacks._layers import iter_layers
+
+    return [(p, layer) for p, layer in iter_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]

@@ -1,0 +1,103 @@
+"""recompute_batchnorm_statistics: exact population statistics of each BN layer's inputs."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bn
+from keras_bn.precise_bn import batchnorm_gaps
+
+
+def bn_model(conv=False):
+    if conv:
+        inputs = keras.Input((6, 6, 3))
+        h = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+        h = keras.layers.BatchNormalization(name="bn1")(h)
+        h = keras.layers.ReLU()(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+    else:
+        inputs = keras.Input((8,))
+        h = keras.layers.Dense(16, name="d1")(inputs)
+        h = keras.layers.BatchNormalization(name="bn1")(h)
+        h = keras.layers.ReLU()(h)
+    h = keras.layers.Dense(8, name="d2")(h)
+    h = keras.layers.BatchNormalization(name="bn2")(h)
+    h = keras.layers.Activation("tanh")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(h))
+
+
+def trained(model, x, steps=3):
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    y = np.arange(len(x)) % 3
+    model.fit(x, y, batch_size=16, epochs=1, steps_per_epoch=steps, verbose=0)
+    return model
+
+
+def bn_inputs(model, x):
+    """Inputs of bn1 and bn2 in inference mode, by an independent sub-model."""
+    probe = keras.Model(model.inputs[0], [model.get_layer("bn1").input, model.get_layer("bn2").input])
+    return [np.asarray(a, np.float64) for a in probe(x, training=False)]
+
+
+def snapshot(model):
+    bn_stats = {id(v) for name in ("bn1", "bn2") for v in model.get_layer(name).non_trainable_variables}
+    weights = {v.path: v.numpy().copy() for v in model.variables if id(v) not in bn_stats}
+    optimizer = {v.path: v.numpy().copy() for v in model.optimizer.variables}
+    return weights, optimizer
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dataset", "generator", "conv"])
+def test_moving_statistics_equal_numpy_statistics_of_the_inputs(kind):
+    rng = np.random.default_rng(0)
+    conv = kind == "conv"
+    x = rng.normal(2.0, 3.0, size=(100, 6, 6, 3) if conv else (100, 8)).astype("float32")
+    model = trained(bn_model(conv), x)
+    weights, optimizer = snapshot(model)
+    data = {"numpy": (x, np.zeros(100)), "conv": x,
+            "dataset": tf.data.Dataset.from_tensor_slices((x, np.zeros(100))).batch(30),
+            "generator": (x[i:i + 25] for i in range(0, 100, 25))}[kind]
+    used = keras_bn.recompute_batchnorm_statistics(model, data, batch_size=32)
+    inputs = bn_inputs(model, x)
+    for name, values in zip(("bn1", "bn2"), inputs):
+        axes = tuple(range(values.ndim - 1))
+        layer = model.get_layer(name)
+        np.testing.assert_allclose(layer.moving_mean.numpy(), values.mean(axis=axes), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), values.var(axis=axes), rtol=1e-5, atol=1e-5)
+        assert used[name] == values.size // values.shape[-1]
+    after_weights, after_optimizer = snapshot(model)
+    for path, value in weights.items():
+        np.testing.assert_array_equal(after_weights[path], value)
+    for path, value in optimizer.items():
+        np.testing.assert_array_equal(after_optimizer[path], value)
+    assert max(batchnorm_gaps(model, x).values()) < 1e-4  # the train/inference gap is gone
+
+
+def test_steps_limits_the_batches_and_bad_data_is_refused():
+    x = np.random.default_rng(1).normal(size=(64, 8)).astype("float32")
+    model = trained(bn_model(), x)
+    used = keras_bn.recompute_batchnorm_statistics(model, x, steps=2, batch_size=16)
+    assert used == {"bn1": 32, "bn2": 32}
+    np.testing.assert_allclose(model.get_layer("bn1").moving_mean.numpy(), bn_inputs(model, x[:32])[0].mean(0),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="infinite tf.data.Dataset"):
+        keras_bn.recompute_batchnorm_statistics(model, tf.data.Dataset.from_tensor_slices(x).batch(8).repeat())
+    with pytest.raises(TypeError, match="Received: data=int"):
+        keras_bn.recompute_batchnorm_statistics(model, 3)
+    with pytest.raises(ValueError, match="steps"):
+        keras_bn.recompute_batchnorm_statistics(model, x, steps=0)
+
+
+def test_gap_measures_stale_statistics():
+    x = np.random.default_rng(2).normal(3.0, 2.0, size=(256, 8)).astype("float32")
+    model = trained(bn_model(), x, steps=2)  # momentum 0.99: the moving statistics are still ~ (0, 1)
+    gaps = batchnorm_gaps(model, x)
+    assert set(gaps) == {"bn1", "bn2"} and gaps["bn1"] > 1.0
+    bn1 = model.get_layer("bn1")
+    inputs = bn_inputs(model, x)[0]
+    std_b = np.sqrt(inputs.var(0) + bn1.epsilon)
+    std_m = np.sqrt(bn1.moving_variance.numpy() + bn1.epsilon)
+    z_train = (inputs - inputs.mean(0)) / std_b
+    z_inf = (inputs - bn1.moving_mean.numpy()) / std_m
+    expected = np.sqrt(np.mean(np.square(z_inf - z_train)))  # RMS over samples and channels
+    assert gaps["bn1"] == pytest.approx(expected, rel=1e-3)
