@@ -543,3 +543,21 @@ def test_run_writers_events_read_back_with_tensorboards_accumulator(tmp_path):
                for r in event_file_loader.EventFileLoader(path).Load()]
     described = [v.tag for r in records for v in r.summary.value if v.metadata.plugin_data.plugin_name]
     assert sorted(described) == ["activations/dense", "figures/chart", "grad_norm/dense"]  # once each
+
+
+def test_batch_metrics_at_an_epoch_end_are_the_train_values_not_validations(tmp_path):
+    """Keras evaluates the validation data before on_epoch_end and resets the shared metrics;
+    the batch_* scalars of the epoch's last step must still be the training ones."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    model.compile(keras.optimizers.SGD(0.01), LOSS, metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype("float32"), np.arange(32) % 3
+    x_val = 50 * rng.normal(size=(32, 4)).astype("float32")  # a validation loss far from the train loss
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_data=(x_val, y),
+                        callbacks=[kbc.MetricsLogger(str(tmp_path), every=100)])
+    values, _ = read_run(str(tmp_path / "train"))
+    for epoch, step in ((0, 4), (1, 8)):
+        assert scalar(values, "batch_loss", step) == pytest.approx(history.history["loss"][epoch], rel=1e-6)
+        assert abs(history.history["val_loss"][epoch] - history.history["loss"][epoch]) > 1.0

@@ -46,7 +46,22 @@ class MetricsLogger(DiagnosticCallback):
             "metrics (batch and epoch)": r"(batch|epoch)_(?!loss$|learning_rate$).*",
         })
 
+    def on_epoch_end(self, epoch, logs=None):
+        # With validation data Keras' fit evaluates before on_epoch_end, and evaluation resets
+        # the metrics the model shares: at the epoch end the train values are in `logs` only.
+        self._epoch_train_logs = {k: v for k, v in (logs or {}).items() if not k.startswith("val_")}
+        try:
+            super().on_epoch_end(epoch, logs)
+        finally:
+            self._epoch_train_logs = None
+
     def _log_step(self, step):
+        train_logs = getattr(self, "_epoch_train_logs", None)
+        if train_logs:
+            with self.writers.writing("train", step) as write:
+                write.scalars({f"batch_{name}": value for name, value in train_logs.items()
+                               if name != "learning_rate"})
+            return
         try:
             metrics = self._metrics_result()
         except Exception:  # noqa: BLE001  a get_metrics_result that cannot be traced: read eagerly
