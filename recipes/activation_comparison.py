@@ -21,6 +21,7 @@ import argparse
 
 import numpy as np
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "activation_comparison"
@@ -36,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activations", nargs="+", default=None, choices=ACTIVATIONS, metavar="NAME",
                         help=f"activations to compare (default all: {' '.join(ACTIVATIONS)}; "
                              f"quick: {' '.join(QUICK_ACTIVATIONS)})")
-    parser.add_argument("--depth", type=int, default=8, help="hidden layers (default 8)")
-    parser.add_argument("--units", type=int, default=None, help="hidden width (default 128; quick 32)")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--depth", type=types.positive_int, default=8, help="hidden layers (default 8)")
+    parser.add_argument("--units", type=types.positive_int, default=None, help="hidden width (default 128; quick 32)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=64, help="batch size (default 64)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
 
 
 def gradient_ratio(norms: dict, depth: int) -> float:

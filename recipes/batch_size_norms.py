@@ -20,6 +20,7 @@ import argparse
 
 import numpy as np
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "batch_size_norms"
@@ -30,15 +31,15 @@ GAP_SAMPLES = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES),
+    parser.add_argument("--batch-sizes", type=types.positive_int, nargs="+", default=list(BATCH_SIZES),
                         help="batch sizes (default 2 4 8 32 128)")
     parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(NORMS),
                         help="normalizations (default batch layer group none)")
-    parser.add_argument("--examples", type=int, default=None,
+    parser.add_argument("--examples", type=types.positive_int, default=None,
                         help="training examples seen per run (default 20000; quick 512)")
-    parser.add_argument("--filters", type=int, nargs="+", default=[16, 32], help="CNN filters (default 16 32)")
-    parser.add_argument("--groups", type=int, default=4, help="GroupNorm groups (default 4)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--filters", type=types.positive_int, nargs="+", default=[16, 32], help="CNN filters (default 16 32)")
+    parser.add_argument("--groups", type=types.positive_int, default=4, help="GroupNorm groups (default 4)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
 
 
 def bn_mode_gap(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict:

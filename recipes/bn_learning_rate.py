@@ -22,6 +22,7 @@ import argparse
 
 import numpy as np
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "bn_learning_rate"
@@ -35,15 +36,15 @@ QUICK_GRID = (0.01, 0.1, 1.0)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="mlp, cnn or both (default both)")
-    parser.add_argument("--learning-rates", type=float, nargs="+", default=None,
+    parser.add_argument("--learning-rates", type=types.positive_float, nargs="+", default=None,
                         help=f"SGD learning rates (default {' '.join(map(str, FULL_GRID))}; quick {' '.join(map(str, QUICK_GRID))})")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 1500; quick 100)")
-    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default 50; quick 20)")
-    parser.add_argument("--eval-samples", type=int, default=2000, help="test images per evaluation (default 2000)")
-    parser.add_argument("--target", type=float, default=None, help="target test accuracy (default 0.8; quick 0.6)")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--mlp-units", type=int, nargs="+", default=[100, 100, 100], help="MLP widths (default 100 100 100)")
-    parser.add_argument("--cnn-filters", type=int, nargs="+", default=[16, 32], help="CNN filters (default 16 32)")
+    parser.add_argument("--steps", type=types.positive_int, default=None, help="training steps per run (default 1500; quick 100)")
+    parser.add_argument("--eval-every", type=types.positive_int, default=None, help="steps between evaluations (default 50; quick 20)")
+    parser.add_argument("--eval-samples", type=types.positive_int, default=2000, help="test images per evaluation (default 2000)")
+    parser.add_argument("--target", type=types.fraction, default=None, help="target test accuracy (default 0.8; quick 0.6)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=64, help="batch size (default 64)")
+    parser.add_argument("--mlp-units", type=types.positive_int, nargs="+", default=[100, 100, 100], help="MLP widths (default 100 100 100)")
+    parser.add_argument("--cnn-filters", type=types.positive_int, nargs="+", default=[16, 32], help="CNN filters (default 16 32)")
 
 
 def build_model(kind: str, norm, data, args):

@@ -20,6 +20,7 @@ import argparse
 import keras
 import numpy as np
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "bn_paper_mnist"
@@ -30,12 +31,12 @@ PROBE_SAMPLES = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default 50000, the paper's; quick 300)")
-    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default steps/50)")
-    parser.add_argument("--batch-size", type=int, default=60, help="mini-batch size (default 60, the paper's)")
-    parser.add_argument("--learning-rate", type=float, default=0.5, help="SGD learning rate (default 0.5)")
-    parser.add_argument("--init-std", type=float, default=0.1, help="std of the Gaussian init (default 0.1)")
-    parser.add_argument("--unit", type=int, default=0, help="which sigmoid of the last hidden layer to follow (default 0)")
+    parser.add_argument("--steps", type=types.positive_int, default=None, help="training steps (default 50000, the paper's; quick 300)")
+    parser.add_argument("--eval-every", type=types.positive_int, default=None, help="steps between evaluations (default steps/50)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=60, help="mini-batch size (default 60, the paper's)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=0.5, help="SGD learning rate (default 0.5)")
+    parser.add_argument("--init-std", type=types.positive_float, default=0.1, help="std of the Gaussian init (default 0.1)")
+    parser.add_argument("--unit", type=types.int_in(0, 99), default=0, help="which sigmoid of the last hidden layer to follow (default 0)")
 
 
 class InputPercentiles(keras.callbacks.Callback):

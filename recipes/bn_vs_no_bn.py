@@ -16,6 +16,7 @@ import argparse
 
 import numpy as np
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "bn_vs_no_bn"
@@ -24,9 +25,9 @@ RUNS = {"no_bn": None, "with_bn": "batch"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--units", type=int, nargs="+", default=[32, 32], help="hidden widths (default 32 32)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=64, help="batch size (default 64)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--units", type=types.positive_int, nargs="+", default=[32, 32], help="hidden widths (default 32 32)")
 
 
 def build_models(input_dim: int, units: list[int], num_classes: int) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "hparam_search"
@@ -25,12 +26,12 @@ DESCRIPTION = "Grid vs random search on the same budget (distinct learning rates
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trials", type=int, default=None, help="budget of grid and of random search (default 9; 4 with --quick)")
-    parser.add_argument("--train-samples", type=int, default=20000,
+    parser.add_argument("--trials", type=types.positive_int, default=None, help="budget of grid and of random search (default 9; 4 with --quick)")
+    parser.add_argument("--train-samples", type=types.positive_int, default=20000,
                         help="training images used, before the 20%% validation hold-out (default 20000)")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    parser.add_argument("--min-lr", type=float, default=1e-5, help="low end of the learning-rate range (default 1e-5)")
-    parser.add_argument("--max-lr", type=float, default=1.0, help="high end of the learning-rate range (default 1)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=128, help="batch size (default 128)")
+    parser.add_argument("--min-lr", type=types.positive_float, default=1e-5, help="low end of the learning-rate range (default 1e-5)")
+    parser.add_argument("--max-lr", type=types.positive_float, default=1.0, help="high end of the learning-rate range (default 1)")
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "init_study"
@@ -41,12 +42,12 @@ CONFIGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layers", type=int, default=6, help="hidden layers (default 6)")
-    parser.add_argument("--samples", type=int, default=None,
+    parser.add_argument("--layers", type=types.positive_int, default=6, help="hidden layers (default 6)")
+    parser.add_argument("--samples", type=types.positive_int, default=None,
                         help="standard-normal inputs for the statistics (default 1000; quick 256)")
-    parser.add_argument("--train-units", type=int, default=256, help="width of the trained nets (default 256)")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
-    parser.add_argument("--learning-rate", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    parser.add_argument("--train-units", type=types.positive_int, default=256, help="width of the trained nets (default 256)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=64, help="training batch size (default 64)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=0.01, help="SGD learning rate (default 0.01)")
     parser.add_argument("--skip-training", action="store_true", help="only the activation statistics")
 
 

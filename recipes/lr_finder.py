@@ -18,6 +18,7 @@ import argparse
 
 import numpy as np
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "lr_finder"
@@ -26,10 +27,10 @@ RUNS = {"no_bn": None, "with_bn": "batch"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=None, help="mini-batches of the ramp (default 100; 50 with --quick)")
-    parser.add_argument("--repeats", type=int, default=None, help="seeds per network (default 3; 1 with --quick)")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--units", type=int, nargs="+", default=[32, 32], help="hidden widths (default 32 32)")
+    parser.add_argument("--steps", type=types.positive_int, default=None, help="mini-batches of the ramp (default 100; 50 with --quick)")
+    parser.add_argument("--repeats", type=types.positive_int, default=None, help="seeds per network (default 3; 1 with --quick)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=64, help="batch size (default 64)")
+    parser.add_argument("--units", type=types.positive_int, nargs="+", default=[32, 32], help="hidden widths (default 32 32)")
 
 
 def run(args: argparse.Namespace) -> dict:

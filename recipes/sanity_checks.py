@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "sanity_checks"
@@ -29,8 +30,8 @@ EXPECTED_CATCH = {"good": None, "huge_last_layer": "initial_loss", "zero_init": 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--units", type=int, nargs="+", default=[32, 32], help="hidden widths (default 32 32)")
-    parser.add_argument("--overfit-steps", type=int, default=None,
+    parser.add_argument("--units", type=types.positive_int, nargs="+", default=[32, 32], help="hidden widths (default 32 32)")
+    parser.add_argument("--overfit-steps", type=types.positive_int, default=None,
                         help="step budget of the overfit check (default 200; 60 with --quick)")
 
 
@@ -90,7 +91,7 @@ def _plot(reports: dict, path):
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(6.5, 2.6))
-    grid = np.array([[r.results[c].passed for c in CHECKS] for r in reports.values()], dtype=float)
+    grid = np.array([[r.results[c].passed for c in CHECKS] for r in reports.values()], dtype=types.positive_float)
     ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1)
     ax.set_xticks(range(len(CHECKS)), CHECKS)
     ax.set_yticks(range(len(reports)), list(reports))

@@ -11,6 +11,8 @@ Usage::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 QUICK = ["--quick", "--dataset", "fashion_mnist_small", "--seed", "0"]
@@ -20,15 +22,16 @@ def _args(tmp_path, *extra) -> list[str]:
     return [*QUICK, "--log-dir", str(tmp_path), *map(str, extra)]
 
 
-def _check_outputs(tmp_path, recipe: str, figures: list[str], runs: list[str]) -> None:
+def _check_outputs(results: dict, figures: list[str], runs: list[str]) -> None:
     """Every figure is a non-empty PNG and every run folder holds a TensorBoard event file."""
+    folder = Path(results["log_dir"])
     for figure in figures:
-        path = tmp_path / recipe / figure
+        path = folder / figure
         if not path.is_file() or path.read_bytes()[:4] != b"\x89PNG":
             pytest.fail(f"missing or invalid figure {path}")
     for run in runs:
-        if not list((tmp_path / recipe / run).rglob("events.out.tfevents.*")):
-            pytest.fail(f"no TensorBoard event file under {tmp_path / recipe / run}")
+        if not list((folder / run).rglob("events.out.tfevents.*")):
+            pytest.fail(f"no TensorBoard event file under {folder / run}")
 
 
 def test_init_study_statistics_and_training(tmp_path):
@@ -47,14 +50,14 @@ def test_init_study_statistics_and_training(tmp_path):
     assert last_over_first("relu_glorot") < 0.3
     assert set(results["training"]) == set(init_study.CONFIGS)
     assert all(0.0 <= h["test_accuracy"][-1] <= 1.0 for h in results["training"].values())
-    _check_outputs(tmp_path, "init_study", ["init_study_histograms.png", "init_study_training.png"],
+    _check_outputs(results, ["init_study_histograms.png", "init_study_training.png"],
                    list(init_study.CONFIGS))
     # `keras-bn report` on the lecture-setting runs: vanishing for N(0, 0.01^2), quiet for He + ReLU.
     from keras_bn.report import report
 
-    tiny = report(tmp_path / "init_study" / "tanh_normal_0.01").warnings
+    tiny = report(Path(results["log_dir"]) / "tanh_normal_0.01").warnings
     assert any("vanishing activations" in w for w in tiny), tiny
-    assert report(tmp_path / "init_study" / "relu_he").warnings == []
+    assert report(Path(results["log_dir"]) / "relu_he").warnings == []
 
 
 def test_bn_paper_mnist_input_drift(tmp_path):
@@ -72,7 +75,7 @@ def test_bn_paper_mnist_input_drift(tmp_path):
     for run in bn_paper_mnist.RUNS:
         assert len(runs[run]["percentiles"]) == len(runs[run]["step"]) + 1
         assert runs[run]["test_accuracy"][-1] > 0.3  # both learn well above chance (0.1)
-    _check_outputs(tmp_path, "bn_paper_mnist", ["bn_paper_mnist.png"], list(bn_paper_mnist.RUNS))
+    _check_outputs(results, ["bn_paper_mnist.png"], list(bn_paper_mnist.RUNS))
 
 
 def test_activation_comparison_gradient_vanishing(tmp_path):
@@ -86,7 +89,7 @@ def test_activation_comparison_gradient_vanishing(tmp_path):
     assert runs["relu_bn"]["grad_ratio_start"] > 0.3
     assert 0.0 <= runs["relu_no_bn"]["dead"] <= 1.0 and 0.0 <= runs["sigmoid_no_bn"]["saturated"] <= 1.0
     assert all(r["seconds_per_epoch"] > 0 for r in runs.values())
-    _check_outputs(tmp_path, "activation_comparison", ["activation_comparison.png"], list(runs))
+    _check_outputs(results, ["activation_comparison.png"], list(runs))
 
 
 def test_bn_learning_rate_high_rate(tmp_path):
@@ -98,7 +101,7 @@ def test_bn_learning_rate_high_rate(tmp_path):
     assert runs["mlp_no_bn_lr1"]["diverged"]
     assert not runs["mlp_bn_lr1"]["diverged"]
     assert runs["mlp_bn_lr1"]["test_accuracy"] > 0.5
-    _check_outputs(tmp_path, "bn_learning_rate", ["bn_learning_rate.png"], list(runs))
+    _check_outputs(results, ["bn_learning_rate.png"], list(runs))
 
 
 def test_batch_size_norms_bn_mode_gap(tmp_path):
@@ -111,4 +114,4 @@ def test_batch_size_norms_bn_mode_gap(tmp_path):
     assert runs["batch_batch2"]["disagreement"] > 0.05
     assert runs["batch_batch2"]["steps"] == 128 and runs["layer_batch2"]["steps"] == 128
     assert "disagreement" not in runs["layer_batch2"]
-    _check_outputs(tmp_path, "batch_size_norms", ["batch_size_norms.png"], list(runs))
+    _check_outputs(results, ["batch_size_norms.png"], list(runs))
