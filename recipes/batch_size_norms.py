@@ -21,7 +21,7 @@ import argparse
 import numpy as np
 
 from keras_bn import _arg_types as types
-from keras_bn.recipes import _common
+from keras_bn.recipes import _common, _findings
 
 NAME = "batch_size_norms"
 DESCRIPTION = "Small CNN with BN, LayerNorm, GroupNorm and none at batch sizes 2-128, same examples seen: accuracy and BN's train/inference gap."
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> dict:
             result = {"test_accuracy": history["test_accuracy"][-1], "steps": steps, "seconds": history["seconds"]}
             if norm == "batch":
                 result.update(bn_mode_gap(model, data.x_test[:GAP_SAMPLES], data.y_test[:GAP_SAMPLES], batch_size))
+                result["lag"] = _findings.bn_lag(model, data.x_test[:256], data.y_test[:256], steps)
             results[(norm, batch_size)] = result
 
     columns = ["norm"] + [f"batch {b}" for b in args.batch_sizes]
@@ -97,8 +98,40 @@ def run(args: argparse.Namespace) -> dict:
         print(_common.format_table(["batch size", "acc, batch stats", "acc, moving averages",
                                     "predictions differing"], gap_rows))
     _plot(results, args, _common.recipe_dir(args, NAME) / f"{NAME}.png", data.name, examples)
-    return {"examples": examples, "dataset": data.name,
-            "runs": {f"{norm}_batch{b}": r for (norm, b), r in results.items()}}
+    runs = {f"{norm}_batch{b}": r for (norm, b), r in results.items()}
+    findings = explain(runs, args.norms, args.batch_sizes)
+    _findings.report(findings)
+    return {"examples": examples, "dataset": data.name, "runs": runs, "findings": findings}
+
+
+def explain(runs: dict, norms, batch_sizes) -> list:
+    """This recipe's claims on its own numbers: BN's two modes disagree more at the smallest
+    batch than at the largest; a batch-independent norm beats BN at the smallest batch; BN
+    beats no norm at the largest. Where a claim fails, the reason is BN's measured lag."""
+    small, large = min(batch_sizes), max(batch_sizes)
+    findings = []
+    if "batch" not in norms:
+        return findings
+    bn_small, bn_large = runs[f"batch_batch{small}"], runs[f"batch_batch{large}"]
+    if small != large:
+        findings.append(_findings.compare(
+            f"BN's batch-statistics and moving-average predictions differ more at batch {small} than at {large}",
+            bn_small["disagreement"], bn_large["disagreement"], scale=100, unit=" points",
+            reason=f"at batch {large}: {_findings.lag_reason(bn_large['lag'])}"))
+    others = [n for n in ("layer", "group") if n in norms]
+    if others:
+        best = max(others, key=lambda n: runs[f"{n}_batch{small}"]["test_accuracy"])
+        findings.append(_findings.compare(
+            f"{best} norm beats BN at batch {small}", runs[f"{best}_batch{small}"]["test_accuracy"],
+            bn_small["test_accuracy"], scale=100, unit=" points",
+            reason=f"BN at batch {small} predicts differently in its two modes for "
+                   f"{bn_small['disagreement']:.0%} of test images, yet still wins"))
+    if "none" in norms:
+        findings.append(_findings.compare(
+            f"BN beats no normalization at batch {large}", bn_large["test_accuracy"],
+            runs[f"none_batch{large}"]["test_accuracy"], scale=100, unit=" points",
+            reason=_findings.lag_reason(bn_large["lag"])))
+    return findings
 
 
 def _plot(results: dict, args, path, dataset: str, examples: int):

@@ -23,7 +23,7 @@ import argparse
 import numpy as np
 
 from keras_bn import _arg_types as types
-from keras_bn.recipes import _common
+from keras_bn.recipes import _common, _findings
 
 NAME = "bn_learning_rate"
 DESCRIPTION = "MLP and small CNN with and without BN over a log grid of SGD learning rates: accuracy, divergence, steps to target."
@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> dict:
                     "diverged": history["diverged"] or not accuracy >= DIVERGED_ACCURACY,
                     "steps_to_target": steps_to_target(history, target),
                     "history": history,
+                    "lag": (_findings.bn_lag(model, data.x_test[:256], data.y_test[:256], len(history["loss"]) * eval_every)
+                            if norm and not history["diverged"] else None),
                 }
 
     columns = ["model", "norm", "learning rate", "final test acc", "diverged", f"steps to {target}"]
@@ -123,8 +125,41 @@ def run(args: argparse.Namespace) -> dict:
     print(_common.format_table(["model", "best lr no BN", "steps no BN", "best lr BN", "steps BN",
                                 "steps no BN / steps BN"], summary))
     _plot(results, grid, datasets, _common.recipe_dir(args, NAME) / f"{NAME}.png", target)
-    return {"steps": steps, "target": target, "grid": list(grid), "speedup": speedups,
+    findings = explain(results, list(datasets), grid, target, steps)
+    _findings.report(findings)
+    return {"steps": steps, "target": target, "grid": list(grid), "speedup": speedups, "findings": findings,
             "runs": {f"{k}_{n}_lr{lr:g}": r for (k, n, lr), r in results.items()}}
+
+
+def explain(results: dict, kinds, grid, target: float, steps: int) -> list:
+    """This recipe's claims on its own numbers, per model: BN trains at a learning rate where
+    the plain net diverges, and BN reaches `target` in fewer steps at its best rate."""
+    findings = []
+    for kind in kinds:
+        def highest(norm_key):
+            ok = [lr for lr in grid if not results[(kind, norm_key, lr)]["diverged"]]
+            return max(ok) if ok else float("nan")
+
+        plain_top, bn_top = highest("no_bn"), highest("bn")
+        findings.append(_findings.Finding(
+            f"{kind}: BN trains at a higher learning rate than no BN", bn_top > plain_top
+            or (plain_top != plain_top and bn_top == bn_top),
+            f"highest rate that did not diverge: {bn_top:g} with BN, {plain_top:g} without",
+            f"the grid's top rate {max(grid):g} is not high enough to make the plain net diverge"
+            if plain_top == max(grid) else "BN diverged as early as the plain net"))
+        best = {n: best_run({lr: r for (k, nk, lr), r in results.items() if k == kind and nk == n}) for n in NORMS}
+        (lr_plain, plain), (lr_bn, with_bn) = best["no_bn"], best["bn"]
+        plain_steps, bn_steps = plain["steps_to_target"], with_bn["steps_to_target"]
+        lag = with_bn["lag"]
+        reason = _findings.lag_reason(lag) if lag else "BN diverged at its best rate"
+        if bn_steps is None:
+            held, by = False, f"BN did not reach {target} in {steps} steps (best test accuracy {with_bn['test_accuracy']:.3f})"
+        elif plain_steps is None:
+            held, by = True, f"BN at lr {lr_bn:g} in {bn_steps} steps; no BN not within {steps}"
+        else:
+            held, by = bn_steps < plain_steps, f"{plain_steps / bn_steps:.2f}x: {bn_steps} vs {plain_steps} steps"
+        findings.append(_findings.Finding(f"{kind}: BN reaches test accuracy {target} in fewer steps", held, by, reason))
+    return findings
 
 
 def _plot(results: dict, grid, datasets: dict, path, target: float):
