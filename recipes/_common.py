@@ -136,20 +136,24 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def training_callbacks(path: Path, probe=None, every: int = 100) -> list:
+def training_callbacks(path: Path, probe=None, every: int | None = None, *, fit_steps: int | None = None) -> list:
     """The TensorBoard logging of every recipe's training runs, chosen in this one place:
     ``keras_bn.callbacks.diagnostics`` (loss/metrics, gradient norms, update ratios and,
     given a `probe`, activation statistics).
 
+    `every` defaults to a third of `fit_steps` (the steps of each ``fit`` call; at most 100),
+    so that even a short fit crosses a multiple of `every` and logs its update ratios.
     Its per-epoch figures are off: recipes often make each "epoch" a short evaluation
     period (`train_for_steps`) and draw their own PNGs.
 
     Example::
 
-        model.fit(x, y, callbacks=_common.training_callbacks(run_dir(args, NAME, "with_bn"), x_test[:256]))
+        cbs = _common.training_callbacks(run_dir(args, NAME, "with_bn"), x_test[:256], fit_steps=31)
     """
     from keras_bn.callbacks import diagnostics
 
+    if every is None:
+        every = min(100, max(1, fit_steps // 3)) if fit_steps else 100
     return diagnostics(str(path), probe=probe, every=every, figures=False)
 
 

@@ -42,13 +42,15 @@ class Finding(NamedTuple):
 
 
 def compare(claim: str, value: float, baseline: float, *, higher_is_better: bool = True, unit: str = "",
-            scale: float = 1.0, reason: str = "", ties_hold: bool = False) -> Finding:
+            scale: float = 1.0, reason: str = "", ties_hold: bool = False,
+            words: tuple[str, str] = ("better", "worse")) -> Finding:
     """The claim "value beats baseline" ("matches or beats" with `ties_hold`), with the margin
-    (`scale` 100 and unit " points" for accuracies) and `reason`, shown only where it did not hold."""
+    (`scale` 100 and unit " points" for accuracies; `words` for the margin's two signs) and
+    `reason`, shown only where it did not hold."""
     if not (math.isfinite(value) and math.isfinite(baseline)):
         return Finding(claim, False, f"{value:.4g} vs {baseline:.4g}, not finite", reason)
     margin = (value - baseline) if higher_is_better else (baseline - value)
-    word = "better" if margin > 0 else "worse" if margin < 0 else "no different"
+    word = words[0] if margin > 0 else words[1] if margin < 0 else "no different"
     by = f"{abs(margin) * scale:.3g}{unit} {word}: {value:.4g} vs {baseline:.4g}"
     return Finding(claim, margin > 0 or (ties_hold and margin == 0), by, reason)
 

@@ -27,7 +27,7 @@ from keras_bn.recipes import _common, _findings
 NAME = "activation_comparison"
 DESCRIPTION = "A deep MLP with each activation (sigmoid ... maxout), with and without BN: gradients, dead/saturated units, accuracy."
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "maxout")
-QUICK_ACTIVATIONS = ("sigmoid", "tanh", "relu", "selu")
+QUICK_ACTIVATIONS = ("sigmoid", "relu")
 NORMS = {"no_bn": None, "bn": "batch"}
 GRAD_BATCH = 256
 PROBE_SAMPLES = 512
@@ -73,7 +73,8 @@ def run_one(args, data, activation: str, norm_key: str, units: int, epochs: int)
     norms_start = _common.kernel_gradient_norms(model, grad_x, grad_y)
     timer = _common.EpochTimer()
     steps_per_epoch = len(data.x_train) // args.batch_size
-    callbacks = [timer, *_common.training_callbacks(_common.run_dir(args, NAME, run), probe=data.x_test[:256])]
+    callbacks = [timer, *_common.training_callbacks(_common.run_dir(args, NAME, run), probe=data.x_test[:256],
+                                                      fit_steps=steps_per_epoch)]
     history = _common.train_for_steps(model, data, steps=epochs * steps_per_epoch, batch_size=args.batch_size,
                                       eval_every=steps_per_epoch, seed=args.seed, callbacks=callbacks, label=run)
     norms_end = _common.kernel_gradient_norms(model, grad_x, grad_y)
@@ -140,6 +141,17 @@ def explain(runs: dict, activations) -> list:
     return findings
 
 
+def accuracy_axis(values) -> tuple[float, float]:
+    """A y range that shows 1-point differences between accuracies: the values' span plus a
+    margin (at least 5 points), clipped to [0, 1]; (0, 1) when nothing is finite."""
+    finite = [v for v in values if np.isfinite(v)]
+    if not finite:
+        return 0.0, 1.0
+    low, high = min(finite), max(finite)
+    margin = max(0.05, 0.25 * (high - low))
+    return max(0.0, low - margin), min(1.0, high + margin)
+
+
 def _plot(results: dict, depth: int, path, dataset: str):
     import matplotlib.pyplot as plt
 
@@ -153,10 +165,13 @@ def _plot(results: dict, depth: int, path, dataset: str):
         ax.set(title=f"kernel gradient norm at step 0, {norm}", xlabel="hidden layer", yscale="log")
         ax.legend(fontsize=7)
     x = np.arange(len(activations))
+    accuracies = [results[(a, n)]["test_accuracy"] for a in activations for n in NORMS]
     for j, norm in enumerate(NORMS):
-        axes[2].bar(x + 0.4 * j - 0.2, [results[(a, norm)]["test_accuracy"] for a in activations], 0.4, label=norm)
+        values = [results[(a, norm)]["test_accuracy"] for a in activations]
+        bars = axes[2].bar(x + 0.4 * j - 0.2, values, 0.4, label=norm)
+        axes[2].bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=7, padding=1)
     axes[2].set_xticks(x, activations, rotation=45, fontsize=8)
-    axes[2].set(title=f"test accuracy after the budget ({dataset})", ylim=(0, 1))
+    axes[2].set(title=f"test accuracy after the budget ({dataset})", ylim=accuracy_axis(accuracies))
     axes[2].legend()
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -27,14 +27,16 @@ NAME = "batch_size_norms"
 DESCRIPTION = "Small CNN with BN, LayerNorm, GroupNorm and none at batch sizes 2-128, same examples seen: accuracy and BN's train/inference gap."
 NORMS = {"batch": "batch", "layer": "layer", "group": "group", "none": None}
 BATCH_SIZES = (2, 4, 8, 32, 128)
+QUICK_BATCH_SIZES = (2, 32)
+QUICK_NORMS = ("batch", "layer")
 GAP_SAMPLES = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-sizes", type=types.positive_int, nargs="+", default=list(BATCH_SIZES),
-                        help="batch sizes (default 2 4 8 32 128)")
-    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(NORMS),
-                        help="normalizations (default batch layer group none)")
+    parser.add_argument("--batch-sizes", type=types.positive_int, nargs="+", default=None,
+                        help="batch sizes (default 2 4 8 32 128; quick 2 32)")
+    parser.add_argument("--norms", nargs="+", default=None, choices=list(NORMS),
+                        help="normalizations (default batch layer group none; quick batch layer)")
     parser.add_argument("--examples", type=types.positive_int, default=None,
                         help="training examples seen per run (default 20000; quick 512)")
     parser.add_argument("--filters", type=types.positive_int, nargs="+", default=[16, 32], help="CNN filters (default 16 32)")
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> dict:
 
     data = _common.load_data(args, flatten=False)
     examples = args.examples or (512 if args.quick else 20000)
+    args.batch_sizes = args.batch_sizes or list(QUICK_BATCH_SIZES if args.quick else BATCH_SIZES)
+    args.norms = args.norms or list(QUICK_NORMS if args.quick else NORMS)
     print(f"small CNN {args.filters}, Adam lr {args.learning_rate}, {examples} examples per run, "
           f"batch sizes {args.batch_sizes}, norms {args.norms}")
     results = {}
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> dict:
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
             run_name = f"{norm}_batch{batch_size}"
             steps = max(1, examples // batch_size)
-            callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name), probe=data.x_test[:256])
+            callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name), probe=data.x_test[:256],
+                                                   fit_steps=steps)
             history = _common.train_for_steps(model, data, steps=steps, batch_size=batch_size, eval_every=steps,
                                               seed=args.seed, callbacks=callbacks, label=run_name)
             result = {"test_accuracy": history["test_accuracy"][-1], "steps": steps, "seconds": history["seconds"]}
@@ -116,7 +121,7 @@ def explain(runs: dict, norms, batch_sizes) -> list:
     if small != large:
         findings.append(_findings.compare(
             f"BN's batch-statistics and moving-average predictions differ more at batch {small} than at {large}",
-            bn_small["disagreement"], bn_large["disagreement"], scale=100, unit=" points",
+            bn_small["disagreement"], bn_large["disagreement"], scale=100, unit=" points", words=("more", "less"),
             reason=f"at batch {large}: {_findings.lag_reason(bn_large['lag'])}"))
     others = [n for n in ("layer", "group") if n in norms]
     if others:

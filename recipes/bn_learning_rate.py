@@ -31,14 +31,14 @@ NORMS = {"no_bn": None, "bn": "batch"}
 MODELS = ("mlp", "cnn")
 DIVERGED_ACCURACY = 0.2
 FULL_GRID = tuple(float(f"{v:.3g}") for v in 10.0 ** np.arange(-3.0, 0.75, 0.5))  # 0.001 ... 3.16
-QUICK_GRID = (0.01, 0.1, 1.0)
+QUICK_GRID = (0.1, 1.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="mlp, cnn or both (default both)")
+    parser.add_argument("--models", nargs="+", default=None, choices=MODELS, help="mlp, cnn or both (default both; quick mlp)")
     parser.add_argument("--learning-rates", type=types.positive_float, nargs="+", default=None,
                         help=f"SGD learning rates (default {' '.join(map(str, FULL_GRID))}; quick {' '.join(map(str, QUICK_GRID))})")
-    parser.add_argument("--steps", type=types.positive_int, default=None, help="training steps per run (default 1500; quick 100)")
+    parser.add_argument("--steps", type=types.positive_int, default=None, help="training steps per run (default 1500; quick 60)")
     parser.add_argument("--eval-every", type=types.positive_int, default=None, help="steps between evaluations (default 50; quick 20)")
     parser.add_argument("--eval-samples", type=types.positive_int, default=2000, help="test images per evaluation (default 2000)")
     parser.add_argument("--target", type=types.fraction, default=None, help="target test accuracy (default 0.8; quick 0.6)")
@@ -73,7 +73,8 @@ def best_run(runs: dict) -> tuple[float, dict]:
 def run(args: argparse.Namespace) -> dict:
     import keras
 
-    steps = args.steps or (100 if args.quick else 1500)
+    steps = args.steps or (60 if args.quick else 1500)
+    args.models = args.models or (["mlp"] if args.quick else list(MODELS))
     eval_every = args.eval_every or (20 if args.quick else 50)
     target = args.target or (0.6 if args.quick else 0.8)
     grid = args.learning_rates or (QUICK_GRID if args.quick else FULL_GRID)
@@ -92,7 +93,8 @@ def run(args: argparse.Namespace) -> dict:
                 model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9),
                               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
                 run_name = f"{kind}_{norm_key}_lr{lr:g}"
-                callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name), probe=data.x_test[:256])
+                callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name), probe=data.x_test[:256],
+                                                       fit_steps=min(eval_every, steps))
                 history = _common.train_for_steps(model, data, steps=steps, batch_size=args.batch_size,
                                                   eval_every=eval_every, seed=args.seed, callbacks=callbacks,
                                                   label=run_name)

@@ -31,7 +31,7 @@ PROBE_SAMPLES = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=types.positive_int, default=None, help="training steps (default 50000, the paper's; quick 300)")
+    parser.add_argument("--steps", type=types.positive_int, default=None, help="training steps (default 50000, the paper's; quick 200)")
     parser.add_argument("--eval-every", type=types.positive_int, default=None, help="steps between evaluations (default steps/50)")
     parser.add_argument("--batch-size", type=types.positive_int, default=60, help="mini-batch size (default 60, the paper's)")
     parser.add_argument("--learning-rate", type=types.positive_float, default=0.5, help="SGD learning rate (default 0.5)")
@@ -73,7 +73,7 @@ def build_models(input_dim: int, num_classes: int, init_std: float) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     data = _common.load_data(args, flatten=True)
-    steps = args.steps or (300 if args.quick else 50000)
+    steps = args.steps or (200 if args.quick else 50000)
     eval_every = args.eval_every or max(1, steps // (10 if args.quick else 50))
     models = build_models(data.x_train.shape[1], data.num_classes, args.init_std)
     probe = data.x_test[:PROBE_SAMPLES]
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> dict:
         layer = "block3_bn" if RUNS[run] else "block3_dense"
         percentiles: list = []
         callbacks = [InputPercentiles(layer, args.unit, probe, percentiles),
-                     *_common.training_callbacks(_common.run_dir(args, NAME, run), probe=probe[:256])]
+                     *_common.training_callbacks(_common.run_dir(args, NAME, run), probe=probe[:256],
+                                                 fit_steps=min(eval_every, steps))]
         history = _common.train_for_steps(model, data, steps=steps, batch_size=args.batch_size,
                                           eval_every=eval_every, seed=args.seed, callbacks=callbacks, label=run)
         history["percentiles"] = percentiles  # one entry at step 0, then one per evaluation

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> dict:
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         callbacks[run] = [_common.EpochTimer(),
-                          *_common.training_callbacks(_common.run_dir(args, NAME, run), probe=data.x_test[:256])]
+                          *_common.training_callbacks(_common.run_dir(args, NAME, run), probe=data.x_test[:256],
+                                                     fit_steps=-(-len(data.x_train) // args.batch_size))]
 
     rng = np.random.default_rng(args.seed)
     print(f"training {', '.join(RUNS)} for {epochs} epochs on {len(data.x_train)} images")

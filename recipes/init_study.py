@@ -44,10 +44,11 @@ CONFIGS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=types.positive_int, default=6, help="hidden layers (default 6)")
     parser.add_argument("--samples", type=types.positive_int, default=None,
-                        help="standard-normal inputs for the statistics (default 1000; quick 256)")
+                        help="standard-normal inputs for the statistics (default 1000; quick 128)")
     parser.add_argument("--stats-width", type=types.positive_int, default=None,
                         help=f"width of the part-1 nets (default {STATS_WIDTH}; quick 1024; fixed stds keep their gain at 4096)")
-    parser.add_argument("--train-units", type=types.positive_int, default=256, help="width of the trained nets (default 256)")
+    parser.add_argument("--train-units", type=types.positive_int, default=None,
+                        help="width of the trained nets (default 256; quick 64)")
     parser.add_argument("--batch-size", type=types.positive_int, default=64, help="training batch size (default 64)")
     parser.add_argument("--learning-rate", type=types.positive_float, default=0.01, help="SGD learning rate (default 0.01)")
     parser.add_argument("--skip-training", action="store_true", help="only the activation statistics")
@@ -117,7 +118,7 @@ def train_configs(args: argparse.Namespace, data, epochs: int) -> dict:
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         steps = epochs * (len(data.x_train) // args.batch_size)
         callbacks = _common.training_callbacks(_common.run_dir(args, NAME, f"train_{config}"),
-                                               probe=data.x_test[:256])
+                                               probe=data.x_test[:256], fit_steps=steps // epochs)
         history = _common.train_for_steps(model, data, steps=steps, batch_size=args.batch_size,
                                           eval_every=steps // epochs, seed=args.seed, callbacks=callbacks,
                                           label=config)
@@ -126,7 +127,8 @@ def train_configs(args: argparse.Namespace, data, epochs: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    samples = args.samples or (256 if args.quick else 1000)
+    samples = args.samples or (128 if args.quick else 1000)
+    args.train_units = args.train_units or (64 if args.quick else 256)
     width = args.stats_width or (1024 if args.quick else STATS_WIDTH)
     print(f"part 1: activation statistics of {args.layers} x {width} nets on {samples} N(0, 1) inputs")
     stats = activation_statistics(args.layers, samples, args.seed, args, width)
@@ -225,12 +227,30 @@ def _plot_histograms(stats: dict, path, width: int):
 def _plot_training(training: dict, path, dataset: str):
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    if max(len(h["step"]) for h in training.values()) == 1:  # one evaluation (quick mode): bars, not dots
+        configs = list(training)
+        for ax, key in zip(axes, ("loss", "test_accuracy")):
+            values = [training[c][key][-1] for c in configs]
+            bars = ax.bar(range(len(configs)), values, color=[f"C{i}" for i in range(len(configs))])
+            ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=7)
+            ax.set_xticks(range(len(configs)), configs, rotation=30, ha="right", fontsize=8)
+            ax.grid(alpha=0.3, axis="y")
+        step = training[configs[0]]["step"][-1]
+        axes[0].set(title=f"train loss after {step} steps ({dataset})")
+        axes[1].set(title=f"test accuracy after {step} steps")
+        fig.tight_layout()
+        _common.save_figure(fig, path)
+        return
     for config, h in training.items():
         axes[0].plot(h["step"], h["loss"], marker="o", label=config)
         axes[1].plot(h["step"], h["test_accuracy"], marker="o", label=config)
     axes[0].set(title=f"train loss ({dataset})", xlabel="step", yscale="log")
     axes[1].set(title="test accuracy", xlabel="step")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _common.finish_figure(fig, axes, path, legend_fontsize=8)
 
 

@@ -111,10 +111,10 @@ def _plot(reports: dict, path):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6.5, 2.6))
+    fig, ax = plt.subplots(figsize=(7.5, 3.0))
     grid = np.array([[r.results[c].passed for c in CHECKS] for r in reports.values()], dtype=float)
-    ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1)
-    ax.set_xticks(range(len(CHECKS)), CHECKS)
+    ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")  # cells fill the width: labels do not overlap
+    ax.set_xticks(range(len(CHECKS)), [c.replace("_", " ") for c in CHECKS])
     ax.set_yticks(range(len(reports)), list(reports))
     for (i, j), ok in np.ndenumerate(grid):
         ax.text(j, i, "pass" if ok else "FAIL", ha="center", va="center")

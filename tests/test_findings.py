@@ -101,7 +101,7 @@ def test_batch_size_norms_verdict_follows_the_disagreement():
                 "none_batch2": {"test_accuracy": 0.4}, "none_batch32": {"test_accuracy": 0.75}}
 
     differ, layer, none = batch_size_norms.explain(runs(0.30), ["batch", "layer", "none"], [2, 32])
-    assert differ.held and "25 points better" in differ.by and layer.held
+    assert differ.held and "25 points more" in differ.by and layer.held
     assert not none.held and "after 12 steps = 0.12 x BN's ~100-step memory" in none.sentence()
     differ, _, _ = batch_size_norms.explain(runs(0.01), ["batch", "layer", "none"], [2, 32])
     assert not differ.held and "at batch 32: BN's moving averages lag" in differ.sentence()
