@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "docs/builders.md", "docs/diagnostics.md", "docs/training_tools.md",
-         "docs/distribute.md", "docs/recipes.md"]
+         "docs/distribute.md"]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 

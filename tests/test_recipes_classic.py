@@ -147,3 +147,12 @@ def test_batch_size_norms_bn_mode_gap(tmp_path):
     assert "after 16 steps = 0.16 x BN's ~100-step memory" in differ.sentence() or differ.held
     assert _logs_update_ratios(Path(results["log_dir"]) / "batch_batch2")
     _check_outputs(results, ["batch_size_norms.png"], list(runs))
+
+
+def test_accuracy_axis_shows_point_differences():
+    from keras_bn.recipes.activation_comparison import accuracy_axis
+
+    low, high = accuracy_axis([0.81, 0.83, 0.86, float("nan")])
+    assert (low, high) == pytest.approx((0.76, 0.91))  # a 1-point difference is 1/15 of the axis, not 1/100
+    assert accuracy_axis([0.02, 0.99]) == (0.0, 1.0)
+    assert accuracy_axis([float("nan")]) == (0.0, 1.0)

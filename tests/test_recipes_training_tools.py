@@ -40,3 +40,25 @@ def test_hparam_search_recipe_random_tries_more_learning_rates(tmp_path):
     for name in ("grid", "random", "coarse_to_fine"):
         assert (Path(out["log_dir"]) / f"{name}_trials.csv").is_file()
         assert any((Path(out["log_dir"]) / name).iterdir())
+
+
+def test_sanity_checks_figure_labels_do_not_overlap(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+
+    from keras_bn.recipes import sanity_checks
+
+    figures = []
+    monkeypatch.setattr(sanity_checks._common, "save_figure", lambda fig, path: figures.append(fig))
+    results = {c: SimpleNamespace(passed=True) for c in sanity_checks.CHECKS}
+    sanity_checks._plot({s: SimpleNamespace(results=results) for s in sanity_checks.EXPECTED_CATCH}, tmp_path / "f.png")
+    fig = figures[0]
+    fig.canvas.draw()
+    boxes = [label.get_window_extent() for label in fig.axes[0].get_xticklabels()]
+    assert len(boxes) == len(sanity_checks.CHECKS)
+    assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:])), [(b.x0, b.x1) for b in boxes]
+    plt.close(fig)
