@@ -10,6 +10,7 @@ Usage::
 
     nice python benchmarks/bench_quick_modes.py                 # every classic recipe
     python benchmarks/bench_quick_modes.py bn_vs_no_bn init_study --repeats 3
+    python benchmarks/bench_quick_modes.py --cli-only --repeats 5
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ TARGET_SECONDS = 15.0
 CLI_TARGET_SECONDS = 1.0
 
 
+SHOWN: dict[str, str] = {}  # recipe -> the last "What this run shows" paragraph it printed
+
+
 def wall(argv: list[str]) -> float:
     """Seconds one fresh process takes to run `argv`; raises when it fails."""
     start = time.perf_counter()
@@ -35,6 +39,11 @@ def wall(argv: list[str]) -> float:
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-1500:]}")
+    lines = done.stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("What this run shows")]
+    if starts:
+        end = next((j for j in range(starts[-1], len(lines)) if ": done in " in lines[j]), len(lines))
+        SHOWN[" ".join(argv)] = " ".join(lines[starts[-1]:end])
     return seconds
 
 
@@ -42,6 +51,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipes", nargs="*", default=list(CLASSIC), help="recipes to time (default: the classic ones)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per command; the median is printed (default 1)")
+    parser.add_argument("--cli-only", action="store_true", help="only `keras-bn --help` and `list`")
     args = parser.parse_args(argv)
     python = sys.executable
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
@@ -56,7 +66,7 @@ def main(argv=None) -> None:
         seconds = median([python, "-m", "keras_bn.cli", *words])
         rows.append((f"keras-bn {' '.join(words)}", seconds, seconds / CLI_TARGET_SECONDS))
     with tempfile.TemporaryDirectory() as log_dir:
-        for recipe in args.recipes:
+        for recipe in [] if args.cli_only else args.recipes:
             seconds = median([python, "-m", "keras_bn.cli", "run", recipe, "--quick", "--dataset",
                               "fashion_mnist_small", "--log-dir", log_dir])
             rows.append((f"run {recipe} --quick", seconds, seconds / TARGET_SECONDS))
@@ -64,8 +74,10 @@ def main(argv=None) -> None:
     print(f"\n| command | wall s (median of {args.repeats}) | / target | / baseline |")
     print("|---|---|---|---|")
     for name, seconds, to_target in rows:
-        print(f"| {name} | {seconds:.2f} | {to_target:.2f} | {seconds / baseline:.1f} |")
+        print(f"| {name} | {seconds:.2f} | {to_target:.2f} | {seconds / baseline:.3f} |")
     print(f"\nload average after: {os.getloadavg()[0]:.2f} (1 min)")
+    for command, paragraph in SHOWN.items():
+        print(f"\n{command.split(' run ')[-1]}:\n  {paragraph}")
 
 
 if __name__ == "__main__":
