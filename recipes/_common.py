@@ -44,7 +44,7 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
                         help="mnist, fashion_mnist or fashion_mnist_small (default fashion_mnist)")
     parser.add_argument("--data-dir", type=types.existing_dir, default=None,
                         help="folder with the four IDX .gz files (default: see keras_bn.data.load)")
-    parser.add_argument("--log-dir", type=types.writable_dir, default="logs",
+    parser.add_argument("--log-dir", type=types.writable_dir, default=None,  # None: "logs", made by the run
                         help="root of the output folders (default logs); each run adds <log-dir>/<recipe>/<date-time>/")
     parser.add_argument("--strategy", choices=("none", "mirrored", "multiworker"), default="none",
                         help="tf.distribute strategy the models are built, compiled and trained under: "
@@ -107,7 +107,7 @@ def recipe_dir(args: argparse.Namespace, recipe: str) -> Path:
     fresh on the first call (see `keras_bn._run_folders`), the same folder afterwards."""
     folder = getattr(args, "invocation_dir", None)
     if folder is None:
-        folder = new_invocation_dir(Path(args.log_dir) / recipe, recipe=recipe, argv=getattr(args, "argv", ()))
+        folder = new_invocation_dir(Path(args.log_dir or "logs") / recipe, recipe=recipe, argv=getattr(args, "argv", ()))
         args.invocation_dir = folder
     return folder
 
@@ -297,6 +297,7 @@ def main(name: str, description: str, add_arguments: Callable, run: Callable, ar
     add_arguments(parser)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.log_dir = args.log_dir or "logs"
     folder = recipe_dir(args, name)
     print(f"{name}: writing to {folder}", flush=True)
     with strategy_scope(args):
