@@ -6,6 +6,10 @@ Usage::
     keras-bn run bn_vs_no_bn --quick
     keras-bn tensorboard logs
     keras-bn report logs/bn_vs_no_bn/with_bn
+
+Every command exits with a code from `EXIT_CODES` (0 done, 1 error-level findings, 2 bad
+usage or input, 3 nothing readable); an error is one line ``keras-bn: error: ...``, and
+``--debug`` prints its traceback too. ``--help`` and ``list`` do not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+
+from keras_bn import _arg_types as types
+
+__all__ = ["build_parser", "free_port", "main", "tensorboard_argv", "tensorboard_server"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -70,34 +78,41 @@ def tensorboard_server(logdir: str, port: int | None = None, timeout: float = 60
         process.stderr.close()
 
 
+
 def _list(args) -> int:
-    from keras_bn.recipes import RECIPES, get_recipe
+    from keras_bn.recipes import RECIPES, describe
 
     width = max(len(n) for n in RECIPES)
     for name in RECIPES:
-        print(f"{name.ljust(width)}  {get_recipe(name).DESCRIPTION}")
+        print(f"{name.ljust(width)}  {describe(name)}")
     return 0
 
 
 def _run(args) -> int:
     from keras_bn.recipes import get_recipe
 
-    try:
-        recipe = get_recipe(args.recipe)
-    except ValueError as err:
-        print(f"keras-bn: {err}", file=sys.stderr)
-        return 2
-    recipe.main(args.recipe_args)
+    recipe = get_recipe(args.recipe)  # a ValueError listing the recipes for an unknown name
+    recipe.main([a for a in args.recipe_args if a != "--debug"])
     return 0
 
 
 def _tensorboard(args) -> int:
+    from keras_bn._run_folders import resolve_log_dir
+
+    logdir, note = resolve_log_dir(args.logdir)
+    if note:
+        print(note, flush=True)
+    flags, url = tensorboard_argv(str(logdir), args.port)
+    print(f"TensorBoard {url} (logdir {logdir}); press Ctrl-C to stop", flush=True)
+    return _serve_tensorboard(flags)
+
+
+def _serve_tensorboard(flags: list[str]) -> int:
+    """Run TensorBoard with `flags` in this process until Ctrl-C; its exit code."""
     from tensorboard import program
 
-    flags, url = tensorboard_argv(args.logdir, args.port)
     board = program.TensorBoard()
     board.configure(argv=[None, *flags])
-    print(f"TensorBoard {url} (logdir {args.logdir}); press Ctrl-C to stop", flush=True)
     return board.main()
 
 
@@ -131,32 +146,46 @@ def _report(args) -> int:
     return exit_code(result.findings, args.fail_on)
 
 
+def _exit_code_epilog() -> str:
+    rows = "\n".join(f"  {code}  {meaning}" for code, meaning in types.EXIT_CODES.items())
+    return f"exit codes (every command):\n{rows}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = types.ArgumentParser(
         prog="keras-bn",
         description="keras-bn: the classic deep-learning training experiments as recipes, "
         "and TensorBoard on what they logged.",
+        epilog=_exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=types.ArgumentParser)
     sub.add_parser("list", help="list the recipes with a one-line description").set_defaults(func=_list)
     run = sub.add_parser(
         "run", help="run a recipe (keras-bn run NAME --help for its options)",
         description="Run one recipe; every option after NAME goes to the recipe "
         "(common ones: --quick, --seed, --epochs, --dataset, --data-dir, --log-dir, "
-        "--strategy {none,mirrored,multiworker}, --mixed-precision {float16,bfloat16}).",
+        "--strategy {none,mirrored,multiworker}, --mixed-precision {float16,bfloat16}). "
+        "Each run writes a fresh folder <log-dir>/NAME/<date-time>/ and prints it; nothing is deleted.",
+        epilog=_exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("recipe", metavar="NAME", help="a recipe name from `keras-bn list`")
     run.add_argument("recipe_args", nargs=argparse.REMAINDER, help="options for the recipe")
     run.set_defaults(func=_run)
-    board = sub.add_parser("tensorboard", help="start TensorBoard on 127.0.0.1 and print its URL")
-    board.add_argument("logdir", nargs="?", default="logs", help="log folder (default logs)")
-    board.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    board = sub.add_parser("tensorboard", help="start TensorBoard on 127.0.0.1 and print its URL",
+                           description="Start TensorBoard on LOGDIR; on a recipe's folder "
+                           "(logs/NAME), on its newest run.", epilog=_exit_code_epilog(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    board.add_argument("logdir", nargs="?", default="logs", type=types.existing_dir,
+                       help="log folder (default logs)")
+    board.add_argument("--port", type=types.port, default=None, help="port 1-65535 (default: a free one)")
     board.set_defaults(func=_tensorboard)
     rep = sub.add_parser("report", help="diagnose a run from its event files: a per-layer table and the doctor's findings",
                          description="Per layer: final/min/max gradient norm, update ratio, dead and "
                          "saturated fractions, activation std; then the doctor's findings, ranked and grouped "
                          "(rules and thresholds: docs/doctor.md). Exit codes: 0 done, 1 findings at the "
-                         "--fail-on level, 2 bad usage or input, 3 nothing readable.")
+                         "--fail-on level, 2 bad usage or input, 3 nothing readable.",
+                         epilog=_exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     rep.add_argument("logdir", help="the run folder passed to keras_bn.callbacks.diagnostics")
     rep.add_argument("--fail-on", choices=("error", "warning", "never"), default="error",
                      help="exit 1 when a finding of this severity or worse exists (default error)")
@@ -166,9 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, (ValueError, OSError, TypeError)) else f"{type(err).__name__}: {text}"
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run the ``keras-bn`` command on `argv` (default ``sys.argv[1:]``); return its exit code."""
+    debug = types.debug_requested(argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("keras-bn: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exit_:  # argparse's --help (0) and usage errors (2)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    except Exception as err:  # noqa: BLE001  (one line for the user; --debug for the traceback)
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"keras-bn: error: {_one_line(err)}"
+              + ("" if debug or isinstance(err, (ValueError, OSError)) else " (--debug shows the traceback)"),
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

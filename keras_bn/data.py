@@ -5,12 +5,17 @@
 1. `data_dir` (the four standard IDX ``.gz`` files; an error if they are not there),
 2. ``$KERAS_BN_DATA_DIR`` (the files directly, or in a ``<name>`` sub-folder),
 3. ``/usr/share/datasets/<name>/`` (Debian's ``dataset-fashion-mnist`` package),
-4. Keras' own loader (its cache in ``~/.keras/datasets``, else a download),
-5. ``fashion_mnist_small``: 6,000 training and 1,000 test images of Fashion-MNIST (balanced,
+4. Keras' download cache (``$KERAS_HOME`` or ``~/.keras``, then ``/tmp/.keras``:
+   ``datasets/fashion-mnist/`` or ``datasets/mnist.npz``), read without Keras,
+5. Keras' own loader, a download, tried only when its server answers within 3 s (so an
+   offline machine prints no "Downloading data from ..." line and never hangs),
+6. ``fashion_mnist_small``: 6,000 training and 1,000 test images of Fashion-MNIST (balanced,
    600 / 100 per class) that ship inside keras-bn, made by ``scripts/make_small_subset.py``
    (MIT licence, Zalando SE; see ``keras_bn/datasets/fashion_mnist_small/LICENSE``).
 
-It prints one line naming what it loaded and from where.
+It prints one line naming what it loaded and from where. A damaged file (not gzip, cut
+short, a bad IDX header, labels out of range, image and label counts that differ) is a
+one-line ``ValueError`` naming the file and what is wrong.
 
 Usage::
 
@@ -22,7 +27,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import struct
+import threading
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +38,11 @@ import numpy as np
 
 from keras_bn._registry import Registry
 
+__all__ = ["CLASS_NAMES", "DATASETS", "Dataset", "load", "read_idx", "standardize"]
+
 ENV_VAR = "KERAS_BN_DATA_DIR"
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # where keras.datasets downloads from
+PROBE_SECONDS = 3.0
 SYSTEM_DIR = Path("/usr/share/datasets")
 EMBEDDED_DIR = Path(__file__).parent / "datasets"
 IDX_FILES = {
@@ -71,25 +83,54 @@ class Dataset(NamedTuple):
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one IDX file (gzip or plain) into a numpy array of its stored shape.
 
+    Raises a one-line ValueError naming `path` when it is not gzip (for ``.gz``), is cut
+    short, or its header is not IDX.
+
     Example::
 
         labels = read_idx("t10k-labels-idx1-ubyte.gz")  # shape (10000,), uint8
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except gzip.BadGzipFile:
+        raise ValueError(f"{path} is not a gzip file (its name ends in .gz); re-download it.") from None
+    except (EOFError, zlib.error) as err:
+        raise ValueError(f"{path} is a truncated or damaged gzip file ({err}); re-download it.") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r}).")
     dtype_code, ndim = data[2], data[3]
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if dtype_code not in dtypes:
         raise ValueError(f"{path}: unknown IDX data type 0x{dtype_code:02x}.")
+    if ndim == 0 or len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: bad IDX header: {ndim} dimensions, {len(data)} bytes in all.")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    itemsize = np.dtype(dtypes[dtype_code]).itemsize
+    found, expected = (len(data) - 4 - 4 * ndim) // itemsize, int(np.prod(shape, dtype=np.int64))
+    if found != expected:
+        state = "truncated" if found < expected else "longer than its header says"
+        raise ValueError(f"{path} is {state}: header says shape {shape} ({expected} values), found {found}.")
     array = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: header says {shape}, found {array.size} values.")
     return array.reshape(shape).astype(np.dtype(dtypes[dtype_code]).newbyteorder("="))
+
+
+def _checked(x: np.ndarray, y: np.ndarray, x_file, y_file, name: str) -> None:
+    """Images (N, H, W), labels (N,) in [0, classes): else a ValueError naming the files."""
+    if x.ndim != 3:
+        raise ValueError(f"{x_file}: images must be (count, height, width); found shape {x.shape}.")
+    if y.ndim != 1:
+        raise ValueError(f"{y_file}: labels must be one-dimensional; found shape {y.shape}.")
+    if len(x) != len(y):
+        raise ValueError(f"{x_file} holds {len(x)} images but {y_file} holds {len(y)} labels; "
+                         "they must be the same count.")
+    classes = len(CLASS_NAMES[name])
+    bad = np.flatnonzero((y < 0) | (y >= classes))
+    if bad.size:
+        raise ValueError(f"{y_file}: labels must be in [0, {classes - 1}] for {name}; found {y[bad[0]]} "
+                         f"at index {bad[0]} ({bad.size} out of range).")
 
 
 def _has_idx_files(folder: Path) -> bool:
@@ -98,7 +139,52 @@ def _has_idx_files(folder: Path) -> bool:
 
 def _read_folder(folder: Path, name: str, source: str) -> Dataset:
     arrays = {key: read_idx(folder / f) for key, f in IDX_FILES.items()}
+    for split in ("train", "test"):
+        _checked(arrays[f"x_{split}"], arrays[f"y_{split}"], folder / IDX_FILES[f"x_{split}"],
+                 folder / IDX_FILES[f"y_{split}"], name)
     return Dataset(**arrays, name=name, source=source)
+
+
+def _keras_cache_dirs() -> list[Path]:
+    """Where ``keras.utils.get_file`` keeps downloads, in the order it picks them."""
+    homes = [os.environ["KERAS_HOME"]] if "KERAS_HOME" in os.environ else [os.path.join(os.path.expanduser("~"), ".keras")]
+    homes.append("/tmp/.keras")  # Keras' fallback when the home folder is not writable
+    return [Path(home) / "datasets" for home in homes]
+
+
+def _from_keras_cache(name: str) -> Dataset | None:
+    for cache in _keras_cache_dirs():
+        if name == "fashion_mnist" and _has_idx_files(cache / "fashion-mnist"):
+            return _read_folder(cache / "fashion-mnist", name, f"{cache / 'fashion-mnist'} (Keras cache)")
+        if name == "mnist" and (cache / "mnist.npz").is_file():
+            path = cache / "mnist.npz"
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    arrays = {key: f[key] for key in IDX_FILES}
+            except (OSError, KeyError, ValueError, zlib.error) as err:
+                raise ValueError(f"{path} is not a readable mnist.npz ({err}); delete it to download again.") from None
+            for split in ("train", "test"):
+                _checked(arrays[f"x_{split}"], arrays[f"y_{split}"], path, path, name)
+            return Dataset(**arrays, name=name, source=f"{path} (Keras cache)")
+    return None
+
+
+def _download_host_answers(address=DOWNLOAD_HOST, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to `address` opens within `timeout` seconds, name lookup
+    included (in a daemon thread, so a hanging DNS cannot block the caller)."""
+    answered = []
+
+    def probe():
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True, name="keras_bn-download-probe")
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
 
 
 def _from_keras(name: str) -> Dataset:
@@ -106,6 +192,8 @@ def _from_keras(name: str) -> Dataset:
 
     loader = getattr(keras.datasets, DATASETS.get(name))
     (x_train, y_train), (x_test, y_test) = loader.load_data()
+    _checked(x_train, y_train, f"keras.datasets.{name} (train)", f"keras.datasets.{name} (train)", name)
+    _checked(x_test, y_test, f"keras.datasets.{name} (test)", f"keras.datasets.{name} (test)", name)
     return Dataset(x_train, y_train, x_test, y_test, name=name, source="keras.datasets")
 
 
@@ -160,10 +248,17 @@ def load(
                 break
             tried.append(str(folder))
         if dataset is None:
-            try:
-                dataset = _from_keras(name)
-            except Exception as err:  # no network, no cache: keras raises a bare Exception
-                tried.append(f"keras.datasets.{name} ({type(err).__name__}: {str(err)[:80]})")
+            dataset = _from_keras_cache(name)
+            if dataset is None:
+                tried.append("the Keras download cache")
+        if dataset is None:
+            if not _download_host_answers():
+                tried.append(f"a download ({DOWNLOAD_HOST[0]} did not answer within {PROBE_SECONDS:.0f} s)")
+            else:
+                try:
+                    dataset = _from_keras(name)
+                except Exception as err:  # noqa: BLE001  (keras raises a bare Exception on a failed download)
+                    tried.append(f"keras.datasets.{name} ({type(err).__name__}: {str(err)[:80]})")
         if dataset is None:
             if not fallback:
                 raise FileNotFoundError(f"Could not load {name!r}; tried: {'; '.join(tried)}.")

@@ -85,14 +85,14 @@ def scope(strategy):
 
 def set_mixed_precision(name: str | None) -> str:
     """Set Keras' global dtype policy: "float16" -> mixed_float16, "bfloat16" ->
-    mixed_bfloat16, None -> leave it. Returns the policy's name."""
+    mixed_bfloat16, None -> float32 (undoes an earlier call). Returns the policy's name."""
     import keras
 
-    if name is not None:
-        from keras_bn._validation import check_choice
+    from keras_bn._validation import check_choice
 
+    if name is not None:
         check_choice("mixed_precision", name, tuple(MIXED_PRECISION))
-        keras.mixed_precision.set_global_policy(MIXED_PRECISION[name])
+    keras.mixed_precision.set_global_policy(MIXED_PRECISION[name] if name is not None else "float32")
     return keras.mixed_precision.global_policy().name
 
 

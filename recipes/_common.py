@@ -1,8 +1,9 @@
 """What every recipe shares: options, data, seeding, the run folder, tables and figures.
 
 A recipe module defines ``DESCRIPTION`` (one line), ``add_arguments(parser)`` for its own
-options, and ``run(args) -> dict`` that prints a table, writes PNGs to
-``<log_dir>/<recipe>/`` and TensorBoard runs to ``<log_dir>/<recipe>/<run>/``, and returns
+options, and ``run(args) -> dict`` that prints a table, writes PNGs and TensorBoard runs to
+the invocation's own folder (`recipe_dir`: ``<log_dir>/<recipe>/<YYYYmmdd-HHMMSS>/``, its runs
+in ``<run>/`` below it; a re-run makes a new folder and nothing is ever deleted), and returns
 its measurements. `main` below turns that into a script::
 
     python -m keras_bn.recipes.bn_vs_no_bn --quick
@@ -13,15 +14,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
 
-from keras_bn._tables import format_table  # noqa: F401  (recipes call _common.format_table)
 import numpy as np
+
+from keras_bn import _arg_types as types
+from keras_bn._run_folders import new_invocation_dir
+from keras_bn._tables import format_table  # noqa: F401  (recipes call _common.format_table)
 
 QUICK_TRAIN_SAMPLES = 2000
 QUICK_TEST_SAMPLES = 500
@@ -30,23 +33,26 @@ SATURATION_THRESHOLD = 0.97
 
 
 def base_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """The options every recipe takes."""
-    parser = argparse.ArgumentParser(prog=f"keras-bn run {name}", description=description)
+    """The options every recipe takes, each range-checked by its type (`keras_bn._arg_types`)."""
+    parser = types.ArgumentParser(prog=f"keras-bn run {name}", description=description)
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings that finish in seconds (smoke tests)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (recipe default)")
-    parser.add_argument("--dataset", default="fashion_mnist",
+    parser.add_argument("--seed", type=types.seed, default=0, help="random seed, 0 to 2**32-1 (default 0)")
+    parser.add_argument("--epochs", type=types.positive_int, default=None,
+                        help="training epochs, >= 1 (recipe default)")
+    parser.add_argument("--dataset", type=types.dataset_name, default="fashion_mnist",
                         help="mnist, fashion_mnist or fashion_mnist_small (default fashion_mnist)")
-    parser.add_argument("--data-dir", default=None,
+    parser.add_argument("--data-dir", type=types.existing_dir, default=None,
                         help="folder with the four IDX .gz files (default: see keras_bn.data.load)")
-    parser.add_argument("--log-dir", default="logs", help="root of the output folders (default logs)")
+    parser.add_argument("--log-dir", type=types.writable_dir, default=None,  # None: "logs", made by the run
+                        help="root of the output folders (default logs); each run adds <log-dir>/<recipe>/<date-time>/")
     parser.add_argument("--strategy", choices=("none", "mirrored", "multiworker"), default="none",
                         help="tf.distribute strategy the models are built, compiled and trained under: "
                         "mirrored = every local device, multiworker = the cluster in TF_CONFIG "
                         "(batch sizes are global; default none)")
     parser.add_argument("--mixed-precision", choices=("float16", "bfloat16"), default=None,
                         help="Keras mixed-precision policy (mixed_float16 / mixed_bfloat16; default: float32)")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     return parser
 
 
@@ -97,18 +103,18 @@ def load_data(args: argparse.Namespace, *, flatten: bool):
 
 
 def recipe_dir(args: argparse.Namespace, recipe: str) -> Path:
-    """``<log_dir>/<recipe>/``, created."""
-    path = Path(args.log_dir) / recipe
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """This invocation's own folder, ``<log_dir>/<recipe>/<YYYYmmdd-HHMMSS>[-n]/``: made
+    fresh on the first call (see `keras_bn._run_folders`), the same folder afterwards."""
+    folder = getattr(args, "invocation_dir", None)
+    if folder is None:
+        folder = new_invocation_dir(Path(args.log_dir or "logs") / recipe, recipe=recipe, argv=getattr(args, "argv", ()))
+        args.invocation_dir = folder
+    return folder
 
 
 def run_dir(args: argparse.Namespace, recipe: str, run: str) -> Path:
-    """``<log_dir>/<recipe>/<run>/``, emptied of an earlier run's event files."""
-    path = recipe_dir(args, recipe) / run
-    if path.exists():
-        shutil.rmtree(path)
-    return path
+    """``<recipe_dir>/<run>/``: one TensorBoard run of this invocation (created by its writer)."""
+    return recipe_dir(args, recipe) / run
 
 
 def dash_nan(value: object) -> object:
@@ -130,20 +136,24 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def training_callbacks(path: Path, probe=None, every: int = 100) -> list:
+def training_callbacks(path: Path, probe=None, every: int | None = None, *, fit_steps: int | None = None) -> list:
     """The TensorBoard logging of every recipe's training runs, chosen in this one place:
     ``keras_bn.callbacks.diagnostics`` (loss/metrics, gradient norms, update ratios and,
     given a `probe`, activation statistics).
 
+    `every` defaults to a third of `fit_steps` (the steps of each ``fit`` call; at most 100),
+    so that even a short fit crosses a multiple of `every` and logs its update ratios.
     Its per-epoch figures are off: recipes often make each "epoch" a short evaluation
     period (`train_for_steps`) and draw their own PNGs.
 
     Example::
 
-        model.fit(x, y, callbacks=_common.training_callbacks(run_dir(args, NAME, "with_bn"), x_test[:256]))
+        cbs = _common.training_callbacks(run_dir(args, NAME, "with_bn"), x_test[:256], fit_steps=31)
     """
     from keras_bn.callbacks import diagnostics
 
+    if every is None:
+        every = min(100, max(1, fit_steps // 3)) if fit_steps else 100
     return diagnostics(str(path), probe=probe, every=every, figures=False)
 
 
@@ -276,18 +286,26 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def main(name: str, description: str, add_arguments: Callable, run: Callable, argv=None) -> dict:
-    """Parse `argv` with the shared and the recipe's options, seed, and run the recipe."""
+    """Parse `argv` with the shared and the recipe's options, seed, and run the recipe in a
+    fresh folder (printed first); returns the recipe's results with ``"log_dir"`` added."""
+    import sys
+
     import matplotlib
 
     matplotlib.use("Agg")
     parser = base_parser(name, description)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.epochs is not None and args.epochs < 1:
-        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.log_dir = args.log_dir or "logs"
+    folder = recipe_dir(args, name)
+    print(f"{name}: writing to {folder}", flush=True)
     with strategy_scope(args):
         set_seed(args.seed)
         start = time.perf_counter()
         results = run(args)
-    print(f"{name}: done in {time.perf_counter() - start:.1f} s; TensorBoard: keras-bn tensorboard {Path(args.log_dir) / name}")
+    if isinstance(results, dict):
+        results.setdefault("log_dir", str(folder))
+    print(f"{name}: done in {time.perf_counter() - start:.1f} s; results in {folder}; "
+          f"TensorBoard: keras-bn tensorboard {Path(args.log_dir) / name}")
     return results

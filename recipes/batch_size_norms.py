@@ -20,25 +20,28 @@ import argparse
 
 import numpy as np
 
-from keras_bn.recipes import _common
+from keras_bn import _arg_types as types
+from keras_bn.recipes import _common, _findings
 
 NAME = "batch_size_norms"
 DESCRIPTION = "Small CNN with BN, LayerNorm, GroupNorm and none at batch sizes 2-128, same examples seen: accuracy and BN's train/inference gap."
 NORMS = {"batch": "batch", "layer": "layer", "group": "group", "none": None}
 BATCH_SIZES = (2, 4, 8, 32, 128)
+QUICK_BATCH_SIZES = (2, 32)
+QUICK_NORMS = ("batch", "layer")
 GAP_SAMPLES = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES),
-                        help="batch sizes (default 2 4 8 32 128)")
-    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(NORMS),
-                        help="normalizations (default batch layer group none)")
-    parser.add_argument("--examples", type=int, default=None,
+    parser.add_argument("--batch-sizes", type=types.positive_int, nargs="+", default=None,
+                        help="batch sizes (default 2 4 8 32 128; quick 2 32)")
+    parser.add_argument("--norms", nargs="+", default=None, choices=list(NORMS),
+                        help="normalizations (default batch layer group none; quick batch layer)")
+    parser.add_argument("--examples", type=types.positive_int, default=None,
                         help="training examples seen per run (default 20000; quick 512)")
-    parser.add_argument("--filters", type=int, nargs="+", default=[16, 32], help="CNN filters (default 16 32)")
-    parser.add_argument("--groups", type=int, default=4, help="GroupNorm groups (default 4)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--filters", type=types.positive_int, nargs="+", default=[16, 32], help="CNN filters (default 16 32)")
+    parser.add_argument("--groups", type=types.positive_int, default=4, help="GroupNorm groups (default 4)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
 
 
 def bn_mode_gap(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict:
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace) -> dict:
 
     data = _common.load_data(args, flatten=False)
     examples = args.examples or (512 if args.quick else 20000)
+    args.batch_sizes = args.batch_sizes or list(QUICK_BATCH_SIZES if args.quick else BATCH_SIZES)
+    args.norms = args.norms or list(QUICK_NORMS if args.quick else NORMS)
     print(f"small CNN {args.filters}, Adam lr {args.learning_rate}, {examples} examples per run, "
           f"batch sizes {args.batch_sizes}, norms {args.norms}")
     results = {}
@@ -77,12 +82,14 @@ def run(args: argparse.Namespace) -> dict:
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
             run_name = f"{norm}_batch{batch_size}"
             steps = max(1, examples // batch_size)
-            callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name), probe=data.x_test[:256])
+            callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name), probe=data.x_test[:256],
+                                                   fit_steps=steps)
             history = _common.train_for_steps(model, data, steps=steps, batch_size=batch_size, eval_every=steps,
                                               seed=args.seed, callbacks=callbacks, label=run_name)
             result = {"test_accuracy": history["test_accuracy"][-1], "steps": steps, "seconds": history["seconds"]}
             if norm == "batch":
                 result.update(bn_mode_gap(model, data.x_test[:GAP_SAMPLES], data.y_test[:GAP_SAMPLES], batch_size))
+                result["lag"] = _findings.bn_lag(model, data.x_test[:256], data.y_test[:256], steps)
             results[(norm, batch_size)] = result
 
     columns = ["norm"] + [f"batch {b}" for b in args.batch_sizes]
@@ -96,8 +103,40 @@ def run(args: argparse.Namespace) -> dict:
         print(_common.format_table(["batch size", "acc, batch stats", "acc, moving averages",
                                     "predictions differing"], gap_rows))
     _plot(results, args, _common.recipe_dir(args, NAME) / f"{NAME}.png", data.name, examples)
-    return {"examples": examples, "dataset": data.name,
-            "runs": {f"{norm}_batch{b}": r for (norm, b), r in results.items()}}
+    runs = {f"{norm}_batch{b}": r for (norm, b), r in results.items()}
+    findings = explain(runs, args.norms, args.batch_sizes)
+    _findings.report(findings)
+    return {"examples": examples, "dataset": data.name, "runs": runs, "findings": findings}
+
+
+def explain(runs: dict, norms, batch_sizes) -> list:
+    """This recipe's claims on its own numbers: BN's two modes disagree more at the smallest
+    batch than at the largest; a batch-independent norm beats BN at the smallest batch; BN
+    beats no norm at the largest. Where a claim fails, the reason is BN's measured lag."""
+    small, large = min(batch_sizes), max(batch_sizes)
+    findings = []
+    if "batch" not in norms:
+        return findings
+    bn_small, bn_large = runs[f"batch_batch{small}"], runs[f"batch_batch{large}"]
+    if small != large:
+        findings.append(_findings.compare(
+            f"BN's batch-statistics and moving-average predictions differ more at batch {small} than at {large}",
+            bn_small["disagreement"], bn_large["disagreement"], scale=100, unit=" points", words=("more", "less"),
+            reason=f"at batch {large}: {_findings.lag_reason(bn_large['lag'])}"))
+    others = [n for n in ("layer", "group") if n in norms]
+    if others:
+        best = max(others, key=lambda n: runs[f"{n}_batch{small}"]["test_accuracy"])
+        findings.append(_findings.compare(
+            f"{best} norm beats BN at batch {small}", runs[f"{best}_batch{small}"]["test_accuracy"],
+            bn_small["test_accuracy"], scale=100, unit=" points",
+            reason=f"BN at batch {small} predicts differently in its two modes for "
+                   f"{bn_small['disagreement']:.0%} of test images, yet still wins"))
+    if "none" in norms:
+        findings.append(_findings.compare(
+            f"BN beats no normalization at batch {large}", bn_large["test_accuracy"],
+            runs[f"none_batch{large}"]["test_accuracy"], scale=100, unit=" points",
+            reason=_findings.lag_reason(bn_large["lag"])))
+    return findings
 
 
 def _plot(results: dict, args, path, dataset: str, examples: int):

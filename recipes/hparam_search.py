@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import argparse
 
-from keras_bn.recipes import _common
+from keras_bn import _arg_types as types
+from keras_bn.recipes import _common, _findings
 
 NAME = "hparam_search"
 DESCRIPTION = "Grid vs random search on the same budget (distinct learning rates tried), then coarse-to-fine."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trials", type=int, default=None, help="budget of grid and of random search (default 9; 4 with --quick)")
-    parser.add_argument("--train-samples", type=int, default=20000,
+    parser.add_argument("--trials", type=types.positive_int, default=None, help="budget of grid and of random search (default 9; 4 with --quick)")
+    parser.add_argument("--train-samples", type=types.positive_int, default=20000,
                         help="training images used, before the 20%% validation hold-out (default 20000)")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    parser.add_argument("--min-lr", type=float, default=1e-5, help="low end of the learning-rate range (default 1e-5)")
-    parser.add_argument("--max-lr", type=float, default=1.0, help="high end of the learning-rate range (default 1)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=128, help="batch size (default 128)")
+    parser.add_argument("--min-lr", type=types.positive_float, default=1e-5, help="low end of the learning-rate range (default 1e-5)")
+    parser.add_argument("--max-lr", type=types.positive_float, default=1.0, help="high end of the learning-rate range (default 1)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -82,8 +83,34 @@ def run(args: argparse.Namespace) -> dict:
     for kind, result in {**results, "coarse_to_fine": c2f}.items():
         result.save(folder / f"{kind}_trials.csv")
     _plot(results, c2f, folder / f"{NAME}.png")
+    findings = explain(results, c2f)
+    _findings.report(findings)
     return {"dataset": data.name, "trials": trials, "epochs": epochs, "results": results, "coarse_to_fine": c2f,
-            "tables": (comparison, stages)}
+            "tables": (comparison, stages), "findings": findings}
+
+
+def explain(results: dict, c2f) -> list:
+    """The claims on this run's searches: on the same budget random search tries more distinct
+    learning rates than a grid and finds at least as good a one; the fine stage of
+    coarse-to-fine improves on the coarse one."""
+    grid, random = results["grid"], results["random"]
+    distinct_grid, distinct_random = grid.distinct_values("learning_rate"), random.distinct_values("learning_rate")
+    coarse, fine = c2f.stage("coarse"), c2f.stage("fine")
+    return [
+        _findings.Finding("random search tries more distinct learning rates than the grid",
+                          distinct_random > distinct_grid,
+                          f"{distinct_random} vs {distinct_grid} in {len(random.trials)} trials each",
+                          "the budget is too small for the grid to repeat its learning rates"),
+        _findings.compare("random search's best validation accuracy is at least the grid's",
+                          random.best.val_accuracy, grid.best.val_accuracy, scale=100, unit=" points", ties_hold=True,
+                          reason=f"random's best rate {random.best.hparams['learning_rate']:.3g} vs the grid's "
+                                 f"{grid.best.hparams['learning_rate']:.3g}"),
+        _findings.compare("the fine stage improves on the coarse stage", fine.best.val_accuracy,
+                          coarse.best.val_accuracy, scale=100, unit=" points", ties_hold=True,
+                          reason=f"the fine range {c2f.fine_space['learning_rate'].low:.3g} .. "
+                                 f"{c2f.fine_space['learning_rate'].high:.3g} holds no better rate at "
+                                 f"{len(fine.trials)} trials"),
+    ]
 
 
 def _plot(results: dict, c2f, path):

@@ -25,7 +25,8 @@ import math
 
 import numpy as np
 
-from keras_bn.recipes import _common
+from keras_bn import _arg_types as types
+from keras_bn.recipes import _common, _findings
 
 NAME = "init_study"
 DESCRIPTION = "6 x 4096 tanh/ReLU nets at N(0,0.01^2), N(0,0.05^2), Glorot and He: activation statistics, then training."
@@ -41,12 +42,15 @@ CONFIGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layers", type=int, default=6, help="hidden layers (default 6)")
-    parser.add_argument("--samples", type=int, default=None,
-                        help="standard-normal inputs for the statistics (default 1000; quick 256)")
-    parser.add_argument("--train-units", type=int, default=256, help="width of the trained nets (default 256)")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
-    parser.add_argument("--learning-rate", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    parser.add_argument("--layers", type=types.positive_int, default=6, help="hidden layers (default 6)")
+    parser.add_argument("--samples", type=types.positive_int, default=None,
+                        help="standard-normal inputs for the statistics (default 1000; quick 128)")
+    parser.add_argument("--stats-width", type=types.positive_int, default=None,
+                        help=f"width of the part-1 nets (default {STATS_WIDTH}; quick 1024; fixed stds keep their gain at 4096)")
+    parser.add_argument("--train-units", type=types.positive_int, default=None,
+                        help="width of the trained nets (default 256; quick 64)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=64, help="training batch size (default 64)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=0.01, help="SGD learning rate (default 0.01)")
     parser.add_argument("--skip-training", action="store_true", help="only the activation statistics")
 
 
@@ -68,19 +72,20 @@ def _log_one_step(model, x: np.ndarray, path, seed: int) -> None:
               callbacks=_common.training_callbacks(path, probe=x, every=1))
 
 
-def activation_statistics(num_layers: int, samples: int, seed: int, args=None) -> dict:
-    """Per-layer activation stats (and a sample of the values) of each config at 4096 units;
-    with `args`, also a diagnostics run of each config under ``<log_dir>/init_study/<config>``."""
+def activation_statistics(num_layers: int, samples: int, seed: int, args=None, width: int = STATS_WIDTH) -> dict:
+    """Per-layer activation stats (and a sample of the values) of each config at `width` units
+    (fixed stds scaled to keep their per-layer gain at 4096, see `_scaled`); with `args`, also a
+    diagnostics run of each config under ``<invocation folder>/<config>``."""
     import keras
 
     import keras_bn
     from keras_bn.activations import activation_family
 
-    x = np.random.default_rng(seed).standard_normal((samples, STATS_WIDTH)).astype("float32")
+    x = np.random.default_rng(seed).standard_normal((samples, width)).astype("float32")
     results = {}
     for config, (activation, initializer) in CONFIGS.items():
-        model = keras_bn.build_dense((STATS_WIDTH,), [STATS_WIDTH] * num_layers, 10, activation=activation,
-                                     norm=None, initializer=initializer, name=config)
+        model = keras_bn.build_dense((width,), [width] * num_layers, 10, activation=activation,
+                                     norm=None, initializer=_scaled(initializer, width), name=config)
         names = _common.activation_layer_names(model, activation)
         outputs = _common.layer_outputs(model, names, x)
         family = activation_family(model.get_layer(names[0]))
@@ -98,14 +103,19 @@ def activation_statistics(num_layers: int, samples: int, seed: int, args=None) -
     return results
 
 
-def train_configs(args: argparse.Namespace, data, epochs: int) -> dict:
-    """Train each config (narrower) with SGD; test accuracy per epoch."""
+# Quick mode trains only the two configs the training claim compares (the collapsing net and He + ReLU).
+QUICK_TRAIN_CONFIGS = ("tanh_normal_0.01", "relu_he")
+
+
+def train_configs(args: argparse.Namespace, data, epochs: int, configs=tuple(CONFIGS)) -> dict:
+    """Train `configs` (narrower) with SGD; test accuracy per epoch."""
     import keras
 
     import keras_bn
 
     results = {}
-    for config, (activation, initializer) in CONFIGS.items():
+    for config in configs:
+        activation, initializer = CONFIGS[config]
         model = keras_bn.build_dense((data.x_train.shape[1],), [args.train_units] * args.layers, data.num_classes,
                                      activation=activation, norm=None,
                                      initializer=_scaled(initializer, args.train_units), name=config)
@@ -113,7 +123,7 @@ def train_configs(args: argparse.Namespace, data, epochs: int) -> dict:
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         steps = epochs * (len(data.x_train) // args.batch_size)
         callbacks = _common.training_callbacks(_common.run_dir(args, NAME, f"train_{config}"),
-                                               probe=data.x_test[:256])
+                                               probe=data.x_test[:256], fit_steps=steps // epochs)
         history = _common.train_for_steps(model, data, steps=steps, batch_size=args.batch_size,
                                           eval_every=steps // epochs, seed=args.seed, callbacks=callbacks,
                                           label=config)
@@ -122,32 +132,84 @@ def train_configs(args: argparse.Namespace, data, epochs: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    samples = args.samples or (256 if args.quick else 1000)
-    print(f"part 1: activation statistics of {args.layers} x {STATS_WIDTH} nets on {samples} N(0, 1) inputs")
-    stats = activation_statistics(args.layers, samples, args.seed, args)
+    samples = args.samples or (128 if args.quick else 1000)
+    args.train_units = args.train_units or (64 if args.quick else 256)
+    width = args.stats_width or (1024 if args.quick else STATS_WIDTH)
+    print(f"part 1: activation statistics of {args.layers} x {width} nets on {samples} N(0, 1) inputs")
+    stats = activation_statistics(args.layers, samples, args.seed, args, width)
     columns = ["config", "layer", "mean", "std", "saturated (|a|>0.97)", "dead units"]
     rows = [[config, i + 1, s["mean"], s["std"], _common.dash_nan(s["saturated"]), _common.dash_nan(s["dead"])]
             for config, result in stats.items() for i, s in enumerate(result["layers"])]
     print(_common.format_table(columns, rows))
-    _plot_histograms(stats, _common.recipe_dir(args, NAME) / f"{NAME}_histograms.png")
+    _plot_histograms(stats, _common.recipe_dir(args, NAME) / f"{NAME}_histograms.png", width)
     results = {"stats": {c: r["layers"] for c, r in stats.items()}}
     if args.skip_training:
+        results["findings"] = explain(results["stats"])
+        _findings.report(results["findings"])
         return results
 
     data = _common.load_data(args, flatten=True)
     epochs = args.epochs or (1 if args.quick else 3)
     print(f"part 2: training {args.layers} x {args.train_units} nets, SGD lr {args.learning_rate}, "
           f"{epochs} epoch(s) on {len(data.x_train)} images")
-    training = train_configs(args, data, epochs)
+    training = train_configs(args, data, epochs, QUICK_TRAIN_CONFIGS if args.quick else tuple(CONFIGS))
     rows = [[config, _scaled(CONFIGS[config][1], args.train_units), h["loss"][-1], h["test_accuracy"][-1]]
             for config, h in training.items()]
     print(_common.format_table(["config", f"init at {args.train_units} units", "final train loss", "test acc"], rows))
     _plot_training(training, _common.recipe_dir(args, NAME) / f"{NAME}_training.png", data.name)
     results.update(training=training, epochs=epochs, dataset=data.name)
+    results["findings"] = explain(results["stats"], training)
+    _findings.report(results["findings"])
     return results
 
 
-def _plot_histograms(stats: dict, path):
+def layer_gain(layers: list) -> float:
+    """The measured per-layer factor of the activation std: (last / first) ** (1 / (L - 1))."""
+    ratio = layers[-1]["std"] / layers[0]["std"]
+    return ratio ** (1 / max(len(layers) - 1, 1))
+
+
+def explain(stats: dict, training: dict | None = None) -> list:
+    """The lecture's claims on this run's activation statistics (and training): N(0, 0.01^2)
+    tanh activations collapse, N(0, 0.05^2) saturates, Glorot keeps tanh and He keeps ReLU
+    near their scale, Glorot halves ReLU's variance; He + ReLU trains better than the
+    collapsing net. The reason is the measured per-layer std factor."""
+    def ratio(config):
+        return stats[config][-1]["std"] / stats[config][0]["std"]
+
+    def finding(claim, config, held):
+        return _findings.Finding(claim, held, f"last/first layer std {ratio(config):.3g}",
+                                 f"the measured per-layer std factor is {layer_gain(stats[config]):.3g}")
+
+    least_saturated = min(layer["saturated"] for layer in stats["tanh_normal_0.05"])
+    findings = [
+        finding("tanh at N(0, 0.01^2): activations collapse towards 0", "tanh_normal_0.01",
+                ratio("tanh_normal_0.01") < report_collapse()),
+        _findings.Finding("tanh at N(0, 0.05^2): most units saturate in every layer", least_saturated > 0.30,
+                          f"least saturated layer {least_saturated:.0%}, threshold 30%",
+                          f"the measured per-layer std factor is {layer_gain(stats['tanh_normal_0.05']):.3g}"),
+        finding("tanh with Glorot keeps its scale", "tanh_glorot", ratio("tanh_glorot") > 0.3),
+        finding("ReLU with He keeps its scale", "relu_he", 0.7 <= ratio("relu_he") <= 1.4),
+        finding("ReLU with Glorot shrinks layer by layer", "relu_glorot", ratio("relu_glorot") < 0.5),
+    ]
+    if training:
+        he, tiny = training["relu_he"], training["tanh_normal_0.01"]
+        findings.append(_findings.compare(
+            "ReLU + He trains to a higher test accuracy than tanh at N(0, 0.01^2)", he["test_accuracy"][-1],
+            tiny["test_accuracy"][-1], scale=100, unit=" points",
+            reason=f"after {he['step'][-1] if he['step'] else 0} steps, train loss {he['loss'][-1]:.3f} vs "
+                   f"{tiny['loss'][-1]:.3f}"))
+    return findings
+
+
+def report_collapse() -> float:
+    """`keras_bn.report`'s threshold for collapsing activations (last/first std)."""
+    from keras_bn.report import ACTIVATION_COLLAPSE_RATIO
+
+    return ACTIVATION_COLLAPSE_RATIO
+
+
+def _plot_histograms(stats: dict, path, width: int):
     import matplotlib.pyplot as plt
 
     num_layers = len(next(iter(stats.values()))["layers"])
@@ -162,7 +224,7 @@ def _plot_histograms(stats: dict, path):
             ax.set_title(f"layer {col + 1}: std {s['std']:.2g}", fontsize=8)
             ax.tick_params(labelsize=7)
         axes[row][0].set_ylabel(config, fontsize=8)
-    fig.suptitle(f"activations per layer, {num_layers} x {STATS_WIDTH} units, N(0, 1) inputs")
+    fig.suptitle(f"activations per layer, {num_layers} x {width} units, N(0, 1) inputs")
     fig.tight_layout()
     _common.save_figure(fig, path)
 
@@ -170,12 +232,30 @@ def _plot_histograms(stats: dict, path):
 def _plot_training(training: dict, path, dataset: str):
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    if max(len(h["step"]) for h in training.values()) == 1:  # one evaluation (quick mode): bars, not dots
+        configs = list(training)
+        for ax, key in zip(axes, ("loss", "test_accuracy")):
+            values = [training[c][key][-1] for c in configs]
+            bars = ax.bar(range(len(configs)), values, color=[f"C{i}" for i in range(len(configs))])
+            ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=7)
+            ax.set_xticks(range(len(configs)), configs, rotation=30, ha="right", fontsize=8)
+            ax.grid(alpha=0.3, axis="y")
+        step = training[configs[0]]["step"][-1]
+        axes[0].set(title=f"train loss after {step} steps ({dataset})")
+        axes[1].set(title=f"test accuracy after {step} steps")
+        fig.tight_layout()
+        _common.save_figure(fig, path)
+        return
     for config, h in training.items():
         axes[0].plot(h["step"], h["loss"], marker="o", label=config)
         axes[1].plot(h["step"], h["test_accuracy"], marker="o", label=config)
     axes[0].set(title=f"train loss ({dataset})", xlabel="step", yscale="log")
     axes[1].set(title="test accuracy", xlabel="step")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _common.finish_figure(fig, axes, path, legend_fontsize=8)
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import argparse
 
-from keras_bn.recipes import _common
+from keras_bn import _arg_types as types
+from keras_bn.recipes import _common, _findings
 
 NAME = "sanity_checks"
 DESCRIPTION = "The babysitting sanity checks on a good MLP and on bad-init, zero-init and LR-10 versions."
@@ -29,8 +30,8 @@ EXPECTED_CATCH = {"good": None, "huge_last_layer": "initial_loss", "zero_init": 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--units", type=int, nargs="+", default=[32, 32], help="hidden widths (default 32 32)")
-    parser.add_argument("--overfit-steps", type=int, default=None,
+    parser.add_argument("--units", type=types.positive_int, nargs="+", default=[32, 32], help="hidden widths (default 32 32)")
+    parser.add_argument("--overfit-steps", type=types.positive_int, default=None,
                         help="step budget of the overfit check (default 200; 60 with --quick)")
 
 
@@ -82,17 +83,38 @@ def run(args: argparse.Namespace) -> dict:
                  r.results["short_run"].final_loss] for s, r in reports.items()]
     print(_common.format_table(["setup", "initial loss", "overfit steps", "overfit acc", "short-run final loss"], measured))
     _plot(reports, _common.recipe_dir(args, NAME) / f"{NAME}.png")
-    return {"dataset": data.name, "reports": reports, "caught": caught}
+    findings = explain(reports)
+    _findings.report(findings)
+    return {"dataset": data.name, "reports": reports, "caught": caught, "findings": findings}
+
+
+def explain(reports: dict) -> list:
+    """One claim per setup, on this run's measurements: the good setup passes every check,
+    each broken one fails the check that should catch it; the measured value says by how much."""
+    findings = []
+    for setup, report in reports.items():
+        expected = EXPECTED_CATCH[setup]
+        if expected is None:
+            failed = [c for c in CHECKS if not report.results[c].passed]
+            detail = "; ".join(f"{c}: {report.results[c].row()[2]}" for c in failed) or "all four passed"
+            findings.append(_findings.Finding(f"{setup} passes every check", not failed, detail,
+                                              f"failed: {', '.join(failed)}"))
+        else:
+            name, passed, measured, wanted = report.results[expected].row()
+            findings.append(_findings.Finding(f"{setup} is caught by {expected}", not passed,
+                                              f"measured {measured}, healthy: {wanted}",
+                                              f"this run's {setup} still met {expected}'s bar"))
+    return findings
 
 
 def _plot(reports: dict, path):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6.5, 2.6))
+    fig, ax = plt.subplots(figsize=(7.5, 3.0))
     grid = np.array([[r.results[c].passed for c in CHECKS] for r in reports.values()], dtype=float)
-    ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1)
-    ax.set_xticks(range(len(CHECKS)), CHECKS)
+    ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")  # cells fill the width: labels do not overlap
+    ax.set_xticks(range(len(CHECKS)), [c.replace("_", " ") for c in CHECKS])
     ax.set_yticks(range(len(reports)), list(reports))
     for (i, j), ok in np.ndenumerate(grid):
         ax.text(j, i, "pass" if ok else "FAIL", ha="center", va="center")

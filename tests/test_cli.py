@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -21,12 +24,91 @@ def test_unknown_recipe_lists_the_known_ones(capsys):
 
 
 def test_help_texts(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
+    assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "list" in out and "run" in out and "tensorboard" in out
+    from keras_bn._arg_types import EXIT_CODES
+
+    for code, meaning in EXIT_CODES.items():  # the one exit-code table, in --help
+        assert f"{code}  {meaning}" in out
 
 
+_SYS_MODULES = """
+import json, sys
+from keras_bn import cli
+code = cli.main(sys.argv[1:])
+print(json.dumps({"code": code, "loaded": sorted(m for m in ("tensorflow", "keras") if m in sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["run", "--help"], ["tensorboard", "/nonexistent"]])
+def test_help_and_list_leave_tensorflow_and_keras_unimported(argv):
+    done = subprocess.run([sys.executable, "-c", _SYS_MODULES, *argv], capture_output=True, text=True, timeout=120)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == [], result
+    assert result["code"] == (2 if "/nonexistent" in argv else 0)
+
+
+def test_lazy_package_keeps_every_public_name():
+    code = ("import sys, keras_bn; assert 'keras' not in sys.modules; "
+            "missing = [n for n in keras_bn.__all__ if getattr(keras_bn, n, None) is None]; "
+            "print(missing, callable(keras_bn.build_dense), keras_bn.callbacks.diagnostics.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["[]", "True", "diagnostics"], done.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no attribute 'build_dens'"):
+        import keras_bn
+
+        keras_bn.build_dens
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tensorboard", "/nonexistent"], "argument logdir: must be an existing folder; '/nonexistent' does not exist"),
+    (["tensorboard", ".", "--port", "-5"], "argument --port: must be an integer in [1, 65535]. Received: '-5'"),
+    (["run", "bn_vs_no_bn", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1. Received: '0'"),
+    (["run", "bn_vs_no_bn", "--batch-size", "-5"], "argument --batch-size: must be an integer >= 1. Received: '-5'"),
+    (["run", "bn_vs_no_bn", "--learning-rate", "-1"], "argument --learning-rate: must be a finite number > 0. Received: '-1'"),
+    (["run", "bn_vs_no_bn", "--learning-rate", "nan"], "argument --learning-rate: must be a finite number. Received: 'nan'"),
+    (["run", "bn_vs_no_bn", "--seed", "-3"], "argument --seed: must be an integer in [0, 4294967295]. Received: '-3'"),
+    (["run", "bn_vs_no_bn", "--units", "0"], "argument --units: must be an integer >= 1. Received: '0'"),
+    (["run", "bn_vs_no_bn", "--epochs", "0"], "argument --epochs: must be an integer >= 1. Received: '0'"),
+    (["run", "bn_vs_no_bn", "--dataset", "cifar10"], "argument --dataset: must be one of: mnist, fashion_mnist, fashion_mnist_small. Received: 'cifar10'"),
+    (["run", "bn_vs_no_bn", "--data-dir", "/nonexistent"], "argument --data-dir: must be an existing folder; '/nonexistent' does not exist"),
+    (["run", "bn_vs_no_bn", "--log-dir", "/proc/forbidden"], "argument --log-dir: must be a folder keras-bn can create; '/proc/forbidden'"),
+    (["run", "bn_learning_rate", "--target", "1.5"], "argument --target: must be a number in (0, 1]. Received: '1.5'"),
+    (["run", "bn_paper_mnist", "--unit", "100"], "argument --unit: must be an integer in [0, 99]. Received: '100'"),
+    (["run", "bn_vs_no_bn", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+])
+def test_bad_values_are_one_line_errors_with_exit_code_2(capsys, argv, message):
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("keras-bn: error: ") and message in lines[0], captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_a_failing_command_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, tmp_path):
+    from keras_bn.recipes import bn_vs_no_bn
+
+    def broken(args):
+        raise RuntimeError("something inside the recipe broke")
+
+    monkeypatch.setattr(bn_vs_no_bn, "run", broken)
+    monkeypatch.setattr(bn_vs_no_bn, "main", lambda argv: _common_main(bn_vs_no_bn, broken, argv))
+    assert cli.main(["run", "bn_vs_no_bn", "--log-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["keras-bn: error: RuntimeError: something inside the recipe broke "
+                                        "(--debug shows the traceback)"]
+    assert cli.main(["--debug", "run", "bn_vs_no_bn", "--log-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().endswith("something inside the recipe broke")
+    assert cli.main(["run", "bn_vs_no_bn", "--log-dir", str(tmp_path), "--debug"]) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def _common_main(recipe, run, argv):
+    from keras_bn.recipes import _common
+
+    return _common.main(recipe.NAME, recipe.DESCRIPTION, recipe.add_arguments, run, argv)
 def test_tensorboard_server_serves_on_loopback_and_stops(tmp_path):
     with cli.tensorboard_server(str(tmp_path)) as url:
         assert url.startswith("http://127.0.0.1:")

@@ -52,9 +52,17 @@ def test_embedded_subset_is_balanced():
     assert np.bincount(ds.y_test).tolist() == [100] * 10
 
 
-def test_falls_back_to_embedded_subset_when_nothing_is_reachable(monkeypatch, tmp_path, capsys):
+@pytest.fixture
+def no_local_copies(monkeypatch, tmp_path):
+    """No $KERAS_BN_DATA_DIR, system folder or Keras cache: only a download or the subset."""
     monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path)
+    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(data, "_keras_cache_dirs", lambda: [tmp_path / "keras" / "datasets"])
+    monkeypatch.setattr(data, "_download_host_answers", lambda: True)
+    return tmp_path / "keras" / "datasets"
+
+
+def test_falls_back_to_embedded_subset_when_nothing_is_reachable(no_local_copies, monkeypatch, capsys):
 
     def offline(name):
         raise Exception("URL fetch failure: Name or service not known")
@@ -67,9 +75,7 @@ def test_falls_back_to_embedded_subset_when_nothing_is_reachable(monkeypatch, tm
         data.load("mnist", fallback=False)
 
 
-def test_keras_loader_is_used_when_it_works(monkeypatch, tmp_path):
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path)
+def test_keras_loader_is_used_when_it_works(no_local_copies, monkeypatch):
     fake = np.zeros((3, 28, 28), np.uint8), np.array([0, 1, 2], np.uint8)
 
     class FakeLoader:
@@ -99,3 +105,88 @@ def test_standardize_uses_training_statistics():
     assert abs(train.mean()) < 1e-4 and abs(train.std() - 1) < 1e-3
     expected = (x_test.astype(np.float64) - x_train.mean()) / x_train.std()
     np.testing.assert_allclose(test, expected.reshape(100, 16), atol=1e-3)
+
+
+def _write_idx(path, array, *, dtype_code=0x08):
+    header = struct.pack(f">BBBB{array.ndim}I", 0, 0, dtype_code, array.ndim, *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def _write_dataset(folder, *, train_images=6, train_labels=None, test_labels=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_idx(folder / data.IDX_FILES["x_train"], np.zeros((train_images, 28, 28), np.uint8))
+    _write_idx(folder / data.IDX_FILES["y_train"], np.asarray(train_labels if train_labels is not None else [0, 1, 2, 3, 4, 5], np.uint8))
+    _write_idx(folder / data.IDX_FILES["x_test"], np.zeros((2, 28, 28), np.uint8))
+    _write_idx(folder / data.IDX_FILES["y_test"], np.asarray(test_labels if test_labels is not None else [8, 9], np.uint8))
+    return folder
+
+
+def test_keras_cache_is_read_without_a_download(no_local_copies, monkeypatch, capsys):
+    def no_download(name):
+        raise AssertionError("keras.datasets was asked to download although the cache holds the files")
+
+    monkeypatch.setattr(data, "_from_keras", no_download)
+    _write_dataset(no_local_copies / "fashion-mnist")
+    ds = data.load("fashion_mnist")
+    assert ds.source.endswith("(Keras cache)") and ds.y_train.tolist() == [0, 1, 2, 3, 4, 5]
+    arrays = {"x_train": np.ones((3, 28, 28), np.uint8), "y_train": np.array([0, 1, 9], np.uint8),
+              "x_test": np.ones((1, 28, 28), np.uint8), "y_test": np.array([7], np.uint8)}
+    np.savez(no_local_copies / "mnist.npz", **arrays)
+    ds = data.load("mnist", verbose=False)
+    assert ds.source == f"{no_local_copies / 'mnist.npz'} (Keras cache)" and ds.y_test.tolist() == [7]
+    assert "Downloading" not in capsys.readouterr().out
+
+
+def test_offline_machine_skips_the_download(no_local_copies, monkeypatch, capsys):
+    monkeypatch.setattr(data, "_download_host_answers", lambda: False)
+    monkeypatch.setattr(data, "_from_keras", lambda name: pytest.fail("a download was tried while offline"))
+    ds = data.load("fashion_mnist")
+    assert ds.name == "fashion_mnist_small"
+    with pytest.raises(FileNotFoundError, match="did not answer within 3 s"):
+        data.load("fashion_mnist", fallback=False)
+
+
+def test_download_probe_is_bounded_by_its_timeout():
+    import socket
+
+    with socket.socket() as server:  # a listening socket that accepts: the probe succeeds
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert data._download_host_answers(server.getsockname(), timeout=2.0)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        address = closed.getsockname()  # bound, not listening: connection refused at once
+        assert not data._download_host_answers(address, timeout=2.0)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("label_out_of_range", r"train-labels-idx1-ubyte.gz: labels must be in \[0, 9\] for fashion_mnist; found 200 at index 2"),
+    ("count_mismatch", r"train-images-idx3-ubyte.gz holds 7 images but .*train-labels-idx1-ubyte.gz holds 6 labels"),
+    ("not_gzip", r"t10k-images-idx3-ubyte.gz is not a gzip file"),
+    ("truncated_gzip", r"t10k-images-idx3-ubyte.gz is a truncated or damaged gzip file"),
+    ("bad_header", r"t10k-labels-idx1-ubyte.gz: bad IDX header: 3 dimensions, 8 bytes in all"),
+    ("bad_magic", r"t10k-labels-idx1-ubyte.gz is not an IDX file"),
+])
+def test_damaged_files_name_the_file_and_the_fault(tmp_path, case, message):
+    folder = tmp_path / "d"
+    if case == "label_out_of_range":
+        _write_dataset(folder, train_labels=[0, 1, 200, 3, 4, 5])
+    elif case == "count_mismatch":
+        _write_dataset(folder, train_images=7)
+    else:
+        _write_dataset(folder)
+    images, labels = folder / data.IDX_FILES["x_test"], folder / data.IDX_FILES["y_test"]
+    if case == "not_gzip":
+        images.write_bytes(b"plain text, not gzip")
+    elif case == "truncated_gzip":
+        images.write_bytes(images.read_bytes()[:40])
+    elif case == "bad_header":
+        with gzip.open(labels, "wb") as f:
+            f.write(struct.pack(">BBBBI", 0, 0, 0x08, 3, 2))
+    elif case == "bad_magic":
+        with gzip.open(labels, "wb") as f:
+            f.write(b"\x01\x02\x08\x01" + struct.pack(">I", 2) + b"\x00\x01")
+    with pytest.raises(ValueError, match=message) as info:
+        data.load("fashion_mnist", data_dir=folder, verbose=False)
+    assert "\n" not in str(info.value)

@@ -203,7 +203,7 @@ def test_recipe_runs_under_strategy_and_mixed_precision(tmp_path, capsys):
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     for run in ("no_bn", "with_bn"):
         assert results["history"][run]["test_accuracy"][-1] > 0.3
-        counts = tag_step_counts(tmp_path / "bn_vs_no_bn" / run / "train")
+        counts = tag_step_counts(Path(results["log_dir"]) / run / "train")
         assert max(counts.values()) == 1
-        norms = list(scalar_series(tmp_path / "bn_vs_no_bn" / run / "train", "grad_global/norm").values())
+        norms = list(scalar_series(Path(results["log_dir"]) / run / "train", "grad_global/norm").values())
         assert norms and all(0 < v < 1e3 for v in norms)  # unscaled, finite

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,7 +13,7 @@ def test_quick_run_reports_its_measurements(tmp_path):
     assert result["epochs"] == 1 and not result["stopped_by_budget"]
     assert result["test_accuracy"] > 0.3  # chance is 0.1
     assert result["parameters"] == best_cnn.build_model((28, 28, 1), 10, quick=True).count_params()
-    assert (tmp_path / "best_cnn" / "best_cnn.png").is_file()
+    assert (Path(result["log_dir"]) / "best_cnn.png").is_file()
 
 
 def test_time_budget_stops_before_the_next_epoch_would_overrun():
