@@ -12,6 +12,7 @@ Usage::
 from keras_bn import _backend  # noqa: F401  (checks that a Keras backend is installed)
 from keras_bn.activations import Maxout
 from keras_bn.builders import build_conv, build_dense
+from keras_bn.callbacks._reductions import activation_statistics, nearest_rank_percentiles
 from keras_bn.folding import BatchNormCheck, BatchNormRow, FoldReport, check_batchnorm, fold_batchnorm
 from keras_bn.layers import ConvBlock, DenseBlock
 from keras_bn import callbacks, data, distribute, lr_find, optimizers, report, sanity, search  # noqa: E402  (submodules)
@@ -28,6 +29,7 @@ __all__ = [
     "LossGuard",
     "Maxout",
     "__version__",
+    "activation_statistics",
     "build_conv",
     "build_dense",
     "callbacks",
@@ -36,6 +38,7 @@ __all__ = [
     "distribute",
     "fold_batchnorm",
     "lr_find",
+    "nearest_rank_percentiles",
     "optimizers",
     "report",
     "sanity",

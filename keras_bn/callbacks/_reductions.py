@@ -29,7 +29,7 @@ from keras import ops
 
 from keras_bn.activations import FAMILY_STATISTICS, NEAR_ZERO, SATURATION_THRESHOLD, saturation_band
 
-__all__ = ["PERCENTILES", "activation_statistics", "chunk_sums", "finalize", "merge", "percentiles"]
+__all__ = ["PERCENTILES", "activation_statistics", "chunk_sums", "finalize", "merge", "nearest_rank_percentiles"]
 
 PERCENTILES = (15, 50, 85)  # of the pre-activation of unit 0, the BN paper's Figure 1 view
 
@@ -138,13 +138,13 @@ def finalize(sums: dict, bins: int) -> dict:
     return stats
 
 
-def percentiles(values, qs=PERCENTILES) -> np.ndarray:
+def nearest_rank_percentiles(values, qs=PERCENTILES) -> np.ndarray:
     """Nearest-rank percentiles of the finite `values` (rank ``round(q/100 * (n-1))``, half to
     even); NaN when none is finite.
 
     Example::
 
-        percentiles(preactivations[:, 0])  # -> [p15, p50, p85]
+        nearest_rank_percentiles(preactivations[:, 0])  # -> [p15, p50, p85]
     """
     values = np.asarray(values, np.float64).reshape(-1)
     values = np.sort(values[np.isfinite(values)])

@@ -48,7 +48,7 @@ from keras_bn._validation import check_float, check_positive_int
 from keras_bn.activations import NEAR_ZERO, SATURATION_THRESHOLD
 from keras_bn.callbacks import _probe
 from keras_bn.callbacks._base import DiagnosticCallback
-from keras_bn.callbacks._reductions import PERCENTILES, chunk_sums, finalize, merge, percentiles
+from keras_bn.callbacks._reductions import PERCENTILES, chunk_sums, finalize, merge, nearest_rank_percentiles
 from keras_bn.callbacks._writer import RunWriters
 
 __all__ = ["ActivationStats", "OPTION_RANGES"]
@@ -253,7 +253,7 @@ class ActivationStats(DiagnosticCallback):
         for path in read[0]:
             stats = finalize(merge([c[path]["sums"] for c in read]), self.bins)
             if "unit0" in read[0][path]:
-                stats["preact"] = percentiles(np.concatenate([c[path]["unit0"] for c in read]))
+                stats["preact"] = nearest_rank_percentiles(np.concatenate([c[path]["unit0"] for c in read]))
             results[path] = stats
         return results
 
