@@ -38,8 +38,8 @@ def chunk_sums(y, family, *, bins: int, hist_range=None, saturation_threshold=SA
                near_zero=NEAR_ZERO, feature_axis: int = -1, histogram: bool = True) -> dict:
     """Sums of one chunk of a layer's outputs `y` (a tensor; traced or eager).
 
-    `hist_range` is ``(low, high)`` of the histogram; None takes this chunk's own finite
-    min/max (right when the chunk is all there is). `feature_axis` holds the units.
+    `hist_range` is ``(low, high)`` of the histogram; None (or NaN) takes this chunk's own
+    finite min/max (right when the chunk is all there is). `feature_axis` holds the units.
     """
     y = ops.cast(y, "float32")
     if feature_axis not in (-1, len(y.shape) - 1):
@@ -67,7 +67,10 @@ def chunk_sums(y, family, *, bins: int, hist_range=None, saturation_threshold=SA
         low, high = saturation_band(family, saturation_threshold)
         sums["saturated"] = _count(finite & ((flat < low) | (flat > high)))
     if histogram:
-        low, high = _histogram_range(sums["low"], sums["high"]) if hist_range is None else hist_range
+        low, high = _histogram_range(sums["low"], sums["high"])
+        if hist_range is not None:  # NaN ends: this chunk's own range
+            low = ops.where(ops.isnan(hist_range[0]), low, hist_range[0])
+            high = ops.where(ops.isnan(hist_range[1]), high, hist_range[1])
         sums["counts"] = _histogram(flat, finite, low, high, bins)
     return sums
 

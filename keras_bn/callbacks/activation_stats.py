@@ -65,9 +65,10 @@ OPTION_RANGES = {
     "max_probe_mb": (0.0, MAX_PROBE_MB),  # 0 excluded
     "max_overhead": (0.0, 1.0),  # 0 excluded; None: no budget
 }
-# Per sample, the read holds the largest layer's input and output plus the tapped output and
-# about three same-sized temporaries of its reduction (all float32).
-_REDUCTION_COPIES = 4
+# Per sample, a read holds the largest layer's input and output plus up to six same-sized
+# float32 tensors of the largest watched output (it, its reduction's temporaries, and those
+# TensorFlow's inter-op threads run alongside): measured by benchmarks/bench_probe_memory.py.
+_REDUCTION_COPIES = 6
 
 
 def _check_int_range(name: str, value, high: int) -> int:
@@ -202,7 +203,15 @@ class ActivationStats(DiagnosticCallback):
 
         # A partial, not a closure: TensorFlow counts retraces per code object, so a closure
         # made for each new model or callback would warn about "retracing" it never did.
-        self._compute = tf.function(functools.partial(_probe_pass, model, tuple(watches), options), reduce_retracing=True)
+        # One signature (any chunk size, a range per watched layer; NaN: the chunk's own), so
+        # one trace serves every chunk and pass.
+        signature = [
+            keras.tree.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), probe),
+            tf.TensorSpec((len(watches), 2), tf.float32),
+        ]
+        self._compute = tf.function(
+            functools.partial(_probe_pass, model, tuple(watches), options), input_signature=signature
+        )
         self._silent = set()
         self.writers.add_charts(self._charts())
         self._prepared_for = (model, self.probe)
@@ -239,15 +248,14 @@ class ActivationStats(DiagnosticCallback):
         chunk when the probe fits the memory budget)."""
         rows, size = _probe.probe_rows(self._probe_arrays), self._chunk_rows
         chunks = [_probe.slice_probe(self._probe_arrays, s, s + size) for s in range(0, rows, size)]
-        ranges = None
+        ranges = np.full((len(self._watches), 2), np.nan, np.float32)  # one chunk: its own range
         if len(chunks) > 1:  # the histogram range of all chunks first
-            first = [self._run(chunk, None) for chunk in chunks]
-            ranges = {}
-            for path in first[0]:
-                low = min(float(c[path]["sums"]["low"]) for c in first)
-                high = max(float(c[path]["sums"]["high"]) for c in first)
-                low, high = (low, high if high > low else low + 1.0) if np.isfinite(low) else (0.0, 1.0)
-                ranges[path] = np.array([low, high], np.float32)
+            first = [self._run(chunk, ranges) for chunk in chunks]
+            for i, watch in enumerate(self._watches):
+                if watch.path in first[0]:
+                    low = min(float(c[watch.path]["sums"]["low"]) for c in first)
+                    high = max(float(c[watch.path]["sums"]["high"]) for c in first)
+                    ranges[i] = (low, high if high > low else low + 1.0) if np.isfinite(low) else (0.0, 1.0)
         read = [self._run(chunk, ranges) for chunk in chunks]
         results = {}
         for path in read[0]:
@@ -258,7 +266,7 @@ class ActivationStats(DiagnosticCallback):
         return results
 
     def _run(self, chunk, ranges) -> dict:
-        out = self._compute(_to_tensors(chunk), None if ranges is None else _to_tensors(ranges))
+        out = self._compute(_to_tensors(chunk), keras.ops.convert_to_tensor(ranges))
         return keras.tree.map_structure(keras.ops.convert_to_numpy, out)
 
     def _charts(self) -> dict:
@@ -383,18 +391,19 @@ def _to_tensors(structure):
 
 
 def _probe_pass(model, watches, options, inputs, ranges):
-    """The traced read: the model on one probe chunk, each tapped output reduced to sums.
+    """The traced read: the model on one probe chunk, each tapped output reduced to sums
+    (histogram over ``ranges[i]`` for the i-th watch; NaN: the chunk's own range).
 
     Returns ``{path: {"sums": {...}, "unit0": values}}`` for the layers the model called.
     """
     with _probe.LayerTaps(list(watches)) as taps:
         model(inputs, training=False)
     result = {}
-    for watch in watches:
+    for i, watch in enumerate(watches):
         y = taps.outputs.get(watch.path)
         if y is None or isinstance(y, (list, tuple, dict)):
             continue  # not called on the probe (or several outputs): reported, never a number
-        hist_range = None if ranges is None else (ranges[watch.path][0], ranges[watch.path][1])
+        hist_range = (ranges[i, 0], ranges[i, 1])
         entry = {"sums": chunk_sums(y, watch.family, hist_range=hist_range, feature_axis=watch.feature_axis, **options)}
         x = taps.inputs.get(watch.path)
         if watch.preactivation and x is not None:
