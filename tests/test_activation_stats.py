@@ -250,3 +250,21 @@ def test_new_models_and_callbacks_trigger_no_retracing_warning(tmp_path):
         assert any("retracing" in m for m in messages)
     finally:
         tf.get_logger().removeHandler(handler)
+
+
+# --- the docs page's examples run ----------------------------------------------------------------
+def test_docs_activations_examples_run_in_order(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "activations.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    script = "\n".join(blocks)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "['block', 'hidden']" and lines[1].endswith(" 8192.0") and float(lines[2]) >= 0.0
