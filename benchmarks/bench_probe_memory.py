@@ -11,6 +11,7 @@ Usage::
 
     python benchmarks/bench_probe_memory.py                 # budgets 64 and 256 MiB, 512 samples
     python benchmarks/bench_probe_memory.py --budgets 64 --samples 256
+    python benchmarks/bench_probe_memory.py --model wide    # 12 watched elementwise layers
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import tempfile
 
 
-def child(budget_mb: float, samples: int, total: int) -> None:
+def child(budget_mb: float, samples: int, total: int, model_name: str = "conv") -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import resource
     import warnings
@@ -33,17 +34,25 @@ def child(budget_mb: float, samples: int, total: int) -> None:
     from keras_bn import callbacks as kbc
 
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    h = inputs
-    for stage, channels in enumerate((64, 64, 128)):
-        h = keras.layers.Conv2D(channels, 3, padding="same", name=f"conv{stage}")(h)
-        h = keras.layers.BatchNormalization(name=f"bn{stage}")(h)
-        h = keras.layers.ReLU(name=f"relu{stage}")(h)
-        if stage:
-            h = keras.layers.MaxPooling2D(name=f"pool{stage}")(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
+    if model_name == "conv":
+        inputs = keras.Input((32, 32, 3))
+        h = inputs
+        for stage, channels in enumerate((64, 64, 128)):
+            h = keras.layers.Conv2D(channels, 3, padding="same", name=f"conv{stage}")(h)
+            h = keras.layers.BatchNormalization(name=f"bn{stage}")(h)
+            h = keras.layers.ReLU(name=f"relu{stage}")(h)
+            if stage:
+                h = keras.layers.MaxPooling2D(name=f"pool{stage}")(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+    else:  # "wide": 12 watched elementwise layers of 256 KiB per sample each (bench_memory.py's)
+        inputs = keras.Input((128, 512))
+        h = inputs
+        for k in range(12):
+            h = keras.layers.Activation("tanh" if k % 2 else "relu", name=f"act{k}")(h)
+            h = keras.layers.Rescaling(1.01, name=f"scale{k}")(h)
+        h = keras.layers.GlobalAveragePooling1D()(h)
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="out")(h))
-    x = np.random.default_rng(0).normal(size=(total, 32, 32, 3)).astype("float32")
+    x = np.random.default_rng(0).standard_normal((total, *inputs.shape[1:]), dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         callback = kbc.ActivationStats(tempfile.mkdtemp(prefix="bench_probe_"), x[:samples], figures=False,
@@ -55,9 +64,9 @@ def child(budget_mb: float, samples: int, total: int) -> None:
     print(f"{peak_mib:.1f} {callback._chunk_rows}")
 
 
-def run(budget_mb: float, samples: int, total: int) -> tuple[float, int]:
+def run(budget_mb: float, samples: int, total: int, model_name: str) -> tuple[float, int]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(budget_mb), str(samples), str(total)],
+        [sys.executable, __file__, "--child", str(budget_mb), str(samples), str(total), model_name],
         check=True, capture_output=True, text=True,
     ).stdout.split()
     return float(out[-2]), int(out[-1])
@@ -67,13 +76,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[64.0, 256.0])
     parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--model", choices=("conv", "wide"), default="conv")
     args = parser.parse_args(argv)
-    print(f"probe of {args.samples} 32x32x3 images, conv net; peak RSS minus a 1-sample probe's")
+    print(f"probe of {args.samples} samples, {args.model} model; peak RSS minus a 1-sample probe's")
     print(f"{'max_probe_mb':>12} {'rows/chunk':>10} {'peak MiB':>9} {'1-sample':>9} {'delta':>8} {'delta/budget':>12}")
     worst = 0.0
     for budget in args.budgets:
-        peak, rows = run(budget, args.samples, args.samples)
-        base, _ = run(budget, 1, args.samples)
+        peak, rows = run(budget, args.samples, args.samples, args.model)
+        base, _ = run(budget, 1, args.samples, args.model)
         ratio = (peak - base) / budget
         worst = max(worst, ratio)
         print(f"{budget:12.0f} {rows:10d} {peak:9.1f} {base:9.1f} {peak - base:8.1f} {ratio:12.2f}x")
@@ -83,6 +93,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        child(float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:
         sys.exit(main())

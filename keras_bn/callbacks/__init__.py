@@ -1,7 +1,7 @@
 """Diagnostics callbacks: see in TensorBoard why a deep network trains or does not.
 
-Each callback works with any compiled Keras model in ``model.fit`` (activation statistics
-need a Functional or Sequential model). `diagnostics` returns them all, writing one
+Each callback works with any compiled Keras model in ``model.fit`` (Sequential, Functional,
+nested or subclassed, once built). `diagnostics` returns them all, writing one
 TensorBoard run laid out like ``keras.callbacks.TensorBoard`` (``<log_dir>/train``,
 ``<log_dir>/validation``) with a custom-scalars layout (one chart per quantity, one line per
 layer). Quantities are read every `every` optimizer steps and at each epoch end, without
@@ -34,6 +34,7 @@ tag                                  kind       step   what
 ``activation_hist/<layer>``          histogram  step   histogram of the output (finite values)
 ``dead_fraction/<layer>``            scalar     step   ReLU family: share of units <= 0 everywhere
 ``zero_fraction/<layer>``            scalar     step   ReLU family: share of outputs <= 0
+``near_zero_fraction/<layer>``       scalar     step   GELU/SiLU/ELU-like: share with |y| <= 0.05
 ``saturation/<layer>``               scalar     step   tanh/sigmoid: share of saturated outputs
 ``preact/<layer>/p15|p50|p85``       scalar     step   tanh/sigmoid layers: input percentiles, unit 0
 ``nonfinite/activations/<layer>``    scalar     step   NaN/Inf count in the output (then dropped)

@@ -26,9 +26,13 @@ import keras
 from keras_bn._validation import did_you_mean
 from keras_bn.activations import activation_family
 from keras_bn.callbacks._layers import iter_layers
+from keras_bn.callbacks._reductions import chunk_sums
 from keras_bn.layers import ConvBlock, DenseBlock
 
-__all__ = ["LayerTaps", "Watch", "as_probe", "check_probe_fits", "order_probe", "probe_rows", "watched_layers"]
+__all__ = [
+    "LayerTaps", "Watch", "as_probe", "check_probe_fits", "order_probe", "probe_pass", "probe_rows",
+    "slice_probe", "to_tensors", "watched_layers",
+]
 
 
 @dataclass(frozen=True)
@@ -293,3 +297,33 @@ def check_probe_fits(model: keras.Model, probe) -> None:
             f"{expected if len(expected) > 1 else expected[0]} (None = any size), received "
             f"{shown}. Pass a slice of the inputs, e.g. probe=x_val[:256]. Received: probe shape={shown}"
         )
+
+
+# --- the traced read -------------------------------------------------------------------------
+def to_tensors(structure):
+    """`structure`'s arrays as backend tensors."""
+    return keras.tree.map_structure(keras.ops.convert_to_tensor, structure)
+
+
+def probe_pass(model, watches, options, inputs, ranges):
+    """The traced read: the model on one probe chunk, each tapped output reduced to sums
+    (histogram over ``ranges[i]`` for the i-th watch; NaN: the chunk's own range).
+
+    Returns ``{path: {"sums": {...}, "unit0": values}}`` for the layers the model called.
+    """
+    with LayerTaps(list(watches)) as taps:
+        model(inputs, training=False)
+    result = {}
+    for i, watch in enumerate(watches):
+        y = taps.outputs.get(watch.path)
+        if y is None or isinstance(y, (list, tuple, dict)):
+            continue  # not called on the probe (or several outputs): reported, never a number
+        hist_range = (ranges[i, 0], ranges[i, 1])
+        entry = {"sums": chunk_sums(y, watch.family, hist_range=hist_range, feature_axis=watch.feature_axis, **options)}
+        x = taps.inputs.get(watch.path)
+        if watch.preactivation and x is not None:
+            x = keras.ops.cast(x, "float32")
+            x = keras.ops.moveaxis(x, watch.feature_axis, -1) if watch.feature_axis != -1 else x
+            entry["unit0"] = keras.ops.reshape(x, (-1, x.shape[-1]))[:, 0]
+        result[watch.path] = entry
+    return result

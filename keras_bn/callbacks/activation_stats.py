@@ -48,7 +48,7 @@ from keras_bn._validation import check_float, check_positive_int
 from keras_bn.activations import NEAR_ZERO, SATURATION_THRESHOLD
 from keras_bn.callbacks import _probe
 from keras_bn.callbacks._base import DiagnosticCallback
-from keras_bn.callbacks._reductions import PERCENTILES, chunk_sums, finalize, merge, nearest_rank_percentiles
+from keras_bn.callbacks._reductions import PERCENTILES, finalize, merge, nearest_rank_percentiles
 from keras_bn.callbacks._writer import RunWriters
 
 __all__ = ["ActivationStats", "OPTION_RANGES"]
@@ -65,9 +65,9 @@ OPTION_RANGES = {
     "max_probe_mb": (0.0, MAX_PROBE_MB),  # 0 excluded
     "max_overhead": (0.0, 1.0),  # 0 excluded; None: no budget
 }
-# Per sample, a read holds the largest layer's input and output plus up to six same-sized
-# float32 tensors of the largest watched output (it, its reduction's temporaries, and those
-# TensorFlow's inter-op threads run alongside): measured by benchmarks/bench_probe_memory.py.
+# Per sample, a read holds the largest layer's input and output, up to six same-sized float32
+# tensors of the largest watched output (it, its reduction's temporaries, those TensorFlow's
+# inter-op threads run alongside) and the other watched outputs: benchmarks/bench_probe_memory.py.
 _REDUCTION_COPIES = 6
 
 
@@ -210,7 +210,7 @@ class ActivationStats(DiagnosticCallback):
             tf.TensorSpec((len(watches), 2), tf.float32),
         ]
         self._compute = tf.function(
-            functools.partial(_probe_pass, model, tuple(watches), options), input_signature=signature
+            functools.partial(_probe.probe_pass, model, tuple(watches), options), input_signature=signature
         )
         self._silent = set()
         self.writers.add_charts(self._charts())
@@ -221,7 +221,7 @@ class ActivationStats(DiagnosticCallback):
         rows = _probe.probe_rows(probe)
         with _probe.LayerTaps(watches, all_layers_of=model) as taps:
             try:
-                model(_to_tensors(_probe.slice_probe(probe, 0, 1)), training=False)
+                model(_probe.to_tensors(_probe.slice_probe(probe, 0, 1)), training=False)
             except Exception as error:  # noqa: BLE001  shown with the probe's shape
                 shapes = keras.tree.map_structure(lambda a: tuple(a.shape), probe)
                 raise ValueError(
@@ -229,8 +229,10 @@ class ActivationStats(DiagnosticCallback):
                     f"{error}. Pass a slice of the model's inputs, e.g. probe=x_val[:256]. "
                     f"Received: probe shape={shapes}"
                 ) from error
-        watched = max((_probe._bytes_per_sample(taps.outputs[w.path]) for w in watches if w.path in taps.outputs), default=0)
-        per_sample = max(taps.sizes, default=0) + _REDUCTION_COPIES * watched
+        watched = sorted(_probe._bytes_per_sample(taps.outputs[w.path]) for w in watches if w.path in taps.outputs)
+        # The largest watched output's reduction, plus every other watched output: the graph
+        # executor may keep them all alive until their reductions run.
+        per_sample = max(taps.sizes, default=0) + _REDUCTION_COPIES * sum(watched[-1:]) + sum(watched[:-1])
         budget = self.max_probe_mb * 2**20
         if per_sample > budget:
             warnings.warn(
@@ -266,7 +268,7 @@ class ActivationStats(DiagnosticCallback):
         return results
 
     def _run(self, chunk, ranges) -> dict:
-        out = self._compute(_to_tensors(chunk), keras.ops.convert_to_tensor(ranges))
+        out = self._compute(_probe.to_tensors(chunk), keras.ops.convert_to_tensor(ranges))
         return keras.tree.map_structure(keras.ops.convert_to_numpy, out)
 
     def _charts(self) -> dict:
@@ -345,7 +347,7 @@ class ActivationStats(DiagnosticCallback):
             self._silent.update(silent)
             warnings.warn(
                 f"keras_bn ActivationStats: model {self.model.name!r} did not call "
-                f"{', '.join(repr(p) for p in silent)} on the probe, so no statistics are written "
+                f"{', '.join(repr(p) for p in silent)} on the probe (or got several output tensors), so no statistics are written "
                 f"for {'it' if len(silent) == 1 else 'them'}. Watch layers the forward pass uses "
                 f"(layers=[...]).",
                 UserWarning,
@@ -384,31 +386,3 @@ def _refuse_removed_options(removed: dict) -> None:
                 f"`{name}` was replaced by {replaced[name]}. Received: {name}={value!r}"
             )
         raise TypeError(f"ActivationStats got an unexpected option `{name}`. Received: {name}={value!r}")
-
-
-def _to_tensors(structure):
-    return keras.tree.map_structure(keras.ops.convert_to_tensor, structure)
-
-
-def _probe_pass(model, watches, options, inputs, ranges):
-    """The traced read: the model on one probe chunk, each tapped output reduced to sums
-    (histogram over ``ranges[i]`` for the i-th watch; NaN: the chunk's own range).
-
-    Returns ``{path: {"sums": {...}, "unit0": values}}`` for the layers the model called.
-    """
-    with _probe.LayerTaps(list(watches)) as taps:
-        model(inputs, training=False)
-    result = {}
-    for i, watch in enumerate(watches):
-        y = taps.outputs.get(watch.path)
-        if y is None or isinstance(y, (list, tuple, dict)):
-            continue  # not called on the probe (or several outputs): reported, never a number
-        hist_range = (ranges[i, 0], ranges[i, 1])
-        entry = {"sums": chunk_sums(y, watch.family, hist_range=hist_range, feature_axis=watch.feature_axis, **options)}
-        x = taps.inputs.get(watch.path)
-        if watch.preactivation and x is not None:
-            x = keras.ops.cast(x, "float32")
-            x = keras.ops.moveaxis(x, watch.feature_axis, -1) if watch.feature_axis != -1 else x
-            entry["unit0"] = keras.ops.reshape(x, (-1, x.shape[-1]))[:, 0]
-        result[watch.path] = entry
-    return result
