@@ -1,7 +1,8 @@
 """Activation registry: every activation of the classic comparison as a Keras layer.
 
 Each entry knows its family (`FAMILY_STATISTICS`: which statistics the diagnostics log,
-dead units for the ReLU family, saturation for sigmoid/tanh, see docs/activations.md) and its default initializer (``initializer="auto"``):
+dead units for the ReLU family, saturation for sigmoid/tanh, see docs/activations.md) and
+its default initializer (``initializer="auto"``):
 He for the ReLU family, Glorot for sigmoid/tanh, LeCun normal for SELU (SEEDS §2, §4).
 Anything else Keras knows by name, or any callable, is accepted too.
 

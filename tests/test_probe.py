@@ -197,8 +197,12 @@ def test_keras_bn_blocks_in_a_user_model_report_their_activation(tmp_path):
 # --- the probe batch -------------------------------------------------------------------------
 def test_a_cut_probe_says_so_once(tmp_path):
     x = np.zeros((20, 4), "float32")
-    with pytest.warns(UserWarning, match=r"probe has 20 samples; only the first 8.*max_probe_samples=8"):
+    with pytest.warns(UserWarning, match=r"probe has 20 samples; only the first 8.*max_probe_samples=8") as caught:
         callback = kbc.ActivationStats(str(tmp_path), x, max_probe_samples=8)
+    assert caught[0].filename == __file__  # points at the user's line
+    with pytest.warns(UserWarning, match="probe has 20") as caught:
+        kbc.diagnostics(str(tmp_path), probe=x, max_probe_samples=8)
+    assert caught[0].filename == __file__
     assert callback.probe.shape == (8, 4) and np.shares_memory(callback.probe, x)  # a view, no copy
     with warnings.catch_warnings():
         warnings.simplefilter("error")

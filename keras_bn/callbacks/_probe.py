@@ -30,8 +30,18 @@ from keras_bn.callbacks._reductions import chunk_sums
 from keras_bn.layers import ConvBlock, DenseBlock
 
 __all__ = [
-    "LayerTaps", "Watch", "as_probe", "check_probe_fits", "order_probe", "probe_pass", "probe_rows",
-    "slice_probe", "to_tensors", "watched_layers",
+    "LayerTaps",
+    "Watch",
+    "as_probe",
+    "bytes_per_sample",
+    "check_probe_fits",
+    "order_probe",
+    "probe_pass",
+    "probe_rows",
+    "slice_probe",
+    "to_tensors",
+    "user_stacklevel",
+    "watched_layers",
 ]
 
 
@@ -139,7 +149,7 @@ class LayerTaps:
                     if watch.preactivation and args:
                         self.inputs[watch.path] = args[0]
             if self._sizing is not None:
-                self.sizes.append(_bytes_per_sample(args) + _bytes_per_sample(outputs))
+                self.sizes.append(bytes_per_sample(args) + bytes_per_sample(outputs))
             return outputs
 
         layer.call = tapped_call
@@ -155,7 +165,7 @@ class LayerTaps:
         return False
 
 
-def _bytes_per_sample(structure) -> int:
+def bytes_per_sample(structure) -> int:
     """float32 bytes per sample of the tensors in `structure` (unknown dims count as 0)."""
     total = 0
     for tensor in keras.tree.flatten(structure):
@@ -212,12 +222,23 @@ def as_probe(probe, max_samples: int):
             f"{max_samples} are used (max_probe_samples={max_samples}). Pass a larger "
             f"`max_probe_samples` (read cost and memory grow with it) or a smaller probe.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
         cut = lambda a: a[:max_samples]  # noqa: E731
         arrays = {k: cut(v) for k, v in arrays.items()} if isinstance(arrays, dict) else (
             [cut(a) for a in arrays] if isinstance(arrays, list) else cut(arrays))
     return arrays
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` for a warning raised by the caller that points at the first frame
+    outside keras-bn (the user's line)."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("keras_bn"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _is_dataset(probe) -> bool:

@@ -105,7 +105,8 @@ def merge(chunks: list[dict]) -> dict:
         "count": total,
         "sum": float(np.sum([float(c["sum"]) for c in chunks])),
         # Chan et al.: each chunk's deviations about its own mean, moved to the common mean.
-        "m2": float(np.sum([float(c["m2"]) for c in chunks]) + np.sum(counts * (means - mean) ** 2)) if total else math.nan,
+        "m2": (float(np.sum([float(c["m2"]) for c in chunks]) + np.sum(counts * (means - mean) ** 2))
+               if total else math.nan),
         "low": min(float(c["low"]) for c in chunks),
         "high": max(float(c["high"]) for c in chunks),
         "nonfinite": float(sum(int(c["nonfinite"]) for c in chunks)),

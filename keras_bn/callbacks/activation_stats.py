@@ -229,7 +229,7 @@ class ActivationStats(DiagnosticCallback):
                     f"{error}. Pass a slice of the model's inputs, e.g. probe=x_val[:256]. "
                     f"Received: probe shape={shapes}"
                 ) from error
-        watched = sorted(_probe._bytes_per_sample(taps.outputs[w.path]) for w in watches if w.path in taps.outputs)
+        watched = sorted(_probe.bytes_per_sample(taps.outputs[w.path]) for w in watches if w.path in taps.outputs)
         # The largest watched output's reduction, plus every other watched output: the graph
         # executor may keep them all alive until their reductions run.
         per_sample = max(taps.sizes, default=0) + _REDUCTION_COPIES * sum(watched[-1:]) + sum(watched[:-1])
@@ -240,7 +240,7 @@ class ActivationStats(DiagnosticCallback):
                 f"of layer outputs, more than max_probe_mb={self.max_probe_mb:g}; reading one sample "
                 f"at a time. Raise `max_probe_mb` or watch fewer layers.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=_probe.user_stacklevel(),
             )
         return int(min(rows, max(1, budget // max(per_sample, 1))))
 
@@ -347,7 +347,8 @@ class ActivationStats(DiagnosticCallback):
             self._silent.update(silent)
             warnings.warn(
                 f"keras_bn ActivationStats: model {self.model.name!r} did not call "
-                f"{', '.join(repr(p) for p in silent)} on the probe (or got several output tensors), so no statistics are written "
+                f"{', '.join(repr(p) for p in silent)} on the probe (or got several output tensors), "
+                f"so no statistics are written "
                 f"for {'it' if len(silent) == 1 else 'them'}. Watch layers the forward pass uses "
                 f"(layers=[...]).",
                 UserWarning,
