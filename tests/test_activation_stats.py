@@ -268,3 +268,14 @@ def test_docs_activations_examples_run_in_order(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0] == "['block', 'hidden']" and lines[1].endswith(" 8192.0") and float(lines[2]) >= 0.0
+
+
+def test_channels_first_units_are_the_channel_axis():
+    values = np.abs(np.random.default_rng(2).normal(size=(8, 4, 5, 5))).astype("float32")
+    values[:, 1] = 0.0  # channel 1 is dead everywhere
+    assert keras_bn.activation_statistics(values, "relu", feature_axis=1)["dead_fraction"] == 0.25
+    assert keras_bn.activation_statistics(values, "relu")["dead_fraction"] == 0.0  # last axis: no unit dead
+    layer = keras_bn.ConvBlock(4, data_format="channels_first")
+    from keras_bn.callbacks._probe import _feature_axis
+
+    assert _feature_axis(layer) == 1 and _feature_axis(keras.layers.ReLU()) == -1
