@@ -1,7 +1,8 @@
 """Activation registry: every activation of the classic comparison as a Keras layer.
 
-Each entry knows its family (used by the diagnostics: dead units for the ReLU family,
-saturation for sigmoid/tanh) and its default initializer (``initializer="auto"``):
+Each entry knows its family (`FAMILY_STATISTICS`: which statistics the diagnostics log,
+dead units for the ReLU family, saturation for sigmoid/tanh, see docs/activations.md) and
+its default initializer (``initializer="auto"``):
 He for the ReLU family, Glorot for sigmoid/tanh, LeCun normal for SELU (SEEDS §2, §4).
 Anything else Keras knows by name, or any callable, is accepted too.
 
@@ -19,6 +20,26 @@ import keras
 
 from keras_bn._registry import Registry
 from keras_bn._validation import check_positive_int
+
+__all__ = [
+    "ACTIVATIONS",
+    "FAMILY_STATISTICS",
+    "KERAS_FAMILIES",
+    "NEAR_ZERO",
+    "OUTPUT_RANGE",
+    "SATURATION_THRESHOLD",
+    "ActivationSpec",
+    "Maxout",
+    "activation_family",
+    "activation_name",
+    "check_act_kwargs",
+    "default_initializer",
+    "family_of",
+    "make_activation",
+    "resolve_activation",
+    "saturation_band",
+    "width_multiplier",
+]
 
 
 @keras.saving.register_keras_serializable(package="keras_bn")
@@ -84,11 +105,50 @@ class Maxout(keras.layers.Layer):
         return {**super().get_config(), "num_pieces": self.num_pieces, "axis": self.axis}
 
 
+# --- families: what the activation statistics measure --------------------------------------
+# One vocabulary for the registry, the diagnostics and the recipes. A family says which
+# statistics a layer's outputs get besides mean, std and histogram (docs/activations.md):
+#   "relu":    can output exactly its floor for every sample: dead-unit and zero fractions;
+#   "smooth":  GELU / SiLU / ELU-like, no hard floor: the near-zero fraction (|y| <= near_zero);
+#   "tanh":    bounded in (-1, 1): saturation;  "sigmoid": bounded in (0, 1): saturation.
+FAMILY_STATISTICS: dict[str, tuple[str, ...]] = {
+    "relu": ("dead_fraction", "zero_fraction"),
+    "smooth": ("near_zero_fraction",),
+    "tanh": ("saturation",),
+    "sigmoid": ("saturation",),
+}
+OUTPUT_RANGE = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
+
+# A bounded activation is saturated where its output lies in the outer (1 - t) / 2 of its range
+# at either end: |y| > t for tanh, |2y - 1| > t for sigmoid. Since sigmoid(x) = (1 + tanh(x/2)) / 2
+# this is the same point of both curves, where the slope has fallen to 1 - t^2 of its peak
+# (5.9 % at t = 0.97), so tanh and sigmoid layers are compared on one scale.
+SATURATION_THRESHOLD = 0.97
+# fastai's ActivationStats threshold for "near zero".
+NEAR_ZERO = 0.05
+
+
+def saturation_band(family: str, threshold: float = SATURATION_THRESHOLD) -> tuple[float, float]:
+    """``(low, high)``: outputs of a bounded `family` outside it are saturated.
+
+    Example::
+
+        saturation_band("sigmoid")  # -> (0.015, 0.985)
+    """
+    if family not in OUTPUT_RANGE:
+        raise ValueError(
+            f"`family` must be a bounded family, one of {sorted(OUTPUT_RANGE)}. Received: family={family!r}"
+        )
+    low, high = OUTPUT_RANGE[family]
+    margin = (1.0 - threshold) / 2.0 * (high - low)
+    return low + margin, high - margin
+
+
 @dataclass(frozen=True)
 class ActivationSpec:
     """What keras-bn knows about one activation."""
 
-    family: str  # "relu" (can die), "saturating" (can saturate), "self_normalizing", "smooth"
+    family: str | None  # a key of FAMILY_STATISTICS; None: not a nonlinearity (linear)
     default_initializer: str
     layer_kwargs: tuple[str, ...] = ()  # options that `act_kwargs` may set
 
@@ -100,19 +160,29 @@ class ActivationSpec:
 ACTIVATIONS: Registry[ActivationSpec] = Registry(
     "activation",
     {
-        "sigmoid": ActivationSpec("saturating", "glorot_uniform"),
-        "tanh": ActivationSpec("saturating", "glorot_uniform"),
+        "sigmoid": ActivationSpec("sigmoid", "glorot_uniform"),
+        "tanh": ActivationSpec("tanh", "glorot_uniform"),
         "relu": ActivationSpec("relu", "he_normal"),
         "leaky_relu": ActivationSpec("relu", "he_normal", ("negative_slope",)),
         "prelu": ActivationSpec("relu", "he_normal", ("alpha_initializer", "shared_axes")),
         "elu": ActivationSpec("smooth", "he_normal"),
-        "selu": ActivationSpec("self_normalizing", "lecun_normal"),
+        "selu": ActivationSpec("smooth", "lecun_normal"),
         "gelu": ActivationSpec("smooth", "he_normal"),
         "maxout": ActivationSpec("relu", "he_normal", ("num_pieces",)),
-        "linear": ActivationSpec("smooth", "glorot_uniform"),
+        "linear": ActivationSpec(None, "glorot_uniform"),
     },
     aliases={"leakyrelu": "leaky_relu", "lrelu": "leaky_relu", "identity": "linear"},
 )
+
+# Families of the other Keras activation functions (by ``__name__``; "swish" is "silu"). Softmax,
+# log-softmax and exponential outputs get no family: they are heads, not hidden activations.
+KERAS_FAMILIES: dict[str, str] = {
+    "relu6": "relu",
+    "silu": "smooth", "softplus": "smooth", "mish": "smooth", "celu": "smooth",
+    "hard_silu": "smooth", "sparse_plus": "smooth", "squareplus": "smooth",
+    "hard_tanh": "tanh", "softsign": "tanh",
+    "hard_sigmoid": "sigmoid",
+}
 
 # Leaky ReLU's slope in the source notes (Keras' own default is 0.3).
 LEAKY_RELU_SLOPE = 0.01
@@ -222,20 +292,36 @@ def make_activation(
     return keras.layers.Activation(resolved, **common)
 
 
-def activation_family(layer: keras.layers.Layer) -> str | None:
-    """The family of what `layer` outputs: "relu", "tanh", "sigmoid" or None.
+def family_of(activation: object) -> str | None:
+    """The family of an activation given by name or function (None: linear or unknown).
 
-    Recognises keras-bn's and Keras' own activation layers and layers with a fused
-    ``activation`` (``Dense(..., activation="relu")``), so diagnostics work on any model.
+    Example::
+
+        family_of("gelu"), family_of(keras.activations.swish)  # -> ("smooth", "smooth")
+    """
+    name = activation if isinstance(activation, str) else getattr(activation, "__name__", "")
+    canonical = ACTIVATIONS.lookup(name)
+    if canonical is not None:
+        return ACTIVATIONS.get(canonical).family
+    fn = keras.activations.get(name) if isinstance(activation, str) and name else None
+    return KERAS_FAMILIES.get(getattr(fn, "__name__", name))
+
+
+def activation_family(layer: keras.layers.Layer) -> str | None:
+    """The family of what `layer` outputs (a key of `FAMILY_STATISTICS`), or None.
+
+    Recognises keras-bn's and Keras' activation layers, keras-bn's `DenseBlock` / `ConvBlock`
+    (the family of their activation) and layers with a fused ``activation``
+    (``Dense(..., activation="gelu")``), so diagnostics work on any model.
     """
     if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU, Maxout)):
         return "relu"
+    if isinstance(layer, keras.layers.ELU):
+        return "smooth"
     fn = getattr(layer, "activation", None)
-    if fn is None:
+    if fn is None or isinstance(layer, keras.Model):
         return None
-    name = getattr(fn, "__name__", "")
-    if name in ("relu", "relu6", "leaky_relu"):
-        return "relu"
-    if name in ("tanh", "sigmoid", "hard_sigmoid", "hard_tanh"):
-        return "sigmoid" if "sigmoid" in name else "tanh"
-    return None
+    try:
+        return family_of(fn)
+    except ValueError:  # a string Keras does not know: not an activation we can classify
+        return None

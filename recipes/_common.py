@@ -223,15 +223,12 @@ def activation_stats(values: np.ndarray, family: str | None) -> dict:
     that output <= 0 for every sample (and position) of `values`, for the ReLU family; NaN
     otherwise. `family` is what ``keras_bn.activations.activation_family`` returns.
     """
-    values = np.asarray(values, dtype=np.float64)
-    saturated = dead = float("nan")
-    if family == "tanh":
-        saturated = float(np.mean(np.abs(values) > SATURATION_THRESHOLD))
-    elif family == "sigmoid":
-        saturated = float(np.mean(np.abs(2 * values - 1) > SATURATION_THRESHOLD))
-    elif family == "relu":
-        dead = float(np.mean(np.all(values.reshape(-1, values.shape[-1]) <= 0, axis=0)))
-    return {"mean": float(values.mean()), "std": float(values.std()), "saturated": saturated, "dead": dead}
+    import keras_bn
+
+    stats = keras_bn.activation_statistics(values, family)  # the callbacks' definitions
+    nan = float("nan")
+    return {"mean": float(stats["mean"]), "std": float(stats["std"]),
+            "saturated": float(stats.get("saturation", nan)), "dead": float(stats.get("dead_fraction", nan))}
 
 
 def kernel_gradient_norms(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict:

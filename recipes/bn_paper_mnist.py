@@ -48,8 +48,10 @@ class InputPercentiles(keras.callbacks.Callback):
         self.layer_name, self.unit, self.probe, self.record = layer_name, unit, probe, record
 
     def _append(self):
+        import keras_bn  # the callbacks' percentiles (nearest rank)
+
         values = keras.ops.convert_to_numpy(self._probe_model(self.probe, training=False))[:, self.unit]
-        self.record.append([float(v) for v in np.percentile(values, PERCENTILES)])
+        self.record.append([float(v) for v in keras_bn.nearest_rank_percentiles(values, PERCENTILES)])
 
     def on_train_begin(self, logs=None):
         self._probe_model = keras.Model(self.model.input, self.model.get_layer(self.layer_name).output)

@@ -1,7 +1,7 @@
 """Diagnostics callbacks: see in TensorBoard why a deep network trains or does not.
 
-Each callback works with any compiled Keras model in ``model.fit`` (activation statistics
-need a Functional or Sequential model). `diagnostics` returns them all, writing one
+Each callback works with any compiled Keras model in ``model.fit`` (Sequential, Functional,
+nested or subclassed, once built). `diagnostics` returns them all, writing one
 TensorBoard run laid out like ``keras.callbacks.TensorBoard`` (``<log_dir>/train``,
 ``<log_dir>/validation``) with a custom-scalars layout (one chart per quantity, one line per
 layer). Quantities stay on the device and are read every `every` optimizer steps and at each
