@@ -25,6 +25,7 @@ import time
 
 import keras
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "best_cnn"
@@ -32,7 +33,7 @@ DESCRIPTION = "The most accurate Fashion-MNIST net one builder call makes in a C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--minutes", "--budget-minutes", dest="budget_minutes", type=float, default=15.0,
+    parser.add_argument("--minutes", "--budget-minutes", dest="budget_minutes", type=types.positive_float, default=15.0,
                         help="training-time budget in minutes (default 15)")
     parser.add_argument("--family", choices=FAMILIES, default="conv",
                         help="conv: one build_conv call; resnet: one build_resnet call (ResNet-20, "
@@ -40,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", action="store_true",
                         help="standard augmentation with Keras preprocessing layers: random shifts of up "
                         "to 2 pixels and horizontal flips (training only)")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    parser.add_argument("--learning-rate", type=float, default=2e-3,
+    parser.add_argument("--batch-size", type=types.positive_int, default=128, help="batch size (default 128)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=2e-3,
                         help="peak Adam learning rate (default 2e-3)")
 
 

@@ -20,6 +20,7 @@ import argparse
 import keras
 import numpy as np
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "degradation"
@@ -31,16 +32,16 @@ BN_MOMENTUM = 0.9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--depths", type=int, nargs="+", default=None,
+    parser.add_argument("--depths", type=types.positive_int, nargs="+", default=None,
                         help="6n+2 depths to compare (default 20 56; quick: 8 14)")
-    parser.add_argument("--widths", type=int, nargs=3, default=None,
+    parser.add_argument("--widths", type=types.positive_int, nargs=3, default=None,
                         help="filters of the three stages (paper 16 32 64; default 8 16 32 for the CPU budget)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per net (default 800; quick 30)")
-    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default 100)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32, for the CPU budget)")
-    parser.add_argument("--learning-rate", type=float, default=0.05,
+    parser.add_argument("--steps", type=types.positive_int, default=None, help="training steps per net (default 800; quick 30)")
+    parser.add_argument("--eval-every", type=types.positive_int, default=None, help="steps between evaluations (default 100)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=32, help="batch size (default 32, for the CPU budget)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=0.05,
                         help="SGD learning rate, momentum 0.9 as in the paper (default 0.05)")
-    parser.add_argument("--image-size", type=int, choices=(14, 28), default=None,
+    parser.add_argument("--image-size", type=types.positive_int, choices=(14, 28), default=None,
                         help="train on 2x2-average-pooled 14x14 images to fit the CPU budget (default 14)")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "doctor_demo"
@@ -29,10 +30,10 @@ RUNS = ("tiny_init", "glorot_init")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--depth", type=int, default=8, help="hidden layers (default 8)")
-    parser.add_argument("--units", type=int, default=None, help="units per hidden layer (default 128; --quick 64)")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--learning-rate", type=float, default=0.01, help="SGD learning rate, momentum 0.9 (default 0.01)")
+    parser.add_argument("--depth", type=types.positive_int, default=8, help="hidden layers (default 8)")
+    parser.add_argument("--units", type=types.positive_int, default=None, help="units per hidden layer (default 128; --quick 64)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=64, help="batch size (default 64)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=0.01, help="SGD learning rate, momentum 0.9 (default 0.01)")
 
 
 def build_model(run: str, input_dim: int, depth: int, units: int, num_classes: int):

@@ -30,6 +30,7 @@ import time
 import keras
 import numpy as np
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "rnn_clipping"
@@ -41,17 +42,17 @@ SUCCESS_ERROR = 0.01
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--length", type=int, default=25, help="sequence length T (default 25, from the pilot in docs/RESULTS.md)")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per variant (default 5)")
-    parser.add_argument("--max-steps", type=int, default=4000, help="SGD steps per run at most (default 4000)")
-    parser.add_argument("--eval-every", type=int, default=250, help="steps between success checks (default 250)")
-    parser.add_argument("--every", type=int, default=10, help="diagnostics cadence in steps (default 10)")
-    parser.add_argument("--test-size", type=int, default=1000, help="fresh test sequences (default 1000)")
-    parser.add_argument("--batch-size", type=int, default=20, help="batch size (default 20)")
-    parser.add_argument("--learning-rate", type=float, default=0.01, help="SGD learning rate (default 0.01)")
-    parser.add_argument("--clip", type=float, default=1.0, help="clipping threshold (default 1.0)")
-    parser.add_argument("--units", type=int, default=50, help="tanh units (default 50)")
-    parser.add_argument("--init-std", type=float, default=0.1, help="std of every initial weight (default 0.1)")
+    parser.add_argument("--length", type=types.positive_int, default=25, help="sequence length T (default 25, from the pilot in docs/RESULTS.md)")
+    parser.add_argument("--seeds", type=types.positive_int, default=5, help="seeds per variant (default 5)")
+    parser.add_argument("--max-steps", type=types.positive_int, default=4000, help="SGD steps per run at most (default 4000)")
+    parser.add_argument("--eval-every", type=types.positive_int, default=250, help="steps between success checks (default 250)")
+    parser.add_argument("--every", type=types.positive_int, default=10, help="diagnostics cadence in steps (default 10)")
+    parser.add_argument("--test-size", type=types.positive_int, default=1000, help="fresh test sequences (default 1000)")
+    parser.add_argument("--batch-size", type=types.positive_int, default=20, help="batch size (default 20)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=0.01, help="SGD learning rate (default 0.01)")
+    parser.add_argument("--clip", type=types.positive_float, default=1.0, help="clipping threshold (default 1.0)")
+    parser.add_argument("--units", type=types.positive_int, default=50, help="tanh units (default 50)")
+    parser.add_argument("--init-std", type=types.positive_float, default=0.1, help="std of every initial weight (default 0.1)")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS),
                         help="which runs (default all three; the pilot uses --variants none)")
 

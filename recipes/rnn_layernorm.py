@@ -24,6 +24,7 @@ import argparse
 
 import numpy as np
 
+from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 
 NAME = "rnn_layernorm"
@@ -33,15 +34,15 @@ MLP_RUNS = {"mlp_none": None, "mlp_bn": "batch", "mlp_ln": "layer"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rnn-steps", type=int, default=3000, help="training steps of each LSTM (default 3000)")
-    parser.add_argument("--rnn-batch", type=int, default=8, help="LSTM batch size (default 8)")
-    parser.add_argument("--rnn-units", type=int, default=64, help="LSTM units (default 64)")
-    parser.add_argument("--mlp-steps", type=int, default=5000, help="training steps of each MLP (default 5000)")
-    parser.add_argument("--mlp-batch", type=int, default=4, help="MLP batch size (default 4)")
-    parser.add_argument("--mlp-units", type=int, nargs="+", default=[256, 256], help="MLP widths (default 256 256)")
-    parser.add_argument("--eval-every", type=int, default=250, help="steps between evaluations (default 250)")
-    parser.add_argument("--test-size", type=int, default=2000, help="test images per evaluation (default 2000)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--rnn-steps", type=types.positive_int, default=3000, help="training steps of each LSTM (default 3000)")
+    parser.add_argument("--rnn-batch", type=types.positive_int, default=8, help="LSTM batch size (default 8)")
+    parser.add_argument("--rnn-units", type=types.positive_int, default=64, help="LSTM units (default 64)")
+    parser.add_argument("--mlp-steps", type=types.positive_int, default=5000, help="training steps of each MLP (default 5000)")
+    parser.add_argument("--mlp-batch", type=types.positive_int, default=4, help="MLP batch size (default 4)")
+    parser.add_argument("--mlp-units", type=types.positive_int, nargs="+", default=[256, 256], help="MLP widths (default 256 256)")
+    parser.add_argument("--eval-every", type=types.positive_int, default=250, help="steps between evaluations (default 250)")
+    parser.add_argument("--test-size", type=types.positive_int, default=2000, help="test images per evaluation (default 2000)")
+    parser.add_argument("--learning-rate", type=types.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
 
 
 def build_lstms(units: int, num_classes: int) -> dict:

@@ -77,6 +77,10 @@ def test_lazy_package_keeps_every_public_name():
     (["run", "bn_learning_rate", "--target", "1.5"], "argument --target: must be a number in (0, 1]. Received: '1.5'"),
     (["run", "bn_paper_mnist", "--unit", "100"], "argument --unit: must be an integer in [0, 99]. Received: '100'"),
     (["run", "bn_vs_no_bn", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    *[(["run", recipe, "--batch-size", "0"], "argument --batch-size: must be an integer >= 1. Received: '0'")
+      for recipe in ("best_cnn", "degradation", "norm_free", "rnn_clipping", "doctor_demo")],
+    (["run", "rnn_clipping", "--clip", "-1"], "argument --clip: must be a finite number > 0. Received: '-1'"),
+    (["run", "rnn_layernorm", "--rnn-batch", "0"], "argument --rnn-batch: must be an integer >= 1. Received: '0'"),
 ])
 def test_bad_values_are_one_line_errors_with_exit_code_2(capsys, argv, message):
     assert cli.main(argv) == 2

@@ -250,23 +250,3 @@ def test_edge_warning_of_a_search_points_at_the_callers_line():
         search.grid_search(regression_fn, {"learning_rate": search.Range(1e-5, 3e-2)}, (x, y), trials=3, epochs=1,
                            batch_size=32, verbose=False)
     assert [w.filename for w in record if "edge" in str(w.message)] == [__file__]
-
-
-def test_the_training_tools_page_runs(tmp_path, monkeypatch, capsys):
-    import re
-    from pathlib import Path
-
-    page = Path(__file__).resolve().parents[1] / "docs" / "TRAINING_TOOLS.md"
-    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
-    assert len(blocks) == 4
-    monkeypatch.chdir(tmp_path)
-    namespace = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # edge warnings of the tiny search
-        for block in blocks:
-            exec(compile(block, str(page), "exec"), namespace)  # noqa: S102  (the docs' own examples)
-    out = capsys.readouterr().out
-    assert "Objective(name='val_mae', direction='min')" in out and "| val_mae" in out
-    assert namespace["best"].metric("val_mae") == min(t.metric("val_mae") for t in namespace["result"].trials)
-    assert "never updated" in out
-    assert (tmp_path / "lr_find_two_runs.png").stat().st_size > 1000
