@@ -69,12 +69,12 @@ def check_float(
     value = float(value)
     too_low = low is not None and (value < low if low_inclusive else value <= low)
     too_high = high is not None and (value > high if high_inclusive else value >= high)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
-    if value != value or too_low or too_high:
+    infinite = value in (float("inf"), float("-inf"))
+    if infinite or value != value or too_low or too_high:
         lo = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
         hi = "inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
-        raise ValueError(f"`{name}` must be in {lo}, {hi}. Received: {name}={value!r}")
+        finite = ", a finite number" if infinite else ""
+        raise ValueError(f"`{name}` must be in {lo}, {hi}{finite}. Received: {name}={value!r}")
     return value
 
 

@@ -97,6 +97,11 @@ class _Block(keras.layers.Layer):
         self.options = options
         self.sublayers = block_layers(units, self.options, name=self.name, rank=self._rank, **self._shape_kwargs())
 
+    @property
+    def activation(self):
+        """The block's activation, as given (a name or a callable), like a Keras layer's."""
+        return self.options.activation
+
     def _shape_kwargs(self) -> dict:
         return {}
 

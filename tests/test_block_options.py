@@ -72,7 +72,7 @@ HOSTILE = [
     (dict(activation="leaky_relu", act_kwargs={"negative_slope": float("nan")}), ValueError,
      r"`negative_slope` must be in \[0, inf\).*nan"),
     (dict(activation="leaky_relu", act_kwargs={"negative_slope": float("inf")}), ValueError,
-     r"`negative_slope` must be a finite number.*inf"),
+     r"`negative_slope` must be in .*, a finite number.*inf"),
     (dict(norm_kwargs={"center": "no"}), TypeError, r"`norm_kwargs` option 'center' must be True or False.*'no'"),
     (dict(norm="layer", norm_kwargs={"scale": 1}), TypeError, r"option 'scale' must be True or False"),
     (dict(units={32, 64}), TypeError, r"`units` must be a list .*a set or dict has no order"),
