@@ -109,7 +109,8 @@ def _check_model(model) -> None:
     if not isinstance(model, keras.Sequential) and not internals.is_functional(model):
         raise ValueError(
             "`model` must be a Functional or Sequential keras.Model (a subclassed model's graph "
-            f"is not known, so its layers cannot be rewired). Received: model={model.name!r} of "
+            f"is not known, so its layers cannot be rewired); build the same layers as a Functional "
+            f"model, keras.Model(inputs, outputs), to fold it. Received: model={model.name!r} of "
             f"type {type(model).__name__}"
         )
     if not model.built or not model.inputs:
