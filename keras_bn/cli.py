@@ -116,11 +116,20 @@ def _serve_tensorboard(flags: list[str]) -> int:
     return board.main()
 
 
-def _report(args) -> int:
-    """Exit codes: 0 done, 1 done with findings at the --fail-on level, 2 bad usage or input,
-    3 nothing readable."""
+def _runs_in(folder) -> list:
+    """The run folders (each holding ``train/``) directly under `folder`, in name order."""
     from pathlib import Path
 
+    return sorted(p for p in Path(folder).iterdir() if p.is_dir() and (p / "train").is_dir())
+
+
+def _report(args) -> int:
+    """Exit codes: 0 done, 1 done with findings at the --fail-on level, 2 bad usage or input,
+    3 nothing readable. A recipe's folder: its newest invocation, every run in it side by side."""
+    from pathlib import Path
+
+    from keras_bn import events
+    from keras_bn._run_folders import resolve_log_dir
     from keras_bn.report import exit_code, report
 
     if args.max < 1:
@@ -130,20 +139,49 @@ def _report(args) -> int:
         print(f"keras-bn: no such folder: {args.logdir!r}; pass the folder given to "
               "keras_bn.callbacks.diagnostics (it holds train/ and validation/).", file=sys.stderr)
         return 2
-    try:
-        result = report(args.logdir, max_per_severity=args.max)
-    except FileNotFoundError as err:
-        print(f"keras-bn: {err}", file=sys.stderr)
+    folder, note = resolve_log_dir(args.logdir)
+    if note:
+        print(note)
+    has_events = bool(events.event_files(events.run_event_folder(folder)))
+    runs = [folder] if has_events else _runs_in(folder)
+    if not runs:
+        print(f"keras-bn: nothing readable: no TensorBoard event files in {str(folder)!r} or in a run "
+              f"folder inside it (a folder with train/); pass the folder given to "
+              f"keras_bn.callbacks.diagnostics.", file=sys.stderr)
         return 3
-    except Exception as err:  # noqa: BLE001  an unreadable run: say so, never a traceback
-        print(f"keras-bn: could not read the run in {args.logdir!r}: {err}", file=sys.stderr)
-        return 3
-    if not result.rows and not result.findings:
+    results, codes = [], []
+    for run in runs:
+        try:
+            result = report(run, max_per_severity=args.max)
+        except Exception as err:  # noqa: BLE001  an unreadable run: say so, never a traceback
+            print(f"keras-bn: could not read the run in {str(run)!r}: {err}", file=sys.stderr)
+            codes.append(3)
+            continue
         print(result)
-        print(f"keras-bn: nothing readable: no keras-bn diagnostics scalars in {args.logdir!r}", file=sys.stderr)
-        return 3
-    print(result)
-    return exit_code(result.findings, args.fail_on)
+        if result.kind in (events.KIND_EMPTY, events.KIND_OTHER) or (not result.rows and not result.findings):
+            print(f"keras-bn: nothing readable: no keras-bn diagnostics scalars in {str(run)!r} ({result.kind})",
+                  file=sys.stderr)
+            codes.append(3)
+            continue
+        results.append((run, result))
+        codes.append(exit_code(result.findings, args.fail_on))
+    if len(runs) > 1 and results:
+        print(_side_by_side(results))
+    return max(codes)
+
+
+def _side_by_side(results) -> str:
+    """One row per run: its headline figures and finding counts."""
+    from keras_bn._tables import format_table
+
+    rows = []
+    for run, result in results:
+        counts = {s: sum(f.severity == s for f in result.findings) for s in ("error", "warning", "info")}
+        grads = [r["grad_final"] for r in result.rows if r.get("grad_final") is not None]
+        rows.append([run.name, len(result.rows), f"{max(grads):.3g}" if grads else "-",
+                     counts["error"], counts["warning"], counts["info"]])
+    return "\nruns side by side\n" + format_table(
+        ["run", "layers", "largest final grad norm", "errors", "warnings", "infos"], rows)
 
 
 def _exit_code_epilog() -> str:

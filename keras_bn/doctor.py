@@ -45,12 +45,12 @@ def evaluate(series: dict, facts: RunFacts | None = None) -> list[Finding]:
     return rank(f for rule in ALL_RULES for f in rule(series, facts))
 
 
-def read_series(log_dir) -> dict:
-    """The scalars of `log_dir`'s train run, its validation run (tags prefixed ``validation/``)
-    and the live Doctor's own run (``doctor/*`` tags)."""
+def read_series(log_dir, train: dict | None = None) -> dict:
+    """The scalars of `log_dir`'s train run (`train`, when already read), its validation run
+    (tags prefixed ``validation/``) and the live Doctor's own run (``doctor/*`` tags)."""
     from keras_bn.report import read_run
 
-    series = dict(read_run(log_dir))
+    series = dict(read_run(log_dir) if train is None else train)
     for run, prefix in (("validation", "validation/"), ("doctor", "")):
         folder = Path(log_dir) / run
         if folder.is_dir() and any(folder.glob("events.out.tfevents.*")):

@@ -66,6 +66,8 @@ class RunReport:
     rows: list[dict] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     max_per_severity: int = 10
+    kind: str = "keras-bn diagnostics run"  # `keras_bn.events` KIND_*: what wrote the run
+    problems: list = field(default_factory=list)  # unreadable records (file:offset), interleaved runs
 
     @property
     def warnings(self) -> list[str]:
@@ -89,8 +91,14 @@ class RunReport:
 
         table = [[row["layer"]] + [cell(row.get(k)) for k in keys[1:]] for row in self.rows]
         widths = [max(len(c), *(len(r[i]) for r in table)) if table else len(c) for i, c in enumerate(columns)]
-        lines = [f"keras-bn report: {self.log_dir}",
-                 "  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+        from keras_bn import events
+
+        lines = [f"keras-bn report: {self.log_dir}"]
+        if self.kind != events.KIND_DIAGNOSTICS:
+            lines.append(f"not a keras-bn diagnostics run ({self.kind}): only its loss and metric curves "
+                         f"are read; per-layer figures need keras_bn.callbacks.diagnostics")
+        lines += [f"could not read: {problem}" for problem in self.problems]
+        lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in table]
         lines.append(format_findings(self.findings, self.max_per_severity))
         return "\n".join(lines)
@@ -101,15 +109,17 @@ def report(log_dir, max_per_severity: int = 10) -> RunReport:
 
     Usage: ``print(report("logs/run1"))``
     """
-    from keras_bn import doctor
+    from keras_bn import doctor, events
 
-    series = doctor.read_series(log_dir)
+    details = events.read_run_details(log_dir)  # read once: the doctor's series come from it
+    series = doctor.read_series(log_dir, train={tag: values.pairs() for tag, values in details.scalars.items()})
     per_layer: dict[str, dict[str, list]] = defaultdict(dict)
     for tag, values in series.items():
         quantity, _, layer = tag.partition("/")
         if quantity in PER_LAYER and layer and values:
             per_layer[layer][quantity] = values
-    result = RunReport(str(log_dir), max_per_severity=max_per_severity)
+    result = RunReport(str(log_dir), max_per_severity=max_per_severity, kind=details.kind,
+                       problems=list(details.problems))
     for layer in sorted(per_layer, key=_natural_key):
         q = per_layer[layer]
         row = {"layer": layer}
