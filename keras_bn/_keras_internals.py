@@ -382,3 +382,22 @@ def dropout_rnn_cell_base() -> type:
     from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
     return DropoutRNNCell
+
+
+# --- the doctor's own run: scalar and text summaries (owner: keras_bn.callbacks.doctor) ---
+require("tensorboard.plugins.scalar.summary_v2", "scalar_pb")
+require("tensorboard.plugins.text.summary_v2", "text_pb")
+
+
+def tensorboard_scalar_summary(tag: str, value: float):
+    """A ``Summary`` of one scalar, as ``tf.summary.scalar`` writes it (TensorFlow-free)."""
+    from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+
+    return scalar_pb(tag, float(value))
+
+
+def tensorboard_text_summary(tag: str, text: str):
+    """A ``Summary`` for TensorBoard's Text dashboard (TensorFlow-free)."""
+    from tensorboard.plugins.text.summary_v2 import text_pb
+
+    return text_pb(tag, text)

@@ -41,6 +41,7 @@ from collections import defaultdict
 
 import keras
 
+from keras_bn import _keras_internals as internals
 from keras_bn import doctor as kb_doctor
 from keras_bn._doctor_base import RULES
 from keras_bn.callbacks._base import DiagnosticCallback
@@ -91,8 +92,7 @@ class Doctor(DiagnosticCallback):
         self._dirty = False
         self._listening = False
         self._text_writer = None
-        self._batch_size = None  # tf.Variable: the largest batch a trainable BN layer saw
-        self._wrapped = None
+        self._tap = None  # _BatchSizeTap: the largest batch a trainable BN layer saw
         self._initial_pending = False
         self._busy = 0.0  # seconds spent evaluating since train begin
         self._began = time.monotonic()
@@ -118,22 +118,23 @@ class Doctor(DiagnosticCallback):
 
     def _own_scalars(self, step, scalars):
         """Write the doctor's own measurements to its run, and into the series."""
-        from tensorboard.plugins.scalar.summary_v2 import scalar_pb
-
         for tag, value in scalars.items():
             self.series[tag].append((step, float(value)))
-            self._write_summary(scalar_pb(tag, float(value)), step)
+            self._write_summary(internals.tensorboard_scalar_summary(tag, value), step)
         self._dirty = True
 
     def _write_summary(self, summary, step):
-        from tensorboard.compat.proto import event_pb2
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from keras_bn.events import EventFileWriter
 
         if not getattr(self.writers, "is_chief", True):
             return
         if self._text_writer is None:
-            self._text_writer = EventFileWriter(os.path.join(self.log_dir, DOCTOR_RUN), flush_secs=5)
-        self._text_writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+            self._text_writer = EventFileWriter(os.path.join(self.log_dir, DOCTOR_RUN))
+        self._text_writer.add(internals.tensorboard_event_class()(wall_time=time.time(), step=int(step), summary=summary))
+        try:  # a finding must be on disk at once (training may die next); a full disk must not stop it
+            self._text_writer.flush()
+        except OSError:
+            pass
 
     # --- Keras hooks ------------------------------------------------------------------------------
     def _attach(self):
@@ -233,12 +234,10 @@ class Doctor(DiagnosticCallback):
             self._found[finding.key] = finding
         if not new:
             return
-        from tensorboard.plugins.text.summary_v2 import text_pb
-
         for finding in new:
             if self.verbose:
                 print(str(finding), flush=True)
-            self._write_summary(text_pb("doctor/findings", f"**{finding.severity}** `{finding.rule}`: {finding}"), step)
+            self._write_summary(internals.tensorboard_text_summary("doctor/findings", f"**{finding.severity}** `{finding.rule}`: {finding}"), step)
         self._save(step)
         stops = [f for f in new if f.rule in self.stop_on]
         if stops:
@@ -259,47 +258,29 @@ class Doctor(DiagnosticCallback):
 
     # --- the per-replica batch size BN sees ------------------------------------------------
     def _wrap_batch_size(self):
-        import tensorflow as tf
+        """Register a tap (with the model's StepTaps, which patches only while a step runs)
+        that records the largest batch a trainable BatchNormalization layer trains on."""
+        from keras_bn.distribute import is_distributed
 
-        strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
-        if self._wrapped is not None or type(strategy).__name__ != "_DefaultDistributionStrategy":
-            return
+        self._tap = None
+        if is_distributed(getattr(self.model, "distribute_strategy", None)):
+            return  # a replica-local count would need a mirrored variable: not measured there
         layer = next((layer for _, layer in _batchnorm_layers(self.model) if layer.trainable), None)
         if layer is None:
             return
-        if self._batch_size is None:
-            self._batch_size = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="keras_bn_doctor_batch")
-        had_own, original, counter = "call" in vars(layer), layer.call, self._batch_size
-
-        def call(inputs, *args, **kwargs):
-            training = kwargs.get("training", args[0] if args else None)
-            if training is True:
-                counter.assign(tf.maximum(counter, tf.shape(inputs, out_type=tf.int64)[0]))
-            return original(inputs, *args, **kwargs)
-
-        layer.call = call
-        self._wrapped = (layer, had_own, original, call)
-        self.model.make_train_function(force=True)
+        self._tap = self._taps.shared(("doctor_batch_size", id(layer)), lambda: _BatchSizeTap(layer),
+                                      lambda tap: tap.layer is layer)
+        self._taps.register(self._tap)
 
     def _read_batch_size(self):
-        if self._batch_size is not None:
-            value = int(self._batch_size.numpy())
+        if getattr(self, "_tap", None) is not None:
+            value = int(self._tap.batch_size.numpy())
             if value > 0:
                 self.facts.batch_size = value
 
     def _unwrap_batch_size(self):
-        if self._wrapped is None:
-            return
         self._read_batch_size()
-        layer, had_own, original, call = self._wrapped
-        self._wrapped = None
-        if vars(layer).get("call") is not call:
-            return  # another callback's unwrapping removed it with its own (BatchNormCheck's)
-        if had_own:
-            layer.call = original
-        else:
-            vars(layer).pop("call", None)
-        self.model.train_function = None  # the next fit traces a clean step
+        self._tap = None
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -311,3 +292,41 @@ def _batchnorm_layers(model):
     from keras_bn.callbacks._layers import iter_layers
 
     return [(p, layer) for p, layer in iter_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+class _BatchSizeTap:
+    """The largest batch a BatchNormalization layer trained on: one ``assign`` per step."""
+
+    def __init__(self, layer):
+        import tensorflow as tf
+
+        self.layer = layer
+        self.batch_size = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="keras_bn_doctor_batch")
+        self._undo = None
+
+    def patch(self) -> None:
+        import tensorflow as tf
+
+        layer, counter = self.layer, self.batch_size
+        had_own, original = "call" in vars(layer), layer.call
+
+        def call(inputs, *args, **kwargs):
+            training = kwargs.get("training", args[0] if args else None)
+            if training is True:
+                counter.assign(tf.maximum(counter, tf.shape(inputs, out_type=tf.int64)[0]))
+            return original(inputs, *args, **kwargs)
+
+        layer.call = call
+
+        def undo():
+            if had_own:
+                layer.call = original
+            else:
+                vars(layer).pop("call", None)
+
+        self._undo = undo
+
+    def unpatch(self) -> None:
+        if self._undo is not None:
+            undo, self._undo = self._undo, None
+            undo()
