@@ -204,7 +204,7 @@ def explain(stats: dict, training: dict | None = None) -> list:
 
 def report_collapse() -> float:
     """`keras_bn.report`'s threshold for collapsing activations (last/first std)."""
-    from keras_bn.report import ACTIVATION_COLLAPSE_RATIO
+    from keras_bn._doctor_base import ACTIVATION_COLLAPSE_RATIO
 
     return ACTIVATION_COLLAPSE_RATIO
 

@@ -67,11 +67,11 @@ def test_init_study_statistics_and_training(tmp_path):
     assert all(0.0 <= h["test_accuracy"][-1] <= 1.0 for h in results["training"].values())
     _check_outputs(results, ["init_study_histograms.png", "init_study_training.png"],
                    list(init_study.CONFIGS))
-    # `keras-bn report` on the lecture-setting runs: vanishing for N(0, 0.01^2), quiet for He + ReLU.
+    # `keras-bn report` on the lecture-setting runs: collapsing for N(0, 0.01^2), quiet for He + ReLU.
     from keras_bn.report import report
 
-    tiny = report(Path(results["log_dir"]) / "tanh_normal_0.01").warnings
-    assert any("vanishing activations" in w for w in tiny), tiny
+    tiny = report(Path(results["log_dir"]) / "tanh_normal_0.01").findings
+    assert any(f.rule == "collapsing_activations" for f in tiny), [str(f) for f in tiny]
     assert report(Path(results["log_dir"]) / "relu_he").warnings == []
     assert all(f.held for f in results["findings"][:5]), results["findings"]
     assert results["findings"][5].claim.startswith("ReLU + He trains to a higher test accuracy")

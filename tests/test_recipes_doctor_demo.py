@@ -1,5 +1,7 @@
 """doctor_demo --quick: the broken run gets its diagnosis live, the fix it names trains."""
 
+from pathlib import Path
+
 from keras_bn.recipes import doctor_demo
 
 
@@ -16,4 +18,4 @@ def test_quick_demo_names_the_cause_and_the_fix_trains(tmp_path, capsys):
         assert not [f for f in results["runs"][name]["findings"] if f.severity in ("error", "warning")]
     assert broken["loss"][-1] > 0.95 * broken["loss"][0]  # the broken net does not train
     assert fixed["loss"][-1] < 0.6 * broken["loss"][-1] and fixed["val_accuracy"][-1] > 0.5  # the fix trains
-    assert (tmp_path / "doctor_demo" / "tiny_init" / "report.md").read_text().count("collapsing_activations") == 1
+    assert (Path(results["log_dir"]) / "tiny_init" / "report.md").read_text().count("collapsing_activations") == 1

@@ -1,5 +1,7 @@
 """Smoke tests of the residual recipes (degradation, norm_free) at tiny settings."""
 
+from pathlib import Path
+
 import math
 
 import numpy as np
@@ -22,9 +24,9 @@ def test_degradation_compares_plain_and_residual_twins(tmp_path, capsys):
             assert len(r["response_std"]) == blocks and all(s > 0 for s in r["response_std"])
             assert len(r["train_error"]) == 2 and all(0 <= e <= 1 for e in r["train_error"])
             assert all(np.isfinite(r["grads_start"])) and r["grads_start"][0] > 0  # BN keeps every gradient alive
-            assert list((tmp_path / "degradation" / f"{kind}{depth}" / "train").glob("events.out.tfevents.*"))
+            assert list((Path(results["log_dir"]) / f"{kind}{depth}" / "train").glob("events.out.tfevents.*"))
     assert isinstance(results["plain_degrades"], bool) and "paper's ordering:" in out
-    assert (tmp_path / "degradation" / "degradation.png").stat().st_size > 10_000
+    assert (Path(results["log_dir"]) / "degradation.png").stat().st_size > 10_000
 
 
 def test_downsample_averages_2x2_blocks():

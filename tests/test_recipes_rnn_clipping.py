@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -42,11 +44,11 @@ def test_quick_run_clips_as_configured(tmp_path, capsys):
     for variant in summary:
         assert summary[variant]["runs"] == 1 and summary[variant]["median"] > 0.01
     norms = {r["variant"]: r["norms"] for r in results["results"]}
-    applied = scalar_series(str(tmp_path / "rnn_clipping" / "global_clipnorm_seed0" / "train"), "grad_global/norm")
+    applied = scalar_series(str(Path(results["log_dir"]) / "global_clipnorm_seed0" / "train"), "grad_global/norm")
     assert applied and max(applied.values()) <= 0.01 * (1 + 1e-4)
-    preclip = scalar_series(str(tmp_path / "rnn_clipping" / "global_clipnorm_seed0" / "train"), "grad_global/norm_preclip")
+    preclip = scalar_series(str(Path(results["log_dir"]) / "global_clipnorm_seed0" / "train"), "grad_global/norm_preclip")
     assert min(preclip.values()) > 0.01
     np.testing.assert_allclose(norms["global_clipnorm"], [preclip[s] for s in sorted(preclip)], rtol=1e-6)
-    assert (tmp_path / "rnn_clipping" / "rnn_clipping.png").stat().st_size > 10_000
+    assert (Path(results["log_dir"]) / "rnn_clipping.png").stat().st_size > 10_000
     assert "| global_clipnorm | 0/1" in capsys.readouterr().out
     assert summary["none"]["mean_error"] == next(r["final_error"] for r in results["results"] if r["variant"] == "none")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 
 from keras_bn.recipes import rnn_layernorm
@@ -26,7 +28,7 @@ def test_quick_run_all_models_learn(tmp_path, capsys):
         assert len(curves["loss"]) == 4
         assert curves["loss"][-1] < min(curves["loss"][0], np.log(10))  # it learns
         assert curves["test_accuracy"][-1] > 0.15  # chance is 0.1
-        assert list((tmp_path / "rnn_layernorm" / run / "train").glob("events.out.tfevents.*"))
+        assert list((Path(results["log_dir"]) / run / "train").glob("events.out.tfevents.*"))
     assert results["speed"]["lstm_steps"] == history["lstm"]["step"][-1]
-    assert (tmp_path / "rnn_layernorm" / "rnn_layernorm.png").stat().st_size > 10_000
+    assert (Path(results["log_dir"]) / "rnn_layernorm.png").stat().st_size > 10_000
     assert "LN-LSTM reached the LSTM's final training loss" in capsys.readouterr().out

@@ -247,14 +247,23 @@ class Doctor(DiagnosticCallback):
                 print(f"keras-bn doctor: stopping training at step {step}: {stops[0].rule}", flush=True)
 
     def _save(self, step=None):
+        """Write facts.json and report.md; a disk that refuses says so once, never stops training."""
         if not getattr(self.writers, "is_chief", True):
             return
-        self.facts.save(self.log_dir)
-        path = os.path.join(self.log_dir, REPORT_FILE)
-        with open(path + ".tmp", "w", encoding="utf-8") as file:
-            file.write(kb_doctor.markdown_report(self._found.values(), title=f"keras-bn doctor: {self.log_dir}",
-                                                 step=step if step is not None else self._optimizer_step()))
-        os.replace(path + ".tmp", path)
+        try:
+            self.facts.save(self.log_dir)
+            path = os.path.join(self.log_dir, REPORT_FILE)
+            with open(path + ".tmp", "w", encoding="utf-8") as file:
+                file.write(kb_doctor.markdown_report(self._found.values(), title=f"keras-bn doctor: {self.log_dir}",
+                                                     step=step if step is not None else self._optimizer_step()))
+            os.replace(path + ".tmp", path)
+        except OSError as error:
+            if not getattr(self, "_warned_save", False):
+                self._warned_save = True
+                import warnings
+
+                warnings.warn(f"keras_bn Doctor: could not write {REPORT_FILE} in {self.log_dir!r} ({error}); "
+                              "it is written again at the next finding or epoch end.", RuntimeWarning, stacklevel=2)
 
     # --- the per-replica batch size BN sees ------------------------------------------------
     def _wrap_batch_size(self):
