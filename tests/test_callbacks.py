@@ -392,9 +392,14 @@ def test_preset_keeps_its_traced_reads_across_fits_of_one_model(tmp_path):
     # Each fit still logs as a first fit does: ratios of its second step, a histogram a step.
     assert [s for s, _ in values["update_ratio/block1_dense"]] == [2, 4, 6]
     assert [s for s, _ in values["activation_hist/block1_relu"]] == [1, 2, 3, 4, 5, 6]
-    by_type["ActivationStats"].probe = x[4:]  # a new probe: traced again for it
+    # A new probe of the same layout is an input of the same trace; new callbacks on the same
+    # model reuse it too (the trace is kept with the model, keras_bn.callbacks._taps).
+    by_type["ActivationStats"].probe = x[4:]
     fit(model, x, y, callbacks, batch_size=4)
-    assert by_type["ActivationStats"]._compute is not seen[0][0]
+    assert by_type["ActivationStats"]._compute is seen[0][0]
+    fresh = {type(cb).__name__: cb for cb in kbc.diagnostics(str(tmp_path / "again"), probe=x[:4], every=1)}
+    fit(model, x, y, list(fresh.values()), batch_size=4)
+    assert fresh["ActivationStats"]._compute is seen[0][0] and fresh["UpdateRatio"]._reduce is seen[0][1]
 
 
 def test_metrics_logger_traces_its_read_once_across_fits_and_again_after_recompile(tmp_path):

@@ -209,9 +209,15 @@ class ActivationStats(DiagnosticCallback):
             keras.tree.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), probe),
             tf.TensorSpec((len(watches), 2), tf.float32),
         ]
-        self._compute = tf.function(
+        # Kept with the model (keras_bn.callbacks._taps): a new callback on the same model, layers,
+        # options and probe layout reuses the trace, so short repeated fits do not pay for it again.
+        from keras_bn.callbacks._taps import StepTaps
+
+        kind = "activation_probe " + repr(([(w.path, w.family, w.preactivation, w.feature_axis) for w in watches],
+                                           sorted(options.items()), signature))
+        self._compute = StepTaps.of(model).cached(kind, [w.layer for w in watches], lambda: tf.function(
             functools.partial(_probe.probe_pass, model, tuple(watches), options), input_signature=signature
-        )
+        ))
         self._silent = set()
         self.writers.add_charts(self._charts())
         self._prepared_for = (model, self.probe)
