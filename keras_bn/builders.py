@@ -17,6 +17,7 @@ import math
 
 import keras
 
+from keras_bn._backend import warn_if_channels_first_cannot_run
 from keras_bn._validation import check_choice, check_int_list, check_positive_int, check_shape
 from keras_bn.block_options import BlockOptions
 from keras_bn.layers import DATA_FORMATS, PADDINGS, block_layers
@@ -179,6 +180,7 @@ def build_conv(
     check_choice("pooling", pooling, POOLINGS)
     check_choice("head", head, HEADS)
     check_choice("data_format", data_format, DATA_FORMATS)
+    warn_if_channels_first_cannot_run(data_format)
     options = BlockOptions(
         activation=activation, norm=norm, norm_position=norm_position, initializer=initializer,
         bias_initializer=bias_initializer, dropout=dropout, norm_kwargs=norm_kwargs,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_bn._backend import warn_if_channels_first_cannot_run
 from keras_bn._validation import check_choice, check_positive_int
 from keras_bn.activations import resolve_activation
 from keras_bn.block_options import NORM_POSITIONS, BlockOptions  # noqa: F401  (NORM_POSITIONS: re-export)
@@ -182,6 +183,7 @@ class ConvBlock(_Block):
         self.strides = strides
         self.padding = check_choice("padding", padding, PADDINGS)
         self.data_format = check_choice("data_format", data_format, DATA_FORMATS)
+        warn_if_channels_first_cannot_run(self.data_format)
         if isinstance(rank, bool):  # True == 1 would pass the choice check below
             raise TypeError(f"`rank` must be 1, 2 or 3 (spatial axes). Received: rank={rank!r}")
         self._rank = check_choice("rank", rank, (1, 2, 3))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_bn._backend import warn_if_channels_first_cannot_run
 from keras_bn._validation import check_choice, check_int_list, check_shape
 from keras_bn.activations import resolve_activation
 from keras_bn.block_options import BlockOptions
@@ -237,6 +238,7 @@ def build_resnet(
     blocks = _blocks_per_stage(depth, blocks_per_stage, len(widths), bottleneck)
     check_choice("shortcut", shortcut, SHORTCUTS)
     check_choice("data_format", data_format, DATA_FORMATS)
+    warn_if_channels_first_cannot_run(data_format)
     options = BlockOptions(
         activation=activation, norm=norm, initializer=initializer, bias_initializer=bias_initializer,
         dropout=dropout, norm_kwargs=norm_kwargs, act_kwargs=act_kwargs, use_bias=use_bias,

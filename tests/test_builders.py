@@ -206,3 +206,36 @@ def test_registries_fold_case_and_aliases():
     assert ACTIVATIONS.canonical("Leaky-ReLU") == "leaky_relu"
     model = keras_bn.build_dense((4,), [4], 2, norm="BN", activation="Leaky-ReLU")
     assert "block1_leaky_relu" in layer_names(model)
+
+
+def test_channels_first_warns_at_build_exactly_when_tensorflow_cannot_run_it_here():
+    """With oneDNN off (TF_ENABLE_ONEDNN_OPTS=0, or a CPU where TensorFlow leaves it off) NCHW
+    convolutions do not run on the CPU outside XLA: the builder says so and names the ways out;
+    where they run, it says nothing. CI runs this file both ways."""
+    import warnings
+
+    import tensorflow as tf
+
+    from keras_bn import _backend
+
+    try:
+        tf.nn.conv2d(tf.zeros((1, 1, 2, 2)), tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW")
+        runs = True
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+        runs = bool(tf.config.list_logical_devices("GPU"))
+    assert _backend.channels_first_runs() == runs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keras_bn.build_conv((1, 8, 8), [4], 3, data_format="channels_first")
+    messages = [str(w.message) for w in caught if "channels_first" in str(w.message)]
+    assert len(messages) == (0 if runs else 1)
+    if messages:
+        assert "jit_compile=True" in messages[0] and "channels_last" in messages[0]
+
+
+def test_the_channels_first_warning_names_the_ways_out(monkeypatch):
+    from keras_bn import _backend
+
+    monkeypatch.setitem(_backend._NCHW_ON_CPU, "result", False)
+    with pytest.warns(UserWarning, match=r"cannot run channels_first.*jit_compile=True.*channels_last"):
+        keras_bn.ConvBlock(4, data_format="channels_first")
