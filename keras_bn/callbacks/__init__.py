@@ -24,29 +24,36 @@ trained on one value per channel (batch size 1). Faults, bad inputs and flushing
 documented in docs/RELIABILITY.md; `unique_run_dir` gives concurrent runs their own folders.
 """
 
-from keras_bn.callbacks._runs import unique_run_dir
-from keras_bn.callbacks._taps import record_gradients
-from keras_bn.callbacks._writer import RunWriters, close_all_writers
-from keras_bn.callbacks.activation_stats import ActivationStats
-from keras_bn.callbacks.bn_check import BatchNormCheck
-from keras_bn.callbacks.doctor import Doctor
-from keras_bn.callbacks.gradient_norms import GradientNorms
-from keras_bn.callbacks.metrics_logger import MetricsLogger
-from keras_bn.callbacks.preset import diagnostics
-from keras_bn.callbacks.time_gradients import TimeGradients
-from keras_bn.callbacks.update_ratio import UpdateRatio
+import importlib
 
-__all__ = [
-    "ActivationStats",
-    "BatchNormCheck",
-    "Doctor",
-    "GradientNorms",
-    "MetricsLogger",
-    "RunWriters",
-    "TimeGradients",
-    "UpdateRatio",
-    "close_all_writers",
-    "diagnostics",
-    "record_gradients",
-    "unique_run_dir",
-]
+# public name -> its module; imported on first use (PEP 562), so the writers and the event
+# files need neither Keras nor TensorFlow (keras_bn.callbacks._writer imports no Keras).
+_LAZY = {
+    "ActivationStats": "keras_bn.callbacks.activation_stats",
+    "BatchNormCheck": "keras_bn.callbacks.bn_check",
+    "Doctor": "keras_bn.callbacks.doctor",
+    "GradientNorms": "keras_bn.callbacks.gradient_norms",
+    "MetricsLogger": "keras_bn.callbacks.metrics_logger",
+    "RunWriters": "keras_bn.callbacks._writer",
+    "TimeGradients": "keras_bn.callbacks.time_gradients",
+    "UpdateRatio": "keras_bn.callbacks.update_ratio",
+    "close_all_writers": "keras_bn.callbacks._writer",
+    "diagnostics": "keras_bn.callbacks.preset",
+    "record_gradients": "keras_bn.callbacks._taps",
+    "unique_run_dir": "keras_bn.callbacks._runs",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'keras_bn.callbacks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
