@@ -36,18 +36,7 @@ from keras_bn import callbacks as kbc  # noqa: E402
 CONFIGS = ("preset_without_doctor", "preset_with_doctor", "preset_without_doctor_again")
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall and process CPU seconds of each epoch, up to every other callback's epoch end."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = (time.perf_counter(), time.process_time())
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
+from bench_diagnostics import EpochTimer  # noqa: E402  (one epoch timer for every benchmark)
 
 
 def time_doctor_hooks(doctor, spent: list) -> None:

@@ -38,18 +38,7 @@ CONFIGS = ("lstm", "ln_lstm", "lstm_xla", "ln_lstm_xla", "lstm_preset", "lstm_pr
 BASELINE = {"lstm_xla": "lstm_xla", "ln_lstm_xla": "lstm_xla"}  # every other config: "lstm"
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall and process CPU seconds of each epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = (time.perf_counter(), time.process_time())
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
+from bench_diagnostics import EpochTimer  # noqa: E402  (one epoch timer for every benchmark)
 
 
 def measure(config: str, args, x, y, log_dir: str) -> tuple[float, float]:
