@@ -213,3 +213,30 @@ def test_backup_and_restore_and_a_keras_file_after_a_diagnosed_fit(tmp_path):
     np.testing.assert_allclose(loaded.predict(inputs, verbose=0), model.predict(inputs, verbose=0), rtol=1e-6, atol=1e-6)
     assert "apply" not in vars(loaded.optimizer) and "apply" not in vars(model.optimizer)
     assert sorted(scalar_series(tmp_path / "run" / "train", "grad_global/norm")) == [1, 2, 3, 4]
+
+
+ACTIVATION_STYLES = ["lstm_gru_stack", "keras_applications", "logits_head", "regression_head", "functional_two_inputs"]
+
+
+@pytest.mark.parametrize("name", ACTIVATION_STYLES)
+def test_activation_statistics_equal_numpy_on_the_layer_outputs_of_every_model_style(tmp_path, name):
+    """Each watched layer's mean and std equal NumPy's over that layer's output, computed by a
+    separate Keras sub-model (no probe code) on the same probe, learning rate 0 (weights fixed)."""
+    factory, inputs, targets, loss = ZOO[name]
+    keras.utils.set_random_seed(11)
+    model = factory()
+    model.compile(keras.optimizers.SGD(0.0), loss)
+    callback = kbc.ActivationStats(str(tmp_path), inputs, every=1, figures=False)
+    model.fit(inputs, targets, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
+    means = {t.split("/", 1)[1] for t, _ in tag_step_counts(tmp_path / "train") if t.startswith("activation_mean/")}
+    assert means, f"{name}: no layer watched"
+    paths = sorted(means)
+    layers = [model.get_layer(path) for path in paths]  # flat models: the path is the layer's name
+    outputs = keras.Model(model.inputs, [layer.output for layer in layers]).predict(inputs, batch_size=N, verbose=0)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    for path, out in zip(paths, outputs):
+        out = np.asarray(out, dtype=np.float64)
+        mean = scalar_series(tmp_path / "train", f"activation_mean/{path}")
+        std = scalar_series(tmp_path / "train", f"activation_std/{path}")
+        assert mean[max(mean)] == pytest.approx(out.mean(), rel=1e-4, abs=1e-6), path
+        assert std[max(std)] == pytest.approx(out.std(), rel=1e-4, abs=1e-6), path
