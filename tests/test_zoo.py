@@ -240,3 +240,38 @@ def test_activation_statistics_equal_numpy_on_the_layer_outputs_of_every_model_s
         std = scalar_series(tmp_path / "train", f"activation_std/{path}")
         assert mean[max(mean)] == pytest.approx(out.mean(), rel=1e-4, abs=1e-6), path
         assert std[max(std)] == pytest.approx(out.std(), rel=1e-4, abs=1e-6), path
+
+
+DOCTOR_STYLES = ["sequential_unbuilt", "functional_two_inputs", "nested_functional", "lstm_gru_stack",
+                 "keras_applications", "logits_head", "keras_bn_blocks_in_user_layers"]
+
+
+def _tape_loss(model, loss, x, y) -> float:
+    """The loss of step 1 on the first batch, computed directly (training mode, Keras' batch mean)."""
+    loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    return float(keras.ops.convert_to_numpy(keras.ops.mean(loss_fn(y, model(x, training=True)))))
+
+
+@pytest.mark.parametrize("scale", [0.01, 100.0], ids=["head_x0.01", "head_x100"])
+@pytest.mark.parametrize("name", DOCTOR_STYLES)
+def test_the_doctor_reads_the_initial_loss_of_every_model_style(tmp_path, name, scale):
+    """The doctor's ``doctor/initial_loss`` is the loss of step 1 (= a direct computation on the
+    first batch), and its initial-loss rule fires exactly when that loss is more than 50% off
+    ln(3): on the twin whose head kernel is scaled x100 (SEEDS §7), not on the one scaled x0.01
+    (near-uniform softmax: ln 3)."""
+    import math
+
+    from keras_bn import doctor
+
+    model, inputs, targets, loss = _compiled(name)
+    head = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1]  # the output head
+    head.kernel.assign(head.kernel * scale)
+    expected = _tape_loss(model, loss, *_first_batch(inputs, targets))
+    model.fit(inputs, targets, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+              callbacks=kbc.diagnostics(str(tmp_path), every=1, figures=False))
+    series = doctor.read_series(tmp_path)
+    (step, logged), = series["doctor/initial_loss"]
+    assert step == 1 and logged == pytest.approx(expected, rel=1e-5)
+    fired = [f for f in doctor.diagnose(tmp_path) if f.rule == "initial_loss"]
+    assert bool(fired) == (abs(expected - math.log(3)) > 0.5 * math.log(3))
+    assert bool(fired) == (scale > 1)  # x100 is the fault, x0.01 its healthy twin
