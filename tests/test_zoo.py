@@ -275,3 +275,58 @@ def test_the_doctor_reads_the_initial_loss_of_every_model_style(tmp_path, name, 
     fired = [f for f in doctor.diagnose(tmp_path) if f.rule == "initial_loss"]
     assert bool(fired) == (abs(expected - math.log(3)) > 0.5 * math.log(3))
     assert bool(fired) == (scale > 1)  # x100 is the fault, x0.01 its healthy twin
+
+
+def two_inputs_bn():
+    a, b = keras.Input((6,), name="a"), keras.Input((4,), name="b")
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(5, name="dense_a")(a)))
+    return keras.Model([a, b], keras.layers.Dense(3, activation="softmax")(keras.layers.Concatenate()([h, b])))
+
+
+def lstm_bn():
+    x = keras.Input((5, 3))
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.LSTM(6, return_sequences=True)(x))
+    return keras.Model(x, keras.layers.Dense(3, activation="softmax")(keras.layers.GRU(4)(h)))
+
+
+def logits_bn():
+    return keras_bn.build_dense((6,), [8], 3, norm="batch", output_activation=None)
+
+
+def regression_bn():
+    x = _dense_in()
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(8, name="hidden_dense")(x)))
+    return keras.Model(x, keras.layers.Dense(1)(h))
+
+
+BN_ZOO = {  # name: (factory, the zoo entry whose inputs, targets and loss it uses, BN layers folded)
+    "functional_two_inputs": (two_inputs_bn, "functional_two_inputs", 1),
+    "lstm_gru_stack": (lstm_bn, "lstm_gru_stack", 0),  # a BN after an LSTM has no kernel to fold into
+    "logits_head": (logits_bn, "logits_head", 1),
+    "regression_head": (regression_bn, "regression_head", 1),
+}
+
+
+@pytest.mark.parametrize("name", list(BN_ZOO))
+def test_check_batchnorm_and_fold_batchnorm_on_bn_variants_of_the_model_styles(name):
+    """check_batchnorm's mean_shift and var_ratio equal NumPy's on each BN layer's input (a
+    sub-model's output); the folded copy predicts what the model predicts in inference mode."""
+    factory, entry, folded_count = BN_ZOO[name]
+    _, inputs, targets, loss = ZOO[entry]
+    keras.utils.set_random_seed(11)
+    model = factory()
+    model.compile(keras.optimizers.SGD(0.01), loss)
+    model.fit(inputs, targets, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)  # moving statistics move
+    report = keras_bn.check_batchnorm(model, inputs)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert [row.name for row in report.rows] == [bn.name for bn in bns]
+    bn_inputs = keras.Model(model.inputs, [bn.input for bn in bns]).predict(inputs, batch_size=N, verbose=0)
+    for row, bn, z in zip(report.rows, bns, bn_inputs if len(bns) > 1 else [bn_inputs]):
+        z = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
+        mean, var, eps = z.mean(axis=0), z.var(axis=0), float(bn.epsilon)
+        moving_mean, moving_var = (np.asarray(v, np.float64) for v in (bn.moving_mean, bn.moving_variance))
+        assert row.mean_shift == pytest.approx(np.sqrt(np.mean(((moving_mean - mean) / np.sqrt(var + eps)) ** 2)), rel=1e-4)
+        assert row.var_ratio == pytest.approx(np.exp(np.mean(np.abs(np.log((moving_var + eps) / (var + eps))))), rel=1e-4)
+    folded, fold_report = keras_bn.fold_batchnorm(model, return_report=True)
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers) == len(bns) - folded_count
+    np.testing.assert_allclose(folded.predict(inputs, verbose=0), model.predict(inputs, verbose=0), rtol=1e-5, atol=1e-5)
