@@ -19,7 +19,7 @@ from pathlib import Path
 
 from keras_bn import _doctor_layers, _doctor_loss
 from keras_bn._doctor_base import RULES, SEVERITIES, Finding, Rule, RunFacts, rank
-from keras_bn._doctor_loss import initial_loss_verdict, step_losses
+from keras_bn._doctor_loss import expected_initial_loss, initial_loss_verdict, step_losses
 
 ALL_RULES = _doctor_loss.RULES + _doctor_layers.RULES
 
@@ -30,6 +30,7 @@ __all__ = [
     "RunFacts",
     "diagnose",
     "evaluate",
+    "expected_initial_loss",
     "format_findings",
     "initial_loss_verdict",
     "markdown_report",
@@ -133,15 +134,15 @@ def _layer_kind(layer) -> str:
 
 def _loss_facts(model, num_outputs: int | None) -> dict:
     loss = getattr(model, "loss", None)
-    if isinstance(loss, (list, tuple, dict)):
+    if loss is None or isinstance(loss, (list, tuple, dict)):
         return {"kind": "other"}
-    text = loss if isinstance(loss, str) else " ".join(
-        filter(None, [type(loss).__name__, getattr(getattr(loss, "fn", None), "__name__", None),
-                      getattr(loss, "__name__", None)]))
-    text = text.lower().replace("_", "")
-    if "categoricalcrossentropy" in text and "focal" not in text:
+    try:
+        kind = _doctor_loss.loss_kind(loss)
+    except ValueError:  # a name Keras does not know
+        kind = None
+    if kind in ("sparse", "categorical"):
         return {"kind": "categorical", "num_classes": num_outputs}
-    if "binarycrossentropy" in text and "focal" not in text and num_outputs == 1:
+    if kind == "binary" and num_outputs == 1:
         return {"kind": "binary", "num_classes": 2}
     return {"kind": "other"}
 
