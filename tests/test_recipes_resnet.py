@@ -1,20 +1,22 @@
-"""Smoke tests of the residual recipes (degradation, norm_free) at tiny settings."""
-
-from pathlib import Path
+"""Quick-mode tests of the residual recipes (degradation, norm_free): each runs its quick mode
+once, checks what it must still show and the runs it declares healthy or faulty
+(`tests._recipe_doctor.check_declared_runs`)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 
 from keras_bn.recipes import degradation, norm_free
+from tests._recipe_doctor import check_declared_runs
 
-TINY = ["--dataset", "fashion_mnist_small", "--widths", "2", "2", "4", "--steps", "10", "--eval-every", "5",
-        "--batch-size", "32"]
+QUICK = ["--quick", "--dataset", "fashion_mnist_small"]
 
 
 def test_degradation_compares_plain_and_residual_twins(tmp_path, capsys):
-    results = degradation.main(["--quick", *TINY, "--depths", "8", "14", "--log-dir", str(tmp_path)])
+    results = degradation.main([*QUICK, "--log-dir", str(tmp_path)])
     out = capsys.readouterr().out
+    check_declared_runs(degradation, results)
     runs = results["runs"]
     assert list(runs) == ["plain8", "plain14", "resnet8", "resnet14"]
     for depth, blocks in ((8, 3), (14, 6)):
@@ -35,9 +37,12 @@ def test_downsample_averages_2x2_blocks():
 
 
 def test_norm_free_shows_why_default_init_fails(tmp_path, capsys):
-    results = norm_free.main(["--quick", *TINY, "--depth", "20", "--log-dir", str(tmp_path)])
+    results = norm_free.main([*QUICK, "--log-dir", str(tmp_path)])
     capsys.readouterr()
+    found = check_declared_runs(norm_free, results)
     init = {variant: r["init"] for variant, r in results["runs"].items()}
+    if any(f.rule == "initial_loss" for f in found["default"]):  # the recipe's own loss at init agrees
+        assert init["default"]["loss"] > 1.5 * math.log(10)
     assert list(init) == ["bn", "default", "zero_init", "fixup"]
     # Without a norm, every He-initialized block adds its branch to the sum, so the signal grows
     # block after block (9 blocks here), while zero-init and Fixup blocks start as identities.
