@@ -177,12 +177,14 @@ def model_facts(model, probe=None) -> RunFacts:
         layers.append({"name": path, "class": type(layer).__name__, "kind": _layer_kind(layer), "output": is_output})
         if isinstance(layer, keras.layers.BatchNormalization):
             batchnorm.append({"name": path, "momentum": float(layer.momentum), "trainable": bool(layer.trainable)})
-    if layers and not any(layer["output"] for layer in layers):  # a subclassed model: its last weighted layer
-        weighted = [(info, layer) for info, (_, layer) in zip(layers, iter_layers(model)) if layer.weights]
-        if weighted:
-            weighted[-1][0]["output"] = True
-            if width is None and isinstance(getattr(weighted[-1][1], "units", None), int):
-                width = weighted[-1][1].units
+    # The head: the last weighted layer, when no weighted layer is an output (a subclassed model,
+    # or a Dense "logits" layer followed by a weightless softmax / Rescaling): it is not hidden.
+    weighted = [(info, layer) for info, (_, layer) in zip(layers, iter_layers(model))
+                if layer.weights and info["kind"] != "norm"]
+    if weighted and not any(info["output"] for info, _ in weighted):
+        weighted[-1][0]["output"] = True
+        if width is None and isinstance(getattr(weighted[-1][1], "units", None), int):
+            width = weighted[-1][1].units
     bn_ids = {id(v) for _, layer in iter_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
               for v in layer.trainable_variables}
     trains = any(id(v) not in bn_ids for v in model.trainable_variables)

@@ -92,6 +92,7 @@ class Doctor(DiagnosticCallback):
         self._dirty = False
         self._listening = False
         self._text_writer = None
+        self._text_step, self._text_lines = None, []  # the findings first seen at the last step written
         self._tap = None  # _BatchSizeTap: the largest batch a trainable BN layer saw
         self._initial_pending = False
         self._busy = 0.0  # seconds spent evaluating since train begin
@@ -234,10 +235,15 @@ class Doctor(DiagnosticCallback):
             self._found[finding.key] = finding
         if not new:
             return
+        if self._text_step != step:
+            self._text_step, self._text_lines = step, []
         for finding in new:
             if self.verbose:
                 print(str(finding), flush=True)
-            self._write_summary(internals.tensorboard_text_summary("doctor/findings", f"**{finding.severity}** `{finding.rule}`: {finding}"), step)
+            self._text_lines.append(f"- **{finding.severity}** `{finding.rule}`: {finding}")
+        # TensorBoard keeps one text per tag and step (a later one replaces it): the text of a
+        # step lists every finding first seen at that step.
+        self._write_summary(internals.tensorboard_text_summary("doctor/findings", "\n".join(self._text_lines)), step)
         self._save(step)
         stops = [f for f in new if f.rule in self.stop_on]
         if stops:
