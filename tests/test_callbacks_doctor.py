@@ -43,11 +43,14 @@ def test_finding_printed_once_written_as_text_and_to_report_md(tmp_path, capsys)
     cbs = keras_bn.callbacks.diagnostics(str(tmp_path), every=4, figures=False)
     assert isinstance(cbs[-1], Doctor)
     for epoch in range(3):  # a recipe fitting one epoch at a time: one Doctor across the fits
-        model.fit(x, y, batch_size=32, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=cbs)
+        model.fit(x, y, batch_size=32, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=cbs,
+                  validation_data=(x[:64], y[:64]))  # its epoch_* scalars are written at x = epoch
     lines = [line for line in capsys.readouterr().out.splitlines() if "initial loss" in line]
     assert len(lines) == 1 and lines[0].startswith("step 1  initial loss ")
     texts = text_summaries(tmp_path / "doctor")
     assert [step for step, text in texts if "`initial_loss`" in text] == [1]
+    steps = [step for step, _ in texts]  # at optimizer steps, never backwards (TensorBoard would drop
+    assert steps == sorted(steps) and 1 <= steps[0] and steps[-1] <= 24  # what follows a step back)
     report = (tmp_path / "report.md").read_text()
     assert "| warning | initial_loss |  | 1 | initial loss" in report
     assert "Up to optimizer step 24." in report
