@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> dict:
                                       name=f"resnet{depth}_{variant}", **options)
         model.compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        # Slot variables now, not inside the first traced step (which TensorFlow then traces twice).
+        model.optimizer.build(model.trainable_variables)
         start = at_init(model, x_batch, y_batch)
         train_error = TrainError(x_sub, y_sub)
         callbacks = [train_error, *_common.training_callbacks(_common.run_dir(args, NAME, variant))]
@@ -108,8 +110,34 @@ def run(args: argparse.Namespace) -> dict:
         ["variant", "loss at init", "last block std at init", "grad norm min/med/max at init",
          "final train loss", "train error", "test acc", "diverged"], rows))
     print(f"(a uniform guess has loss ln({data.num_classes}) = {math.log(data.num_classes):.3f})")
+    shows = what_it_shows(results, data.num_classes, depth)
+    print(shows["text"])
     _plot(results, _common.recipe_dir(args, NAME) / f"{NAME}.png", data.name, depth)
-    return {"depth": depth, "widths": widths, "steps": steps, "runs": results}
+    return {"depth": depth, "widths": widths, "steps": steps, "runs": results, **shows}
+
+
+def what_it_shows(results: dict, num_classes: int, depth: int) -> dict:
+    """Whether this run showed the recipe's claims, from its own numbers: the default net starts
+    out of range (its loss at init fails the doctor's ln(C) check), because its signal grows
+    block by block (its last block's std against zero_init's); zero-init and Fixup start near ln(C)."""
+    from keras_bn.doctor import initial_loss_verdict
+
+    init = {variant: r["init"] for variant, r in results.items()}
+    ln_c = math.log(num_classes)
+    out_of_range = not initial_loss_verdict(init["default"]["loss"], num_classes)[0]
+    growth = init["default"]["last_block_std"] / max(init["zero_init"]["last_block_std"], 1e-12)
+    identity_ok = all(initial_loss_verdict(init[v]["loss"], num_classes)[0] for v in ("zero_init", "fixup"))
+    start = (f"default (He init, no norm) starts at loss {init['default']['loss']:.3g} = "
+             f"{init['default']['loss'] / ln_c:.1f}x ln({num_classes}), its last block's std {growth:.1f}x zero_init's")
+    if out_of_range:
+        text = f"what this run shows: {start}: out of range, as each block adds its branch's variance to the sum"
+    else:
+        text = (f"what this run shows: NOT the claim: {start}, within the doctor's ln(C) check: "
+                f"{(depth - 2) // 2} blocks are too few for the growth to show (try --depth 32 or more)")
+    text += (f"; zero_init and fixup start at {init['zero_init']['loss']:.3g} and {init['fixup']['loss']:.3g} "
+             + ("(near ln(C), as identities)" if identity_ok else "(NOT near ln(C))"))
+    return {"default_out_of_range": out_of_range, "identity_starts_near_ln_c": identity_ok, "growth": growth,
+            "text": text}
 
 
 def _plot(results: dict, path, dataset: str, depth: int):
