@@ -25,9 +25,56 @@ from keras_bn import _doctor_base as base
 from keras_bn._doctor_base import make_finding
 
 
+_CROSS_ENTROPY = {"SparseCategoricalCrossentropy": "sparse", "sparse_categorical_crossentropy": "sparse",
+                  "CategoricalCrossentropy": "categorical", "categorical_crossentropy": "categorical",
+                  "BinaryCrossentropy": "binary", "binary_crossentropy": "binary"}
+
+
+def loss_name(loss) -> str:
+    """The class or function name of a Keras loss (a name, a function or a ``keras.losses.Loss``)."""
+    import keras
+
+    loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+    if type(loss).__name__ == "LossFunctionWrapper":  # a function passed to compile
+        return getattr(getattr(loss, "fn", None), "__name__", "LossFunctionWrapper")
+    return type(loss).__name__ if isinstance(loss, keras.losses.Loss) else getattr(loss, "__name__", repr(loss))
+
+
+def loss_kind(loss) -> str | None:
+    """``"sparse"``, ``"categorical"`` or ``"binary"`` for a cross-entropy loss; None for any
+    other (regression losses, focal losses, custom ones)."""
+    return _CROSS_ENTROPY.get(loss_name(loss))
+
+
+def expected_initial_loss(loss, num_classes: int | None) -> tuple[float, str] | None:
+    """``(value, formula)`` an untrained classifier's mean `loss` should start near, or None where
+    no such value exists (regression losses: MSE, MAE, Huber, ...).
+
+    Cross-entropy over C classes starts at ``ln(C)`` when the predictions are near uniform (also
+    with label smoothing: the cross-entropy of any target with the uniform distribution is
+    ln(C)); binary cross-entropy at ``ln(2)`` per output. `loss` is a name, a function or a
+    ``keras.losses.Loss``; from_logits does not change the value. The one definition behind
+    `keras_bn.sanity.check_initial_loss` and the doctor's ``initial_loss`` rule.
+
+    Usage: ``expected_initial_loss(keras.losses.SparseCategoricalCrossentropy(from_logits=True), 10)``
+    """
+    from keras_bn._validation import check_positive_int
+
+    kind = loss_kind(loss)
+    if kind == "binary":
+        return math.log(2.0), "ln(2)"
+    if kind is None:
+        return None
+    num_classes = check_positive_int("num_classes", num_classes if num_classes is not None else 0)
+    if num_classes < 2:
+        raise ValueError(f"`num_classes` must be >= 2 for a softmax. Received: num_classes={num_classes}")
+    return math.log(num_classes), "ln(C)"
+
+
 def initial_loss_verdict(loss: float, num_classes: int, tolerance: float = base.INITIAL_LOSS_TOLERANCE):
     """``(passed, expected)``: whether a classifier's initial loss is within `tolerance` x ln(C)
-    of ``ln(num_classes)`` (SEEDS §7). Shared by the doctor's rule and `keras_bn.sanity`.
+    of ``ln(num_classes)`` (SEEDS §7; ``num_classes=2`` for binary cross-entropy). Shared by
+    the doctor's rule and `keras_bn.sanity.check_initial_loss`.
 
     Usage: ``passed, expected = initial_loss_verdict(2.9, 10)``  # (True, 2.302...)
     """

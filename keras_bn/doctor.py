@@ -19,7 +19,7 @@ from pathlib import Path
 
 from keras_bn import _doctor_layers, _doctor_loss
 from keras_bn._doctor_base import RULES, SEVERITIES, Finding, Rule, RunFacts, rank
-from keras_bn._doctor_loss import initial_loss_verdict, step_losses
+from keras_bn._doctor_loss import expected_initial_loss, initial_loss_verdict, step_losses
 
 ALL_RULES = _doctor_loss.RULES + _doctor_layers.RULES
 
@@ -30,6 +30,7 @@ __all__ = [
     "RunFacts",
     "diagnose",
     "evaluate",
+    "expected_initial_loss",
     "format_findings",
     "initial_loss_verdict",
     "markdown_report",
@@ -133,15 +134,15 @@ def _layer_kind(layer) -> str:
 
 def _loss_facts(model, num_outputs: int | None) -> dict:
     loss = getattr(model, "loss", None)
-    if isinstance(loss, (list, tuple, dict)):
+    if loss is None or isinstance(loss, (list, tuple, dict)):
         return {"kind": "other"}
-    text = loss if isinstance(loss, str) else " ".join(
-        filter(None, [type(loss).__name__, getattr(getattr(loss, "fn", None), "__name__", None),
-                      getattr(loss, "__name__", None)]))
-    text = text.lower().replace("_", "")
-    if "categoricalcrossentropy" in text and "focal" not in text:
+    try:
+        kind = _doctor_loss.loss_kind(loss)
+    except ValueError:  # a name Keras does not know
+        kind = None
+    if kind in ("sparse", "categorical"):
         return {"kind": "categorical", "num_classes": num_outputs}
-    if "binarycrossentropy" in text and "focal" not in text and num_outputs == 1:
+    if kind == "binary" and num_outputs == 1:
         return {"kind": "binary", "num_classes": 2}
     return {"kind": "other"}
 
@@ -176,12 +177,14 @@ def model_facts(model, probe=None) -> RunFacts:
         layers.append({"name": path, "class": type(layer).__name__, "kind": _layer_kind(layer), "output": is_output})
         if isinstance(layer, keras.layers.BatchNormalization):
             batchnorm.append({"name": path, "momentum": float(layer.momentum), "trainable": bool(layer.trainable)})
-    if layers and not any(layer["output"] for layer in layers):  # a subclassed model: its last weighted layer
-        weighted = [(info, layer) for info, (_, layer) in zip(layers, iter_layers(model)) if layer.weights]
-        if weighted:
-            weighted[-1][0]["output"] = True
-            if width is None and isinstance(getattr(weighted[-1][1], "units", None), int):
-                width = weighted[-1][1].units
+    # The head: the last weighted layer, when no weighted layer is an output (a subclassed model,
+    # or a Dense "logits" layer followed by a weightless softmax / Rescaling): it is not hidden.
+    weighted = [(info, layer) for info, (_, layer) in zip(layers, iter_layers(model))
+                if layer.weights and info["kind"] != "norm"]
+    if weighted and not any(info["output"] for info, _ in weighted):
+        weighted[-1][0]["output"] = True
+        if width is None and isinstance(getattr(weighted[-1][1], "units", None), int):
+            width = weighted[-1][1].units
     bn_ids = {id(v) for _, layer in iter_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
               for v in layer.trainable_variables}
     trains = any(id(v) not in bn_ids for v in model.trainable_variables)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from keras_bn._doctor_loss import expected_initial_loss, initial_loss_verdict, loss_kind, loss_name
 from keras_bn._sanity_results import (InitialLossResult, OverfitResult, RegularizationResult, SanityReport,
                                       ShortRunResult)
 from keras_bn._training import compiled, is_compiled, make_model, take_arrays
@@ -43,41 +44,8 @@ __all__ = ["InitialLossResult", "LossGuard", "OverfitResult", "RegularizationRes
            "ShortRunResult", "check_initial_loss", "check_overfit", "check_regularization_raises_loss",
            "check_short_run", "expected_initial_loss", "sanity_check"]
 
-_CROSS_ENTROPY = {"SparseCategoricalCrossentropy": "sparse", "sparse_categorical_crossentropy": "sparse",
-                  "CategoricalCrossentropy": "categorical", "categorical_crossentropy": "categorical",
-                  "BinaryCrossentropy": "binary", "binary_crossentropy": "binary"}
-
-
-def _loss_name(loss) -> str:
-    if type(loss).__name__ == "LossFunctionWrapper":  # a function passed to compile
-        return getattr(getattr(loss, "fn", None), "__name__", "LossFunctionWrapper")
-    return type(loss).__name__ if isinstance(loss, keras.losses.Loss) else getattr(loss, "__name__", repr(loss))
-
-
 def _from_logits(loss) -> bool:
     return bool(loss.get_config().get("from_logits", False)) if isinstance(loss, keras.losses.Loss) else False
-
-
-def expected_initial_loss(loss, num_classes: int | None) -> tuple[float, str] | None:
-    """``(value, formula)`` an untrained classifier's mean `loss` should start near, or None where
-    no such value exists (regression losses: MSE, MAE, Huber, ...).
-
-    Cross-entropy over C classes starts at ``ln(C)`` when the predictions are near uniform (also
-    with label smoothing: the cross-entropy of any target with the uniform distribution is
-    ln(C)); binary cross-entropy at ``ln(2)`` per output. `loss` is a name, a function or a
-    ``keras.losses.Loss``; from_logits does not change the value.
-
-    Usage: ``expected_initial_loss(keras.losses.SparseCategoricalCrossentropy(from_logits=True), 10)``
-    """
-    kind = _CROSS_ENTROPY.get(_loss_name(keras.losses.get(loss) if isinstance(loss, str) else loss))
-    if kind == "binary":
-        return math.log(2.0), "ln(2)"
-    if kind is None:
-        return None
-    num_classes = check_positive_int("num_classes", num_classes if num_classes is not None else 0)
-    if num_classes < 2:
-        raise ValueError(f"`num_classes` must be >= 2 for a softmax. Received: num_classes={num_classes}")
-    return math.log(num_classes), "ln(C)"
 
 
 def _resolve_loss(model, loss, from_logits):
@@ -128,7 +96,7 @@ def check_initial_loss(model, x, y, num_classes: int | None = None, tolerance: f
     """
     tolerance = check_float("tolerance", tolerance, low=0.0, low_inclusive=False)
     loss_fn = _resolve_loss(model, loss, from_logits)
-    name = _loss_name(loss_fn)
+    name = loss_name(loss_fn)
     outputs = model(x, training=False)
     if isinstance(outputs, (dict, list, tuple)):
         raise ValueError(f"check_initial_loss measures a single-output model; this one has {len(outputs)} outputs. "
@@ -138,15 +106,16 @@ def check_initial_loss(model, x, y, num_classes: int | None = None, tolerance: f
     value = float(np.mean(keras.ops.convert_to_numpy(loss_fn(y, pred))))
     if num_classes is None:
         num_classes = int(pred.shape[-1]) if pred.ndim > 1 else None
-    kind = _CROSS_ENTROPY.get(name)
+    kind = loss_kind(loss_fn)
     expected = expected_initial_loss(loss_fn, num_classes)
     if expected is None:
         return InitialLossResult(None, value, None, num_classes, tolerance, name, None,
                                  f"{name} has no reference value at initialization (ln(C) is for cross-entropy)")
     reference, formula = expected
     note = _logits_mismatch(kind, _from_logits(loss_fn) if isinstance(loss_fn, keras.losses.Loss) else False, pred)
-    passed = bool(not note and np.isfinite(value) and abs(value - reference) <= tolerance * reference)
-    return InitialLossResult(passed, value, reference, num_classes if formula == "ln(C)" else 2, tolerance,
+    classes = num_classes if formula == "ln(C)" else 2
+    passed = bool(not note and initial_loss_verdict(value, classes, tolerance)[0])
+    return InitialLossResult(passed, value, reference, classes, tolerance,
                              name, formula, note)
 
 

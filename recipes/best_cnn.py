@@ -8,7 +8,8 @@ The network: three conv blocks (32, 64, 128 filters; Conv -> BN -> ReLU -> dropo
 1,000 images here, so 15 minutes buy about 20 epochs; a wider net got 5). Adam with a
 per-epoch cosine decay over the epochs that fit the budget, estimated from the first epoch;
 the same callback stops before the budget runs out. Prints parameters, epochs, seconds and
-test accuracy.
+test accuracy; the run is logged with `keras_bn.callbacks.diagnostics` (loss, gradient norms,
+update ratios and the live doctor, whose findings it prints).
 
 Usage::
 
@@ -30,6 +31,9 @@ from keras_bn.recipes import _common
 
 NAME = "best_cnn"
 DESCRIPTION = "The most accurate Fashion-MNIST net one builder call makes in a CPU budget (--minutes)."
+RUN = "train"  # its one run, logged with keras_bn.callbacks.diagnostics (the live doctor included)
+HEALTHY = (RUN,)
+FAULTS: dict = {}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,16 +109,19 @@ class TimeBudget(keras.callbacks.Callback):
 
 def run(args: argparse.Namespace) -> dict:
     data = _common.load_data(args, flatten=False)
-    epochs = args.epochs or (1 if args.quick else 30)
+    epochs = args.epochs or (2 if args.quick else 30)  # two points: a curve, not a dot
     model = build_model(data.x_train.shape[1:], data.num_classes, quick=args.quick, family=args.family,
                         augment=args.augment)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
+    # Slot variables now, not inside the first traced step (which TensorFlow then traces twice).
+    model.optimizer.build(model.trainable_variables)
     timer, budget = _common.EpochTimer(), TimeBudget(args.budget_minutes * 60, peak_lr=args.learning_rate)
-    board = keras.callbacks.TensorBoard(str(_common.run_dir(args, NAME, "train")))
+    steps_per_epoch = math.ceil(len(data.x_train) / args.batch_size)
+    diagnostics = _common.training_callbacks(_common.run_dir(args, NAME, RUN), fit_steps=steps_per_epoch)
     print(f"{model.count_params():,} parameters; up to {epochs} epochs within {args.budget_minutes:g} min")
     history = model.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=epochs,
-                        validation_data=(data.x_test, data.y_test), callbacks=[timer, budget, board],
+                        validation_data=(data.x_test, data.y_test), callbacks=[timer, budget, *diagnostics],
                         verbose=2)
     test_loss, test_accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
     result = {

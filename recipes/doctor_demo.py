@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> dict:
         model = build_model(name, data.x_train.shape[1], args.depth, units, data.num_classes)
         model.compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        # Slot variables now, not inside the first traced step (which TensorFlow then traces twice).
+        model.optimizer.build(model.trainable_variables)
         path = _common.run_dir(args, NAME, name)
         fit = model.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=epochs, verbose=0,
                         validation_data=(data.x_test, data.y_test),

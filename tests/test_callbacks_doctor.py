@@ -43,18 +43,22 @@ def test_finding_printed_once_written_as_text_and_to_report_md(tmp_path, capsys)
     cbs = keras_bn.callbacks.diagnostics(str(tmp_path), every=4, figures=False)
     assert isinstance(cbs[-1], Doctor)
     for epoch in range(3):  # a recipe fitting one epoch at a time: one Doctor across the fits
-        model.fit(x, y, batch_size=32, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=cbs)
+        model.fit(x, y, batch_size=32, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=cbs,
+                  validation_data=(x[:64], y[:64]))  # its epoch_* scalars are written at x = epoch
     lines = [line for line in capsys.readouterr().out.splitlines() if "initial loss" in line]
     assert len(lines) == 1 and lines[0].startswith("step 1  initial loss ")
     texts = text_summaries(tmp_path / "doctor")
     assert [step for step, text in texts if "`initial_loss`" in text] == [1]
+    steps = [step for step, _ in texts]  # at optimizer steps, never backwards (TensorBoard would drop
+    assert steps == sorted(steps) and 1 <= steps[0] and steps[-1] <= 24  # what follows a step back)
     report = (tmp_path / "report.md").read_text()
     assert "| warning | initial_loss |  | 1 | initial loss" in report
     assert "Up to optimizer step 24." in report
     facts = doctor.RunFacts.load(tmp_path)
     assert facts.loss == {"kind": "categorical", "num_classes": 3}
     assert facts.epoch_starts == [0, 8, 16] and facts.epoch_ends == {"0": 8, "1": 16, "2": 24}
-    assert [layer["name"] for layer in facts.layers if layer["output"]] == ["softmax"]
+    # the Dense before the weightless Rescaling and softmax is the head, never a hidden layer
+    assert [layer["name"] for layer in facts.layers if layer["output"]] == ["head", "softmax"]
     offline = doctor.diagnose(tmp_path)
     assert {f.key for f in offline if f.severity != "info"} == {f.key for f in cbs[-1].findings if f.severity != "info"}
 
@@ -119,7 +123,58 @@ def test_users_own_models_get_the_same_findings(tmp_path, style):
     found = {(f.rule, f.layer) for f in doctor.diagnose(tmp_path)}
     assert {("no_gradient", "hidden1"), ("no_gradient", "hidden2")} <= found
     assert ("no_gradient", "head") not in found  # the head (bias gradient only) is the output layer
+    # TensorBoard shows the last text of each step: it lists every finding first seen there.
+    shown = "\n".join(dict(text_summaries(tmp_path / "doctor")).values())
+    assert "`no_gradient`: step 4  hidden1" in shown and "`no_gradient`: step 4  hidden2" in shown
     facts = doctor.RunFacts.load(tmp_path)
     assert [layer["name"] for layer in facts.layers if layer["output"]] == ["head"]
     assert facts.loss["num_classes"] == 3 and math.isclose(
         doctor.initial_loss_verdict(math.log(3), facts.loss["num_classes"])[1], math.log(3))
+
+
+# --- the Doctor's own scalars, each against an independent computation ------------------------
+def bn_net(features=8, classes=3):
+    inputs = keras.Input((features,))
+    h = keras.layers.Dense(16, name="hidden")(inputs)
+    h = keras.layers.BatchNormalization(name="bn1")(h)  # momentum 0.99: stale after a few steps
+    h = keras.layers.Activation("relu", name="relu1")(h)
+    model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax", name="head")(h))
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_doctor_scalars_equal_a_direct_computation(tmp_path):
+    x, y = blobs(n=128)
+    x = 3.0 + 2.0 * x  # far from BN's initial moving statistics (0, 1)
+    model = bn_net()
+    bn = model.get_layer("bn1")
+    # The loss of step 1: the first batch (no shuffle) in training mode, before any update.
+    saved = [v.numpy() for v in bn.non_trainable_variables]
+    first_loss = float(np.mean(keras.ops.convert_to_numpy(
+        keras.losses.sparse_categorical_crossentropy(y[:32], model(x[:32], training=True)))))
+    for variable, value in zip(bn.non_trainable_variables, saved):
+        variable.assign(value)
+    probe = x[:100]
+    cbs = keras_bn.callbacks.diagnostics(str(tmp_path), probe=probe, every=2, figures=False)
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=cbs)
+    series = doctor.read_series(tmp_path)
+    assert series["doctor/initial_loss"] == [(1, pytest.approx(first_loss, rel=1e-4))]
+    # The BN gap at train end: the RMS difference of the layer's own training-mode and
+    # inference-mode outputs on the probe's inputs to it, in units of gamma (its output std).
+    step, gap = series["doctor/bn_gap/bn1"][-1]
+    assert step == 4
+    inputs = keras.Model(model.input, bn.input)(probe, training=False)
+    saved = [v.numpy() for v in bn.non_trainable_variables]
+    train_out = keras.ops.convert_to_numpy(bn(inputs, training=True))
+    for variable, value in zip(bn.non_trainable_variables, saved):
+        variable.assign(value)
+    infer_out = keras.ops.convert_to_numpy(bn(inputs, training=False))
+    expected = np.sqrt(np.mean(np.square((train_out - infer_out) / bn.gamma.numpy())))
+    assert expected > 0.25  # stale: the rule's threshold is exceeded ...
+    assert gap == pytest.approx(expected, rel=1e-3)  # ... and the Doctor's number is this one
+    assert ("stale_bn_statistics", "bn1") in {f.key for f in cbs[-1].findings}
+    # Its healthy twin: the remedy the finding names leaves no gap on the same data.
+    from keras_bn.precise_bn import batchnorm_gaps
+
+    keras_bn.recompute_batchnorm_statistics(model, probe)
+    assert batchnorm_gaps(model, probe)["bn1"] < 1e-3

@@ -47,6 +47,36 @@ def test_initial_loss_verdict_matches_ln_c():
     assert initial_loss_verdict(math.log(10) * 1.6, 10)[0] is False  # 60% off > the 50% tolerance
 
 
+def test_sanity_and_doctor_share_one_initial_loss_definition():
+    from keras_bn import sanity
+
+    assert sanity.expected_initial_loss is doctor.expected_initial_loss
+    assert doctor.expected_initial_loss("sparse_categorical_crossentropy", 4) == (pytest.approx(math.log(4)), "ln(C)")
+    assert doctor.expected_initial_loss(keras.losses.CategoricalFocalCrossentropy(), 4) is None  # not ln(C)
+    # The sanity check's verdict is the doctor's: a model whose initial loss sits just inside and
+    # just outside 0.5 ln(C) (uniform softmax outputs shifted by a constant through the head bias).
+    x = np.zeros((8, 3), "float32")
+    y = np.zeros(8, "int64")
+    for logit, passed in ((0.5, True), (1.5, False)):  # loss 1.78 and 2.67 vs 2.08 = 1.5 ln 4
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+            4, activation="softmax", kernel_initializer="zeros",
+            bias_initializer=keras.initializers.Constant([-logit, 0.0, 0.0, 0.0]))])
+        result = sanity.check_initial_loss(model, x, y)
+        p0 = math.exp(-logit) / (math.exp(-logit) + 3)
+        assert result.loss == pytest.approx(-math.log(p0), rel=1e-5)
+        assert result.passed is passed is initial_loss_verdict(-math.log(p0), 4)[0]
+    facts = doctor.model_facts(_compiled_head(keras.losses.CategoricalFocalCrossentropy()))
+    assert facts.loss == {"kind": "other"}  # the doctor's initial-loss rule then says nothing
+    facts = doctor.model_facts(_compiled_head(keras.losses.SparseCategoricalCrossentropy(from_logits=True)))
+    assert facts.loss == {"kind": "categorical", "num_classes": 4}
+
+
+def _compiled_head(loss):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    model.compile(optimizer="sgd", loss=loss)
+    return model
+
+
 def test_step_losses_recover_window_means_from_running_means():
     rng = np.random.default_rng(0)
     values = list(2.0 + rng.normal(size=60))

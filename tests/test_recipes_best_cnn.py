@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 from keras_bn.recipes import best_cnn
+from tests._recipe_doctor import check_declared_runs
 
 
 def test_quick_run_reports_its_measurements(tmp_path):
     result = best_cnn.main(["--quick", "--dataset", "fashion_mnist_small", "--log-dir", str(tmp_path)])
-    assert result["epochs"] == 1 and not result["stopped_by_budget"]
+    check_declared_runs(best_cnn, result)  # logged with the diagnostics: the doctor finds no error
+    assert result["epochs"] == 2 and not result["stopped_by_budget"]
+    assert len(result["history"]["val_accuracy"]) == 2  # the plot draws a curve, not a single dot
     assert result["test_accuracy"] > 0.3  # chance is 0.1
     assert result["parameters"] == best_cnn.build_model((28, 28, 1), 10, quick=True).count_params()
     assert (Path(result["log_dir"]) / "best_cnn.png").is_file()

@@ -3,11 +3,13 @@
 from pathlib import Path
 
 from keras_bn.recipes import doctor_demo
+from tests._recipe_doctor import check_declared_runs
 
 
 def test_quick_demo_names_the_cause_and_the_fix_trains(tmp_path, capsys):
     results = doctor_demo.main(["--quick", "--dataset", "fashion_mnist_small", "--log-dir", str(tmp_path)])
     out = capsys.readouterr().out
+    check_declared_runs(doctor_demo, results)
     broken, fixed = results["runs"]["tiny_init"], results["runs"]["glorot_init"]
     fault_rules = {f.rule for f in broken["findings"]} & set(doctor_demo.FAULTS["tiny_init"])
     assert fault_rules  # the fault run gets the finding it demonstrates ...

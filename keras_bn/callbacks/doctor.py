@@ -92,6 +92,8 @@ class Doctor(DiagnosticCallback):
         self._dirty = False
         self._listening = False
         self._text_writer = None
+        self._text_step, self._text_lines = None, []  # the findings first seen at the last step written
+        self._latest_step = 0  # the latest optimizer step seen (epoch_* scalars are at x = epoch)
         self._tap = None  # _BatchSizeTap: the largest batch a trainable BN layer saw
         self._initial_pending = False
         self._busy = 0.0  # seconds spent evaluating since train begin
@@ -112,9 +114,11 @@ class Doctor(DiagnosticCallback):
                 values[-1] = (step, value)
             else:
                 values.append((step, value))
+        if not all(tag.startswith("epoch_") for tag in scalars):  # epoch_* are written at x = epoch
+            self._latest_step = max(self._latest_step, int(step))
         self._dirty = True
         if self.model is not None:
-            self._run_safely(self._evaluate, step)
+            self._run_safely(self._evaluate, self._latest_step)
 
     def _own_scalars(self, step, scalars):
         """Write the doctor's own measurements to its run, and into the series."""
@@ -143,7 +147,8 @@ class Doctor(DiagnosticCallback):
             self._listening = True
         self._refresh_facts()
         self._busy, self._began = 0.0, time.monotonic()
-        self._initial_pending = self._optimizer_step() == 0
+        self._latest_step = self._optimizer_step()
+        self._initial_pending = self._latest_step == 0
         self._wrap_batch_size()
         self._save()
 
@@ -219,6 +224,9 @@ class Doctor(DiagnosticCallback):
     # --- the rules ----------------------------------------------------------------------------
     def _evaluate(self, step, force: bool = False):
         """Run the rules on the series so far; between epoch ends only within `MAX_OVERHEAD`."""
+        # Text events go at the optimizer step, never backwards: TensorBoard drops the events
+        # after a step that goes back (it takes them for a restarted run's orphans).
+        step = self._latest_step = max(int(step), self._latest_step)
         now = time.monotonic()
         if not self._dirty or (not force and self._busy > MAX_OVERHEAD * (now - self._began)):
             return
@@ -234,10 +242,15 @@ class Doctor(DiagnosticCallback):
             self._found[finding.key] = finding
         if not new:
             return
+        if self._text_step != step:
+            self._text_step, self._text_lines = step, []
         for finding in new:
             if self.verbose:
                 print(str(finding), flush=True)
-            self._write_summary(internals.tensorboard_text_summary("doctor/findings", f"**{finding.severity}** `{finding.rule}`: {finding}"), step)
+            self._text_lines.append(f"- **{finding.severity}** `{finding.rule}`: {finding}")
+        # TensorBoard keeps one text per tag and step (a later one replaces it): the text of a
+        # step lists every finding first seen at that step.
+        self._write_summary(internals.tensorboard_text_summary("doctor/findings", "\n".join(self._text_lines)), step)
         self._save(step)
         stops = [f for f in new if f.rule in self.stop_on]
         if stops:
