@@ -6,8 +6,8 @@ Runs ``doctor_demo --quick`` (unless given the logs of one), serves its folder w
 
 Usage::
 
-    python docs/figures/doctor_text_dashboard.py                       # -> docs/figures/doctor_text_dashboard.png
-    python docs/figures/doctor_text_dashboard.py --log-dir logs/doctor_demo/20261201-125349 --out /tmp/shot.png
+    python scripts/doctor_text_dashboard.py                       # -> docs/figures/doctor_text_dashboard.png
+    python scripts/doctor_text_dashboard.py --log-dir logs/doctor_demo/20261201-125349 --out /tmp/shot.png
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests._browser
 
 
