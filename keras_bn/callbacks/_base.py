@@ -46,7 +46,7 @@ import warnings
 import keras
 
 from keras_bn._validation import check_float, check_positive_int
-from keras_bn.callbacks._runs import check_log_dir_now, check_writable_log_dir
+from keras_bn.callbacks._runs import check_log_dir_now, check_run_path, check_writable_log_dir
 from keras_bn.callbacks._taps import StepTaps
 from keras_bn.callbacks._writer import RunWriters
 
@@ -103,7 +103,8 @@ class DiagnosticCallback(keras.callbacks.Callback):
         writers: RunWriters | None = None,
     ):
         super().__init__()
-        self.log_dir = check_log_dir(log_dir)
+        # Shared writers (a preset's) come with a log_dir already checked for writing: check it once.
+        self.log_dir = check_log_dir(log_dir) if writers is None else check_run_path(log_dir)
         self.every = check_positive_int("every", every)
         if not isinstance(figures, bool):
             raise TypeError(f"`figures` must be True or False. Received: figures={figures!r}")
