@@ -16,12 +16,12 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections import defaultdict
 
 import keras
 
 from keras_bn import _keras_internals as internals
+from keras_bn import _warnings
 from keras_bn._fold_rules import FOLDABLE_LAYERS, FUSABLE_ACTIVATIONS  # noqa: F401  (public here since 0.1)
 from keras_bn._fold_rules import folded_weights, fused_activation_name, why_not_foldable
 from keras_bn._tables import format_table
@@ -37,8 +37,8 @@ def __getattr__(name: str):
     if name in _MOVED:
         from keras_bn import bn_stats
 
-        warnings.warn(f"keras_bn.folding.{name} moved: use keras_bn.bn_stats.{_MOVED[name]} "
-                      f"(or keras_bn.{_MOVED[name]}).", DeprecationWarning, stacklevel=2)
+        _warnings.warn(f"keras_bn.folding.{name} moved: use keras_bn.bn_stats.{_MOVED[name]} "
+                       f"(or keras_bn.{_MOVED[name]}).", DeprecationWarning)
         return getattr(bn_stats, _MOVED[name])
     raise AttributeError(f"module 'keras_bn.folding' has no attribute {name!r}")
 
