@@ -225,11 +225,13 @@ def added_step_ops(name: str, build, x, y) -> None:
 
 def step_cost(name: str, build, x, y, rounds: int, steps: int = 25) -> None:
     """The per-step cost of the taps alone: ``model.train_function`` called directly in chunks
-    of `steps` steps, bare and with the preset's / GradientNorms' taps installed, the three
+    of `steps` steps, bare and with the preset's / GradientNorms' taps installed, all of them
     alternating chunk by chunk. An instrumented step is what ``fit`` runs: ``StepTaps.arm()``
     (the callbacks' ``on_train_batch_begin``), then the wrapper that patches the taps in, calls
     the instrumented traced step and unpatches. No host reads, no other callback work between
-    steps: what the taps add to every training step, measured tightly enough to resolve 1%."""
+    steps: what the taps add to every training step, measured tightly enough to resolve 1%.
+    ``preset_graph_only`` calls the preset's traced step directly (no arm, no patching per
+    step): the ops the taps add, apart from the wrapper's Python work."""
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32, drop_remainder=True).repeat().prefetch(2)
@@ -249,6 +251,9 @@ def step_cost(name: str, build, x, y, rounds: int, steps: int = 25) -> None:
                 arm()
                 function(iterator)
             functions[config] = (function, arm, iterator)
+            if config == "preset":  # the preset's traced step alone, without the per-step wrapper
+                (_, traced), = taps._traced.values()
+                functions["preset_graph_only"] = (traced, lambda: None, iter(dataset))
         times = {config: [] for config in functions}
         for _ in range(rounds):
             for config, (function, arm, iterator) in functions.items():
@@ -261,7 +266,7 @@ def step_cost(name: str, build, x, y, rounds: int, steps: int = 25) -> None:
         for callback in callbacks:
             callback.on_train_end()  # remove the taps, close the writers
     bare = np.array(times["bare"])
-    for config in ("grad_norms_every_100", "preset"):
+    for config in ("grad_norms_every_100", "preset", "preset_graph_only"):
         t = np.array(times[config])
         print(f"  {name:18s} step cost {config:22s} paired median {np.median(t / bare):.3f}x  "
               f"fastest chunks {t.min() / bare.min():.3f}x  10th percentiles {np.percentile(t, 10) / np.percentile(bare, 10):.3f}x  "
