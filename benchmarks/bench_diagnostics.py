@@ -176,8 +176,11 @@ def interleaved(name: str, build, x, y, config: str, epochs: int, batch_size: in
 
 
 def instrumented(build, x, y, config: str, log_dir: str):
-    """A compiled, built model with `config`'s callbacks attached by hand (their taps installed,
-    the train function rebuilt), for measurements outside ``fit``; returns (model, callbacks)."""
+    """A compiled, built model with `config`'s callbacks attached by hand, for measurements
+    outside ``fit``; returns (model, callbacks, taps): `taps` is the model's `StepTaps`, armed
+    once so that its instrumented train function is installed (``model.train_function``)."""
+    from keras_bn.callbacks._taps import StepTaps
+
     keras.utils.set_random_seed(0)
     model = build()
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -186,7 +189,10 @@ def instrumented(build, x, y, config: str, log_dir: str):
     for callback in callbacks:
         callback.set_model(model)
         callback.on_train_begin()
-    return model, callbacks
+    taps = StepTaps.of(model)
+    if callbacks:
+        taps.arm()  # what on_train_batch_begin does before each step of a fit
+    return model, callbacks, taps
 
 
 def added_step_ops(name: str, build, x, y) -> None:
@@ -200,8 +206,14 @@ def added_step_ops(name: str, build, x, y) -> None:
     counts = {}
     for config in ("bare", "preset"):
         with tempfile.TemporaryDirectory() as log_dir:
-            model, callbacks = instrumented(build, x, y, config, log_dir)
-            graph = tf.function(model.train_step).get_concrete_function(dataset.element_spec).graph.as_graph_def()
+            model, callbacks, taps = instrumented(build, x, y, config, log_dir)
+            for tap in taps.taps:  # the taps' patches are in place only while a step runs (and traces)
+                tap.patch()
+            try:
+                graph = tf.function(model.train_step).get_concrete_function(dataset.element_spec).graph.as_graph_def()
+            finally:
+                for tap in reversed(taps.taps):
+                    tap.unpatch()
             for callback in callbacks:
                 callback.on_train_end()
         counts[config] = collections.Counter(n.op for n in graph.node) + collections.Counter(
@@ -213,9 +225,13 @@ def added_step_ops(name: str, build, x, y) -> None:
 
 def step_cost(name: str, build, x, y, rounds: int, steps: int = 25) -> None:
     """The per-step cost of the taps alone: ``model.train_function`` called directly in chunks
-    of `steps` steps, bare and with the preset's / GradientNorms' taps installed, the three
-    alternating chunk by chunk. No host reads, no callbacks between steps: what the taps add to
-    every training step, measured tightly enough to resolve 1%."""
+    of `steps` steps, bare and with the preset's / GradientNorms' taps installed, all of them
+    alternating chunk by chunk. An instrumented step is what ``fit`` runs: ``StepTaps.arm()``
+    (the callbacks' ``on_train_batch_begin``), then the wrapper that patches the taps in, calls
+    the instrumented traced step and unpatches. No host reads, no other callback work between
+    steps: what the taps add to every training step, measured tightly enough to resolve 1%.
+    ``preset_graph_only`` calls the preset's traced step directly (no arm, no patching per
+    step): the ops the taps add, apart from the wrapper's Python work."""
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32, drop_remainder=True).repeat().prefetch(2)
@@ -223,26 +239,34 @@ def step_cost(name: str, build, x, y, rounds: int, steps: int = 25) -> None:
     with tempfile.TemporaryDirectory() as log_dir:
         callbacks = []
         for config in ("bare", "grad_norms_every_100", "preset"):
-            model, attached = instrumented(build, x, y, config, os.path.join(log_dir, config))
+            model, attached, taps = instrumented(build, x, y, config, os.path.join(log_dir, config))
             callbacks += attached
-            function = model.make_train_function()
-            function = getattr(function, "_keras_bn_original", function)  # skip the failure guard
+            function = model.make_train_function() if config == "bare" else model.train_function
+            arm = taps.arm if attached else (lambda: None)
+            if attached and function is not taps._wrapper:
+                raise RuntimeError(f"{config}: the instrumented train function is not installed; the "
+                                   "measurement would time a bare step")
             iterator = iter(dataset)
             for _ in range(2 * steps):
+                arm()
                 function(iterator)
-            functions[config] = (function, iterator)
+            functions[config] = (function, arm, iterator)
+            if config == "preset":  # the preset's traced step alone, without the per-step wrapper
+                (_, traced), = taps._traced.values()
+                functions["preset_graph_only"] = (traced, lambda: None, iter(dataset))
         times = {config: [] for config in functions}
         for _ in range(rounds):
-            for config, (function, iterator) in functions.items():
+            for config, (function, arm, iterator) in functions.items():
                 start = time.perf_counter()
                 for _ in range(steps):
+                    arm()
                     logs = function(iterator)
                 float(logs["loss"])  # wait for the last step
                 times[config].append(time.perf_counter() - start)
         for callback in callbacks:
             callback.on_train_end()  # remove the taps, close the writers
     bare = np.array(times["bare"])
-    for config in ("grad_norms_every_100", "preset"):
+    for config in ("grad_norms_every_100", "preset", "preset_graph_only"):
         t = np.array(times[config])
         print(f"  {name:18s} step cost {config:22s} paired median {np.median(t / bare):.3f}x  "
               f"fastest chunks {t.min() / bare.min():.3f}x  10th percentiles {np.percentile(t, 10) / np.percentile(bare, 10):.3f}x  "

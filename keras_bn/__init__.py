@@ -66,10 +66,10 @@ __all__ = sorted([*_LAZY, "__version__"])
 
 def __getattr__(name):
     if name == "BatchNormCheck":  # the old name of BatchNormReport
-        import warnings
+        from keras_bn import _warnings
 
-        warnings.warn("keras_bn.BatchNormCheck was renamed keras_bn.BatchNormReport (the callback "
-                      "keras_bn.callbacks.BatchNormCheck keeps its name).", DeprecationWarning, stacklevel=2)
+        _warnings.warn("keras_bn.BatchNormCheck was renamed keras_bn.BatchNormReport (the callback "
+                       "keras_bn.callbacks.BatchNormCheck keeps its name).", DeprecationWarning)
         return __getattr__("BatchNormReport")
     module_name = _LAZY.get(name)
     if module_name is None:

@@ -46,13 +46,12 @@ def warn_if_channels_first_cannot_run(data_format: str) -> None:
     """Say at build time, instead of TensorFlow's error at the first call, when a channels_first
     model cannot run here, and name the ways out."""
     if data_format == "channels_first" and not channels_first_runs():
-        import warnings
+        from keras_bn import _warnings
 
-        warnings.warn(
+        _warnings.warn(
             "keras_bn: TensorFlow on this CPU cannot run channels_first convolutions outside XLA "
             "(its oneDNN kernels are off here, e.g. TF_ENABLE_ONEDNN_OPTS=0 or a CPU where TensorFlow "
             "leaves them off): compile with jit_compile=True (XLA accepts NCHW) or build with "
             "data_format='channels_last'.",
             UserWarning,
-            stacklevel=3,
         )

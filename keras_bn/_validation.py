@@ -111,3 +111,22 @@ def check_shape(name: str, value: object, *, ranks: Sequence[int]) -> tuple[int,
             f"Received: {name}={value!r}"
         )
     return tuple(dims)
+
+
+def check_image_input(input_shape: object, data_format: object,
+                      data_formats: Sequence[str]) -> tuple[tuple[int, ...], int, tuple[int, ...] | None]:
+    """Check an image builder's `input_shape` (``(H, W)``, ``(H, W, C)`` or ``(C, H, W)``) and
+    `data_format`; say at build time when channels_first cannot run here.
+
+    Returns ``(input_shape, in_channels, reshaped)``: `reshaped` is the shape with a channel
+    axis of 1 added to an ``(H, W)`` input, None for an input that has its channel axis.
+    """
+    shape = check_shape("input_shape", input_shape, ranks=(2, 3))
+    check_choice("data_format", data_format, data_formats)
+    from keras_bn._backend import warn_if_channels_first_cannot_run  # imports Keras only when asked
+
+    warn_if_channels_first_cannot_run(data_format)
+    first = data_format == "channels_first"
+    if len(shape) == 2:
+        return shape, 1, (1, *shape) if first else (*shape, 1)
+    return shape, shape[0 if first else -1], None

@@ -18,7 +18,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from keras_bn import _keras_internals as internals
+from keras_bn.callbacks._layers import iter_layers
 from keras_bn._tables import format_table
 from keras_bn._validation import check_float
 
@@ -118,37 +118,18 @@ class BatchNormReport:
         return "\n".join(lines)
 
 
-def _batchnorm_layers(layer, prefix=""):
-    """``(path, bn)`` for every BatchNormalization inside `layer`: nested models, keras-bn blocks,
+def _batchnorm_layers(model):
+    """``(path, bn)`` for every BatchNormalization inside `model`: nested models, keras-bn blocks,
     a subclassed model's attributes and a user layer's parts alike (each once)."""
-    seen = set()
-
-    def walk(parent, prefix):
-        for sub in internals.direct_sublayers(parent):
-            if id(sub) in seen:
-                continue
-            seen.add(id(sub))
-            if isinstance(sub, keras.layers.BatchNormalization):
-                yield prefix + sub.name, sub
-            else:
-                yield from walk(sub, f"{prefix}{sub.name}/")
-
-    yield from walk(layer, prefix)
+    return [(path, layer) for path, layer in iter_layers(model, parts=True)
+            if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 _NOISE = (keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout)
 
 
 def _noise_layers(model):
-    stack, seen = internals.direct_sublayers(model), set()
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        if isinstance(layer, _NOISE):
-            yield layer
-        stack.extend(internals.direct_sublayers(layer))
+    return [layer for _, layer in iter_layers(model, parts=True) if isinstance(layer, _NOISE)]
 
 
 def _flat_outputs(outputs) -> np.ndarray:

@@ -17,8 +17,7 @@ import math
 
 import keras
 
-from keras_bn._backend import warn_if_channels_first_cannot_run
-from keras_bn._validation import check_choice, check_int_list, check_positive_int, check_shape
+from keras_bn._validation import check_choice, check_image_input, check_int_list, check_positive_int, check_shape
 from keras_bn.block_options import BlockOptions
 from keras_bn.layers import DATA_FORMATS, PADDINGS, block_layers
 
@@ -171,7 +170,7 @@ def build_conv(
 
         cnn = keras_bn.build_conv((28, 28, 1), [32, 64], 10, dense_units=[128], dropout=0.25)
     """
-    input_shape = check_shape("input_shape", input_shape, ranks=(2, 3))
+    input_shape, in_channels, reshaped = check_image_input(input_shape, data_format, DATA_FORMATS)
     filters = check_int_list("filters", filters)
     dense_units = check_int_list("dense_units", dense_units, allow_empty=True)
     kernel_size = check_positive_int("kernel_size", kernel_size)
@@ -179,15 +178,12 @@ def build_conv(
     check_choice("padding", padding, PADDINGS)
     check_choice("pooling", pooling, POOLINGS)
     check_choice("head", head, HEADS)
-    check_choice("data_format", data_format, DATA_FORMATS)
-    warn_if_channels_first_cannot_run(data_format)
     options = BlockOptions(
         activation=activation, norm=norm, norm_position=norm_position, initializer=initializer,
         bias_initializer=bias_initializer, dropout=dropout, norm_kwargs=norm_kwargs,
         act_kwargs=act_kwargs, use_bias=use_bias,
     )
     num_classes = check_common(num_classes, output_activation, options, filters + dense_units)
-    in_channels = 1 if len(input_shape) == 2 else input_shape[0 if data_format == "channels_first" else -1]
     widths = [in_channels] + filters
     estimate = sum(kernel_size**2 * a * b * options.width_multiplier for a, b in zip(widths, widths[1:]))
     dense = [filters[-1]] + dense_units  # with the avg/max head; flatten is bounded by the map size below
@@ -196,10 +192,8 @@ def build_conv(
 
     if len(input_shape) == 2:
         spatial = list(input_shape)
-        reshaped = (1, *input_shape) if data_format == "channels_first" else (*input_shape, 1)
     else:
         spatial = list(input_shape[1:] if data_format == "channels_first" else input_shape[:2])
-        reshaped = None
     for i in range(1, len(filters) + 1):
         if kernel_size > min(spatial):
             raise ValueError(

@@ -43,9 +43,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import warnings
 
 from keras_bn import _keras_internals as internals
+from keras_bn import _warnings
 
 __all__ = [
     "AggregationHook", "MIXED_PRECISION", "STRATEGIES", "apply_keras_compat", "clip_after_aggregation",
@@ -182,10 +182,10 @@ def clip_after_aggregation(optimizer):
     if optimizer_strategy(optimizer) is not None:
         hook = AggregationHook.of(optimizer)
         if hook is None:
-            warnings.warn(
+            _warnings.warn(
                 "keras_bn: this Keras has no `_all_reduce_sum_gradients`; under a strategy Keras "
                 "clips each replica's gradient before the sum (tensorflow#33929).",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
             )
     return optimizer
 

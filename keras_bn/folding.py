@@ -3,8 +3,9 @@
 At test time BN is a fixed per-channel affine map ``y = gamma * (x - mean) / sqrt(var + eps)
 + beta`` (SEEDS §5), so after a Dense or convolution it can be merged into that layer's kernel
 and bias: the same outputs with fewer ops. `fold_batchnorm` does that on a copy of the model
-and reports what it folded and what it left. (`keras_bn.check_batchnorm`, in
-`keras_bn.bn_stats`, checks BN's two modes before you fold.)
+and reports what it folded and what it left. What may fold, and why a BN stays, is decided in
+`keras_bn._fold_rules`; this module plans the folds and rebuilds the graph.
+(`keras_bn.check_batchnorm`, in `keras_bn.bn_stats`, checks BN's two modes before you fold.)
 
 Usage::
 
@@ -15,13 +16,14 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections import defaultdict
 
 import keras
-import numpy as np
 
 from keras_bn import _keras_internals as internals
+from keras_bn import _warnings
+from keras_bn._fold_rules import FOLDABLE_LAYERS, FUSABLE_ACTIVATIONS  # noqa: F401  (public here since 0.1)
+from keras_bn._fold_rules import folded_weights, fused_activation_name, why_not_foldable
 from keras_bn._tables import format_table
 
 __all__ = ["FoldReport", "fold_batchnorm"]
@@ -35,35 +37,10 @@ def __getattr__(name: str):
     if name in _MOVED:
         from keras_bn import bn_stats
 
-        warnings.warn(f"keras_bn.folding.{name} moved: use keras_bn.bn_stats.{_MOVED[name]} "
-                      f"(or keras_bn.{_MOVED[name]}).", DeprecationWarning, stacklevel=2)
+        _warnings.warn(f"keras_bn.folding.{name} moved: use keras_bn.bn_stats.{_MOVED[name]} "
+                       f"(or keras_bn.{_MOVED[name]}).", DeprecationWarning)
         return getattr(bn_stats, _MOVED[name])
     raise AttributeError(f"module 'keras_bn.folding' has no attribute {name!r}")
-
-# Exact types only: a subclass may change what `call` does with the kernel.
-_KERNEL_LAST = (  # kernel (..., in, out): the output channel is the last kernel axis
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-)
-_KERNEL_TRANSPOSE = (  # kernel (..., out, in)
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)  # kernel (..., in, mult)
-_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)  # pointwise (..., in*m, out)
-FOLDABLE_LAYERS = _KERNEL_LAST + _KERNEL_TRANSPOSE + _DEPTHWISE + _SEPARABLE
-
-# Element-wise activations that can move into the folded layer's `activation` unchanged.
-FUSABLE_ACTIVATIONS = frozenset({
-    "softmax", "log_softmax",  # along the last axis in both places: a layer's activation sees its whole output
-    "celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoid", "hard_silu",
-    "hard_swish", "hard_tanh", "leaky_relu", "log_sigmoid", "mish", "relu", "relu6", "selu",
-    "sigmoid", "silu", "soft_shrink", "softplus", "softsign", "sparse_plus", "sparse_sigmoid",
-    "squareplus", "swish", "tanh", "tanh_shrink",
-})
 
 
 # --------------------------------------------------------------------------------------
@@ -120,100 +97,6 @@ def _check_model(model) -> None:
         )
 
 
-def _output_channel_axis(layer) -> int:
-    if isinstance(layer, keras.layers.Dense):
-        return -1
-    return 1 if layer.data_format == "channels_first" else -1
-
-
-def _fused_activation_name(layer, dtype_name: str) -> str | None:
-    """The activation name to move into the folded layer, or None if `layer` can't be fused."""
-    if type(layer) not in (keras.layers.ReLU, keras.layers.Activation) or layer.dtype_policy.name != dtype_name:
-        return None
-    if type(layer) is keras.layers.ReLU:
-        if float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0:
-            return None
-        if layer.max_value is None:
-            return "relu"
-        return "relu6" if float(layer.max_value) == 6.0 else None
-    name = keras.activations.serialize(layer.activation)
-    return name if isinstance(name, str) and name in FUSABLE_ACTIVATIONS else None
-
-
-def _why_not_foldable(bn, producer, consumers, outputs, node_counts, tensor) -> str | None:
-    """None if `bn` can be folded into `producer`, else the reason (one phrase)."""
-    if producer is None:
-        return "follows a model input"
-    kind = type(producer).__name__
-    if isinstance(producer, keras.Model):
-        return f"follows the nested model {producer.name!r} (folds do not cross model boundaries)"
-    if type(producer) not in FOLDABLE_LAYERS:
-        hint = " (BN after an activation is not a per-channel affine map of a kernel)" if isinstance(
-            producer, (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
-                       keras.layers.PReLU, keras.layers.ELU)) else ""
-        return f"follows {producer.name!r} ({kind}), not a Dense/Conv layer{hint}"
-    if getattr(producer, "quantization_mode", None) or getattr(producer, "lora_enabled", False):
-        return f"follows {producer.name!r}, which is quantized or uses LoRA"
-    act = keras.activations.serialize(producer.activation)
-    if act != "linear":
-        return f"follows {producer.name!r}, which applies activation {act!r} before the BN"
-    if node_counts[id(producer)] > 1:
-        return f"{producer.name!r} is shared (called {node_counts[id(producer)]} times)"
-    if node_counts[id(bn)] > 1:
-        return f"the BN layer is shared (called {node_counts[id(bn)]} times)"
-    if len(consumers[id(tensor)]) > 1 or id(tensor) in outputs:
-        return f"the output of {producer.name!r} has other consumers besides this BN"
-    rank = bn.input_spec.ndim
-    if bn.axis % rank != _output_channel_axis(producer) % rank:
-        return (f"BN axis {bn.axis} is not the channel axis of {producer.name!r} "
-                f"({_output_channel_axis(producer) % rank} of rank {rank})")
-    if _bias_add_hazard(producer, bn):
-        return (f"{producer.name!r} is channels_first and its last spatial size equals (or may "
-                f"equal) its channel count: Keras' TensorFlow ops.add would then add the folded "
-                f"bias on the wrong axis")
-    return None
-
-
-def _bias_add_hazard(producer, bn) -> bool:
-    """True where keras.ops.add (TF backend) would broadcast a (1, C, 1...) bias wrongly.
-
-    Keras 3's TF `add` turns ``x + bias`` into ``tf.nn.bias_add`` and picks NHWC whenever
-    ``x.shape[-1] == C``, even for a channels_first bias; a folded channels_first layer must
-    therefore not get a bias when its last spatial size is C or unknown.
-    """
-    if keras.backend.backend() != "tensorflow" or _output_channel_axis(producer) != 1:
-        return False
-    shape = (bn.get_build_config() or {}).get("input_shape") or ()
-    if len(shape) < 3:
-        return False
-    return shape[-1] is None or shape[-1] == shape[1]
-
-
-def _folded_weights(layer, bn) -> list[np.ndarray]:
-    """The weights of `layer` with `bn` (inference mode) folded in; bias always present."""
-    eps = float(bn.epsilon)
-    mean = np.asarray(bn.moving_mean, dtype=np.float64)
-    var = np.asarray(bn.moving_variance, dtype=np.float64)
-    gamma = np.asarray(bn.gamma, dtype=np.float64) if bn.scale else np.ones_like(mean)
-    beta = np.asarray(bn.beta, dtype=np.float64) if bn.center else np.zeros_like(mean)
-    scale = gamma / np.sqrt(var + eps)
-
-    weights = [np.asarray(w) for w in layer.get_weights()]
-    dtypes = [w.dtype for w in weights]
-    k = 1 if isinstance(layer, _SEPARABLE) else 0  # separable: scale the pointwise kernel
-    kernel = weights[k].astype(np.float64)
-    if isinstance(layer, _KERNEL_TRANSPOSE):
-        kernel = kernel * scale[:, None]
-    elif isinstance(layer, _DEPTHWISE):
-        kernel = kernel * scale.reshape(kernel.shape[-2], kernel.shape[-1])
-    else:
-        kernel = kernel * scale
-    bias = weights[k + 1].astype(np.float64) if layer.use_bias else np.zeros_like(mean)
-    bias = beta + (bias - mean) * scale
-    out = weights[:k] + [kernel.astype(dtypes[k]), bias.astype(dtypes[k])]
-    return out
-
-
 class _Dropped:
     """Stands in for a layer that the rebuilt graph skips (a folded BN, a fused activation)."""
 
@@ -256,7 +139,7 @@ class _Plan:
 def _set_weights(pairs, plan) -> None:
     for old, new in pairs:
         if id(old) in plan.folds and plan.folds[id(old)][0] is not None:
-            new.set_weights(_folded_weights(old, plan.folds[id(old)][0]))
+            new.set_weights(folded_weights(old, plan.folds[id(old)][0]))
         elif old.weights:
             new.set_weights(old.get_weights())
 
@@ -264,7 +147,7 @@ def _set_weights(pairs, plan) -> None:
 def _record(plan: _Plan, report: FoldReport, prefix: str, linear, bn, act_layer, fuse_activation):
     act = None
     if fuse_activation and act_layer is not None:
-        act = _fused_activation_name(act_layer, linear.dtype_policy.name)
+        act = fused_activation_name(act_layer, linear.dtype_policy.name)
     plan.folds[id(linear)] = (bn, act)
     plan.dropped.add(id(bn))
     if act is not None:
@@ -278,7 +161,7 @@ def _fuse_activation_into(plan: _Plan, report: FoldReport, prefix: str, act_laye
             or keras.activations.serialize(producer.activation) != "linear"
             or getattr(producer, "quantization_mode", None) or getattr(producer, "lora_enabled", False)):
         return
-    act = _fused_activation_name(act_layer, producer.dtype_policy.name)
+    act = fused_activation_name(act_layer, producer.dtype_policy.name)
     if act is not None:
         plan.folds[id(producer)] = (None, act)
         plan.dropped.add(id(act_layer))
@@ -314,7 +197,7 @@ def _fold_functional(model, report: FoldReport, prefix: str, fuse_activation: bo
         producer = internals.producing_operation(tensor)
         if isinstance(producer, keras.layers.InputLayer):
             producer = None
-        reason = _why_not_foldable(bn, producer, consumers, outputs, node_counts, tensor)
+        reason = why_not_foldable(bn, producer, consumers, outputs, node_counts, tensor)
         if reason is None and id(producer) in plan.folds:
             reason = f"{producer.name!r} already absorbs another BN"
         if reason is not None:
@@ -362,7 +245,7 @@ def _fold_sequential(model, report: FoldReport, prefix: str, fuse_activation: bo
         producer = layers[i - 1] if i > 0 else None
         tensor = None  # in a Sequential model each output has exactly one consumer
         counts = defaultdict(lambda: 1)
-        reason = _why_not_foldable(bn, producer, defaultdict(list), set(), counts, tensor)
+        reason = why_not_foldable(bn, producer, defaultdict(list), set(), counts, tensor)
         if reason is not None:
             report.skipped.append((prefix + bn.name, reason))
             continue

@@ -20,6 +20,9 @@ import keras
 from keras_bn._registry import Registry
 from keras_bn.activations import default_initializer
 
+__all__ = ["INITIALIZERS", "Scaled", "check_bias_initializer", "check_initializer", "get_bias_initializer",
+           "get_initializer"]
+
 INITIALIZERS: Registry[str] = Registry(
     "initializer",
     {

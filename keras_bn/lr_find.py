@@ -33,6 +33,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
+from keras_bn import _warnings
 from keras_bn._registry import Registry
 from keras_bn._training import make_model, stream_batches
 from keras_bn._validation import check_float, check_positive_int
@@ -167,9 +168,7 @@ def lr_find(model_fn_or_model, data, min_lr: float = 1e-7, max_lr: float = 10.0,
         try:
             _write_tensorboard(result, log_dir)
         except Exception as error:  # noqa: BLE001  the measured curve is returned whatever the disk does
-            import warnings
-
-            warnings.warn(f"lr_find could not write to log_dir={str(log_dir)!r}: {error!r}", RuntimeWarning, stacklevel=2)
+            _warnings.warn(f"lr_find could not write to log_dir={str(log_dir)!r}: {error!r}", RuntimeWarning)
     if plot_path is not None:
         plot(result, plot_path)
     return result

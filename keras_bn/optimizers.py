@@ -33,6 +33,8 @@ import keras
 from keras_bn._registry import Registry
 from keras_bn._validation import check_float
 
+__all__ = ["CLIPPINGS", "PRESETS", "Preset", "adam", "clipping_of", "get_preset", "list_presets"]
+
 CLIPPINGS = ("none", "per_variable", "global")
 
 

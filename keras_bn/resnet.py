@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_bn._backend import warn_if_channels_first_cannot_run
-from keras_bn._validation import check_choice, check_int_list, check_shape
+from keras_bn._validation import check_choice, check_image_input, check_int_list
 from keras_bn.activations import resolve_activation
 from keras_bn.block_options import BlockOptions
 from keras_bn.builders import output_head, check_common, check_parameter_count
@@ -230,15 +229,13 @@ def build_resnet(
 
         model = keras_bn.build_resnet((28, 28, 1), 56, 10, preactivation=True, zero_init_residual=True)
     """
-    input_shape = check_shape("input_shape", input_shape, ranks=(2, 3))
+    input_shape, in_channels, reshaped = check_image_input(input_shape, data_format, DATA_FORMATS)
     widths = check_int_list("widths", widths)
     for flag, value in (("bottleneck", bottleneck), ("residual", residual), ("preactivation", preactivation),
                         ("zero_init_residual", zero_init_residual), ("fixup", fixup)):
         _check_bool(flag, value)
     blocks = _blocks_per_stage(depth, blocks_per_stage, len(widths), bottleneck)
     check_choice("shortcut", shortcut, SHORTCUTS)
-    check_choice("data_format", data_format, DATA_FORMATS)
-    warn_if_channels_first_cannot_run(data_format)
     options = BlockOptions(
         activation=activation, norm=norm, initializer=initializer, bias_initializer=bias_initializer,
         dropout=dropout, norm_kwargs=norm_kwargs, act_kwargs=act_kwargs, use_bias=use_bias,
@@ -270,7 +267,6 @@ def build_resnet(
         )
     num_branches = sum(blocks)
     per_block = [(3, 1), (3, 1)] if not bottleneck else [(1, 1), (3, 1), (1, BOTTLENECK_EXPANSION)]  # (kernel, growth)
-    in_channels = 1 if len(input_shape) == 2 else input_shape[0 if data_format == "channels_first" else -1]
     estimate, channels = 9 * in_channels * widths[0], widths[0]
     for width, count in zip(widths, blocks):
         for _ in range(count):
@@ -289,8 +285,7 @@ def build_resnet(
 
     inputs = keras.Input(shape=input_shape, name="inputs")
     x = inputs
-    if len(input_shape) == 2:
-        reshaped = (1, *input_shape) if data_format == "channels_first" else (*input_shape, 1)
+    if reshaped is not None:
         x = keras.layers.Reshape(reshaped, name="add_channel")(x)
     x = make.conv(widths[0], 3, "stem_conv")(x)
     if not preactivation:

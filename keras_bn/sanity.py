@@ -35,6 +35,7 @@ import keras
 import numpy as np
 
 from keras_bn._doctor_loss import expected_initial_loss, initial_loss_verdict, loss_kind, loss_name
+from keras_bn import _warnings
 from keras_bn._sanity_results import (InitialLossResult, OverfitResult, RegularizationResult, SanityReport,
                                       ShortRunResult)
 from keras_bn._training import compiled, is_compiled, make_model, take_arrays
@@ -149,10 +150,8 @@ def check_overfit(model_fn: Callable, x, y, n: int = 20, max_steps: int = 200, *
     idx = np.random.default_rng(seed).choice(len(x), size=n, replace=False)
     xs, ys = x[idx], y[idx]
     if model.losses:
-        import warnings
-
-        warnings.warn(f"check_overfit: the model has {len(model.losses)} regularization losses; "
-                      "the check assumes none.", stacklevel=2)
+        _warnings.warn(f"check_overfit: the model has {len(model.losses)} regularization losses; "
+                       "the check assumes none.")
     logs, key = {"loss": float("nan")}, None
     for step in range(1, max_steps + 1):
         logs = model.train_on_batch(xs, ys, return_dict=True)
@@ -256,10 +255,7 @@ class LossGuard(keras.callbacks.Callback):
             try:
                 self._write(reason, loss)
             except Exception as error:  # noqa: BLE001  a failing disk must not end the run
-                import warnings
-
-                warnings.warn(f"LossGuard could not write to log_dir={self.log_dir!r}: {error!r}", RuntimeWarning,
-                              stacklevel=2)
+                _warnings.warn(f"LossGuard could not write to log_dir={self.log_dir!r}: {error!r}", RuntimeWarning)
 
     def _write(self, reason: str, loss: float) -> None:
         import tensorflow as tf

@@ -50,12 +50,12 @@ Usage::
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from keras_bn import _warnings
 from keras_bn._search_types import (Choice, Objective, Range, SearchResult, Trial, _check_space, _grid, _sample,
                                     infer_direction)
 from keras_bn._training import compiled, data_kind, holdout, is_compiled, iterate_batches, make_model, split_data
@@ -177,7 +177,7 @@ def edge_warnings(result: SearchResult, space: dict | None = None, edge: float =
             messages.append(f"best {name}={best.hparams[name]:.3g} is at the {side} edge of its range "
                             f"[{param.low:g}, {param.high:g}]; the optimum may lie outside, widen the range.")
     for message in messages:
-        warnings.warn(message, stacklevel=_stacklevel)
+        _warnings.warn(message)
     return messages
 
 

@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import time
 import traceback
-import warnings
 
 import keras
 
+from keras_bn import _warnings
 from keras_bn._validation import check_float, check_positive_int
-from keras_bn.callbacks._runs import check_log_dir_now, check_writable_log_dir
+from keras_bn.callbacks._runs import check_log_dir_now, check_run_path, check_writable_log_dir
 from keras_bn.callbacks._taps import StepTaps
 from keras_bn.callbacks._writer import RunWriters
 
@@ -103,7 +103,8 @@ class DiagnosticCallback(keras.callbacks.Callback):
         writers: RunWriters | None = None,
     ):
         super().__init__()
-        self.log_dir = check_log_dir(log_dir)
+        # Shared writers (a preset's) come with a log_dir already checked for writing: check it once.
+        self.log_dir = check_log_dir(log_dir) if writers is None else check_run_path(log_dir)
         self.every = check_positive_int("every", every)
         if not isinstance(figures, bool):
             raise TypeError(f"`figures` must be True or False. Received: figures={figures!r}")
@@ -194,11 +195,10 @@ class DiagnosticCallback(keras.callbacks.Callback):
         try:
             function(*args)
         except Exception as error:  # noqa: BLE001  a broken diagnostic must not stop training
-            warnings.warn(
+            _warnings.warn(
                 f"keras_bn {type(self).__name__}.{function.__name__} failed and was skipped: "
                 f"{error!r}\n{traceback.format_exc(limit=-3)}",
                 RuntimeWarning,
-                stacklevel=2,
             )
 
     def get_config(self) -> dict:

@@ -31,9 +31,9 @@ measure.
 
 from __future__ import annotations
 
-import warnings
 
 from keras_bn import _keras_internals as internals
+from keras_bn import _warnings
 from keras_bn import distribute as kb_distribute
 from keras_bn.optimizers import clipping_of
 
@@ -89,11 +89,11 @@ class GradientTap:
         self._undo = None
         self.traced_records = 0
         if self.strategy is not None and hook is None and not internals.has_aggregation_point(optimizer):
-            warnings.warn(
+            _warnings.warn(
                 "keras_bn GradientNorms: this Keras has no aggregation point the tap can read; "
                 "the logged norms are of one replica's share of the gradient, before the "
                 "cross-replica sum.",
-                RuntimeWarning, stacklevel=3,
+                RuntimeWarning,
             )
 
     def _current_setting(self):

@@ -1,11 +1,27 @@
-"""Walk a model's layers (into nested models) and group its variables by layer.
+"""The one walk over a model's layers (every keras-bn module that looks for layers uses it), and
+the grouping of a model's variables by layer.
 
-A layer's *path* is its name, prefixed by the names of the nested models that hold it
-(``"encoder/block1_relu"``); flat keras-bn models have plain names (``"block1_relu"``).
-Composite layers that are not models (``keras_bn.DenseBlock``) count as one layer.
+The descent rule:
+
+- A **model** (a nested Functional, a Sequential inside a Functional, a subclassed model) is
+  never itself a layer of the walk: its layers are walked, under its name.
+- Every other layer is a **unit**: what the diagnostics report on, under its *path* (its name
+  prefixed by the names of the models that hold it, ``"encoder/block1_relu"``; flat keras-bn
+  models have plain names). A unit with sublayers (``keras_bn.DenseBlock``, a user's layer
+  holding other layers, an LSTM holding its cell) counts as one layer.
+- ``parts=True`` also walks into units: a unit's sublayers follow it under its path
+  (``"user_block/dense"``), models inside them walked as above. Tools that look for one kind
+  of layer wherever it sits (`check_batchnorm` for BatchNormalization and dropout) use it.
+- Each layer is yielded once, at its first path, inputs side first (`model.layers` order).
+
+The functional graph itself (which layer feeds which) is `fold_batchnorm`'s, read from the
+model's nodes in `keras_bn._keras_internals`, not a walk over layers.
 
 Usage::
 
+    for path, layer in iter_layers(model): ...
+    bns = [layer for _, layer in iter_layers(model, parts=True)
+           if isinstance(layer, keras.layers.BatchNormalization)]
     names, group_of_variable = variable_groups(model)
 """
 
@@ -16,15 +32,38 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
+from keras_bn import _keras_internals as internals
 
-def iter_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
-    """Yield ``(path, layer)`` for every layer of `model`, descending into nested models."""
-    for layer in model.layers:
-        path = prefix + layer.name
-        if isinstance(layer, keras.Model):
-            yield from iter_layers(layer, prefix=path + "/")
-        else:
+__all__ = ["group_norms", "iter_layers", "variable_groups"]
+
+
+def iter_layers(model: keras.layers.Layer, prefix: str = "", *,
+                parts: bool = False) -> Iterator[tuple[str, keras.layers.Layer]]:
+    """Yield ``(path, layer)`` for every unit of `model`, and with `parts` every sublayer of
+    the units as well (the descent rule is in this module's docstring)."""
+    seen: set[int] = set()
+
+    def walk(parent, prefix):
+        for layer in _children(parent):
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            path = prefix + layer.name
+            if isinstance(layer, keras.Model):
+                yield from walk(layer, path + "/")
+                continue
             yield path, layer
+            if parts:
+                yield from walk(layer, path + "/")
+
+    yield from walk(model, prefix)
+
+
+def _children(layer) -> list:
+    """A model's layers (`model.layers`), or the layers a plain layer tracks directly."""
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    return internals.direct_sublayers(layer)
 
 
 def variable_groups(model: keras.Model) -> tuple[list[str], np.ndarray]:

@@ -16,13 +16,13 @@ Usage (inside keras-bn)::
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 import keras
 
+from keras_bn import _warnings
 from keras_bn._validation import did_you_mean
 from keras_bn.activations import activation_family
 from keras_bn.callbacks._layers import iter_layers
@@ -40,7 +40,6 @@ __all__ = [
     "probe_rows",
     "slice_probe",
     "to_tensors",
-    "user_stacklevel",
     "watched_layers",
 ]
 
@@ -217,28 +216,16 @@ def as_probe(probe, max_samples: int):
         )
     (count,) = rows
     if count > max_samples:
-        warnings.warn(
+        _warnings.warn(
             f"keras_bn ActivationStats: the probe has {count} samples; only the first "
             f"{max_samples} are used (max_probe_samples={max_samples}). Pass a larger "
             f"`max_probe_samples` (read cost and memory grow with it) or a smaller probe.",
             UserWarning,
-            stacklevel=user_stacklevel(),
         )
         cut = lambda a: a[:max_samples]  # noqa: E731
         arrays = {k: cut(v) for k, v in arrays.items()} if isinstance(arrays, dict) else (
             [cut(a) for a in arrays] if isinstance(arrays, list) else cut(arrays))
     return arrays
-
-
-def user_stacklevel() -> int:
-    """The `stacklevel` for a warning raised by the caller that points at the first frame
-    outside keras-bn (the user's line)."""
-    import sys
-
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("keras_bn"):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _is_dataset(probe) -> bool:

@@ -34,8 +34,9 @@ Usage (inside a callback)::
 
 from __future__ import annotations
 
-import warnings
 import weakref
+
+from keras_bn import _warnings
 
 __all__ = ["StepTaps", "record_gradients"]
 
@@ -217,7 +218,7 @@ class StepTaps:
             try:
                 handler()
             except Exception as error:  # noqa: BLE001  the step's own error is what the user must see
-                warnings.warn(f"keras_bn failure handler {handler!r} failed: {error!r}", RuntimeWarning, stacklevel=2)
+                _warnings.warn(f"keras_bn failure handler {handler!r} failed: {error!r}", RuntimeWarning)
         for callback in list(self.members):
             callback._end_fit()
         self.members = []
@@ -241,12 +242,11 @@ def record_gradients(model, grads, variables) -> None:
     """
     tap = StepTaps.of(model).current_gradient_tap()
     if tap is None:
-        warnings.warn(
+        _warnings.warn(
             "keras_bn record_gradients: no GradientNorms callback has begun on this model, so "
             "nothing is recorded. Call the callbacks' on_train_begin() (e.g. through "
             "keras.callbacks.CallbackList(callbacks, model=model)) before your step is traced.",
             UserWarning,
-            stacklevel=2,
         )
         return
     tap.record(list(grads), list(variables))

@@ -31,12 +31,12 @@ import contextlib
 import os
 import threading
 import time
-import warnings
 import weakref
 
 import numpy as np
 
 from keras_bn import _keras_internals as internals
+from keras_bn import _warnings
 from keras_bn.callbacks._layout import LayerTags, custom_scalars_layout
 from keras_bn.callbacks._runs import check_flush_secs, check_run_path
 from keras_bn.events import EventFileWriter
@@ -145,7 +145,7 @@ def _warn_on_error(function, *args) -> None:
     try:
         function(*args)
     except Exception as error:  # noqa: BLE001  a broken figure must not stop training
-        warnings.warn(f"keras_bn background task {function.__name__} failed: {error!r}", RuntimeWarning, stacklevel=1)
+        _warnings.warn(f"keras_bn background task {function.__name__} failed: {error!r}", RuntimeWarning)
 
 
 _OPEN_WRITERS: "weakref.WeakSet[RunWriters]" = weakref.WeakSet()
@@ -236,8 +236,8 @@ class RunWriters:
                 listener(run, write.step, dict(write.scalar_values))
             except Exception as error:  # noqa: BLE001  a broken listener must not stop training
                 self._listeners.remove(listener)
-                warnings.warn(f"keras_bn writer listener {listener!r} failed and was removed: {error!r}",
-                              RuntimeWarning, stacklevel=2)
+                _warnings.warn(f"keras_bn writer listener {listener!r} failed and was removed: {error!r}",
+                               RuntimeWarning)
 
     @property
     def is_chief(self) -> bool:
@@ -343,19 +343,19 @@ class RunWriters:
         self._retry_at = time.monotonic() + self._backoff
         if self._failure is None:
             self._failure = f"{type(error).__name__}: {error}"
-            warnings.warn(
+            _warnings.warn(
                 f"keras_bn stopped logging to {self.log_dir!r}: {self._failure}. Training goes on; "
                 f"what is on disk stays readable, and writing resumes by itself when the disk accepts "
                 f"writes again (summaries wait in memory, up to 64 MiB per run).",
-                RuntimeWarning, stacklevel=4,
+                RuntimeWarning,
             )
 
     def _disk_recovered(self) -> None:
         dropped = sum(writer.dropped for writer in self._writers.values())
         lost = f"; {dropped - self._dropped_reported} summaries were dropped meanwhile" if dropped > self._dropped_reported else ""
         self._dropped_reported = dropped
-        warnings.warn(f"keras_bn resumed logging to {self.log_dir!r} (it had stopped: {self._failure}){lost}.",
-                      RuntimeWarning, stacklevel=4)
+        _warnings.warn(f"keras_bn resumed logging to {self.log_dir!r} (it had stopped: {self._failure}){lost}.",
+                       RuntimeWarning)
         self._failure, self._backoff = None, 0.0
 
     def close(self, timeout: float | None = None) -> None:
@@ -374,9 +374,9 @@ class RunWriters:
             writers, self._writers = self._writers, {}
             unwritten = sum(writer.pending_bytes for writer in writers.values())
             if unwritten:
-                warnings.warn(f"keras_bn could not write the last {unwritten} bytes of summaries to "
-                              f"{self.log_dir!r} ({self._failure}); what is on disk stays readable.",
-                              RuntimeWarning, stacklevel=2)
+                _warnings.warn(f"keras_bn could not write the last {unwritten} bytes of summaries to "
+                               f"{self.log_dir!r} ({self._failure}); what is on disk stays readable.",
+                               RuntimeWarning)
             self._layout_written, self._written_layout = False, None
             for writer in writers.values():
                 try:

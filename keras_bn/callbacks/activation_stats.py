@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import functools
 import time
-import warnings
 
 import numpy as np
 
 import keras
 
+from keras_bn import _warnings
 from keras_bn._validation import check_float, check_positive_int
 from keras_bn.activations import NEAR_ZERO, SATURATION_THRESHOLD
 from keras_bn.callbacks import _probe
@@ -241,12 +241,11 @@ class ActivationStats(DiagnosticCallback):
         per_sample = max(taps.sizes, default=0) + _REDUCTION_COPIES * sum(watched[-1:]) + sum(watched[:-1])
         budget = self.max_probe_mb * 2**20
         if per_sample > budget:
-            warnings.warn(
+            _warnings.warn(
                 f"keras_bn ActivationStats: one probe sample needs about {per_sample / 2**20:.1f} MiB "
                 f"of layer outputs, more than max_probe_mb={self.max_probe_mb:g}; reading one sample "
                 f"at a time. Raise `max_probe_mb` or watch fewer layers.",
                 UserWarning,
-                stacklevel=_probe.user_stacklevel(),
             )
         return int(min(rows, max(1, budget // max(per_sample, 1))))
 
@@ -351,14 +350,13 @@ class ActivationStats(DiagnosticCallback):
         silent = [w.path for w in self._watches if w.path not in results and w.path not in self._silent]
         if silent:
             self._silent.update(silent)
-            warnings.warn(
+            _warnings.warn(
                 f"keras_bn ActivationStats: model {self.model.name!r} did not call "
                 f"{', '.join(repr(p) for p in silent)} on the probe (or got several output tensors), "
                 f"so no statistics are written "
                 f"for {'it' if len(silent) == 1 else 'them'}. Watch layers the forward pass uses "
                 f"(layers=[...]).",
                 UserWarning,
-                stacklevel=2,
             )
 
     def _draw(self, step):

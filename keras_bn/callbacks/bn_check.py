@@ -23,11 +23,11 @@ Usage::
 
 from __future__ import annotations
 
-import warnings
 
 import keras
 import numpy as np
 
+from keras_bn import _warnings
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import iter_layers
 from keras_bn.distribute import is_distributed
@@ -131,14 +131,13 @@ class BatchNormCheck(DiagnosticCallback):
         for path in sorted(self._tap.traced - self.warned):
             if int(self._tap.counts[path].numpy()) == 1:
                 self.warned.add(path)
-                warnings.warn(
+                _warnings.warn(
                     f"keras_bn: BatchNormalization layer {path!r} normalised each channel over 1 "
                     f"value in a training step (batch size 1, by step {step}): its batch variance "
                     f"is 0, so it outputs beta and gamma learns nothing. Use batches of 2 or more "
                     f"(drop_remainder=True for a last batch of 1) or a LayerNormalization / "
                     f"GroupNormalization layer.",
                     UserWarning,
-                    stacklevel=2,
                 )
 
 

@@ -42,6 +42,7 @@ from collections import defaultdict
 import keras
 
 from keras_bn import _keras_internals as internals
+from keras_bn import _warnings
 from keras_bn import doctor as kb_doctor
 from keras_bn._doctor_base import RULES
 from keras_bn.callbacks._base import DiagnosticCallback
@@ -273,10 +274,8 @@ class Doctor(DiagnosticCallback):
         except OSError as error:
             if not getattr(self, "_warned_save", False):
                 self._warned_save = True
-                import warnings
-
-                warnings.warn(f"keras_bn Doctor: could not write {REPORT_FILE} in {self.log_dir!r} ({error}); "
-                              "it is written again at the next finding or epoch end.", RuntimeWarning, stacklevel=2)
+                _warnings.warn(f"keras_bn Doctor: could not write {REPORT_FILE} in {self.log_dir!r} ({error}); "
+                               "it is written again at the next finding or epoch end.", RuntimeWarning)
 
     # --- the per-replica batch size BN sees ------------------------------------------------
     def _wrap_batch_size(self):

@@ -18,10 +18,10 @@ Usage::
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 
+from keras_bn import _warnings
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import group_norms, variable_groups
 from keras_bn.callbacks._writer import RunWriters
@@ -82,11 +82,10 @@ class GradientNorms(DiagnosticCallback):
         if optimizer is None:
             raise ValueError("GradientNorms needs a compiled model; call `model.compile(optimizer=...)` first.")
         if not self.model.trainable_variables:
-            warnings.warn(
+            _warnings.warn(
                 f"keras_bn GradientNorms: model {self.model.name!r} has no trainable weights, so "
                 f"there is no gradient to measure and no grad_* scalar is written.",
                 RuntimeWarning,
-                stacklevel=2,
             )
             self._tap = None
             return
@@ -119,11 +118,10 @@ class GradientNorms(DiagnosticCallback):
             reason = ("the model's train step does not call optimizer.apply with its gradients (a "
                       "custom train_step?): call keras_bn.callbacks.record_gradients(model, grads, "
                       "variables) inside it")
-        warnings.warn(
+        _warnings.warn(
             f"keras_bn GradientNorms: no gradient was recorded in steps {first + 1}-{last}, so no "
             f"grad_* scalar was written for them: {reason}.",
             RuntimeWarning,
-            stacklevel=2,
         )
 
     def _log_step(self, step):

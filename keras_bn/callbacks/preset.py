@@ -11,7 +11,6 @@ from __future__ import annotations
 from keras_bn._validation import check_positive_int
 from keras_bn._validation import check_float
 from keras_bn.callbacks._base import check_log_dir
-from keras_bn.callbacks._runs import check_writable_log_dir
 from keras_bn.callbacks._writer import RunWriters
 from keras_bn.callbacks.activation_stats import ActivationStats
 from keras_bn.callbacks.bn_check import BatchNormCheck
@@ -75,14 +74,13 @@ def diagnostics(
 
         model.fit(x, y, epochs=3, callbacks=keras_bn.callbacks.diagnostics("logs/run1", probe=x[:256]))
     """
-    log_dir = check_log_dir(log_dir)
+    log_dir = check_log_dir(log_dir)  # the one writability check: the callbacks share these writers
     every = check_positive_int("every", every)
     for name, flag in (("figures", figures), ("update_ratio", update_ratio), ("metrics", metrics), ("bn_check", bn_check),
                        ("doctor", doctor)):
         if not isinstance(flag, bool):
             raise TypeError(f"`{name}` must be True or False. Received: {name}={flag!r}")
     flush_secs = check_float("flush_secs", flush_secs, low=0.0, low_inclusive=False)
-    check_writable_log_dir(log_dir)
     writers = RunWriters(log_dir, flush_secs=flush_secs)
     callbacks = []
     if metrics:

@@ -50,6 +50,7 @@ import numpy as np
 
 import keras
 
+from keras_bn import _warnings
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._writer import RunWriters
 
@@ -270,12 +271,10 @@ class TimeGradients(DiagnosticCallback):
                 error = float(np.max(np.abs(expected - output)))
                 plan[4] = verified = error <= OUTPUT_TOLERANCE * (1.0 + float(np.max(np.abs(expected))))
                 if not verified:
-                    import warnings
-
-                    warnings.warn(
+                    _warnings.warn(
                         f"keras_bn TimeGradients: the unrolled cell of {name!r} does not reproduce the "
                         f"layer's output (max difference {error:.3g}); its time gradients are not logged.",
-                        RuntimeWarning, stacklevel=2,
+                        RuntimeWarning,
                     )
                     continue
             for (direction, _), values in zip(_directions(layer), norms):
