@@ -175,6 +175,7 @@ def model_facts(model, probe=None) -> RunFacts:
             except (AttributeError, ValueError, RuntimeError):
                 pass
         layers.append({"name": path, "class": type(layer).__name__, "kind": _layer_kind(layer), "output": is_output})
+    for path, layer in iter_layers(model, parts=True):  # BN inside blocks and user layers too
         if isinstance(layer, keras.layers.BatchNormalization):
             batchnorm.append({"name": path, "momentum": float(layer.momentum), "trainable": bool(layer.trainable)})
     # The head: the last weighted layer, when no weighted layer is an output (a subclassed model,
@@ -185,7 +186,7 @@ def model_facts(model, probe=None) -> RunFacts:
         weighted[-1][0]["output"] = True
         if width is None and isinstance(getattr(weighted[-1][1], "units", None), int):
             width = weighted[-1][1].units
-    bn_ids = {id(v) for _, layer in iter_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    bn_ids = {id(v) for _, layer in iter_layers(model, parts=True) if isinstance(layer, keras.layers.BatchNormalization)
               for v in layer.trainable_variables}
     trains = any(id(v) not in bn_ids for v in model.trainable_variables)
     return RunFacts(loss=_loss_facts(model, width), layers=layers, batchnorm=batchnorm, trains=trains)

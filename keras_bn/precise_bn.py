@@ -33,7 +33,7 @@ __all__ = ["batchnorm_gaps", "recompute_batchnorm_statistics"]
 def _batchnorm_layers(model, trainable_only: bool = False) -> list[tuple[str, keras.layers.Layer]]:
     from keras_bn.callbacks._layers import iter_layers
 
-    return [(path, layer) for path, layer in iter_layers(model)
+    return [(path, layer) for path, layer in iter_layers(model, parts=True)  # BN inside blocks and user layers too
             if isinstance(layer, keras.layers.BatchNormalization) and (layer.trainable or not trainable_only)]
 
 

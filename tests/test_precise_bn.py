@@ -47,6 +47,37 @@ def snapshot(model):
     return weights, optimizer
 
 
+@keras.saving.register_keras_serializable(package="keras_bn_tests")
+class UserBlock(keras.layers.Layer):
+    """A user's layer holding a BN (named bn2) that no model-level walk sees."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(8, name="d2")
+        self.bn = keras.layers.BatchNormalization(name="bn2")
+
+    def call(self, inputs, training=None):
+        return keras.ops.tanh(self.bn(self.dense(inputs), training=training))
+
+
+def bn_inside_a_user_layer():
+    inputs = keras.Input((8,))
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(keras.layers.Dense(16, name="d1")(inputs)))
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(UserBlock(name="user_block")(h)))
+
+
+def test_a_bn_inside_a_users_layer_is_recomputed_too():
+    x = np.random.default_rng(2).normal(2.0, 3.0, size=(64, 8)).astype("float32")
+    model = trained(bn_inside_a_user_layer(), x)
+    used = keras_bn.recompute_batchnorm_statistics(model, x, batch_size=32)
+    assert used == {"bn1": 64, "user_block/bn2": 64}
+    block = model.get_layer("user_block")
+    h = np.asarray(keras.Model(model.inputs[0], model.get_layer("user_block").input)(x, training=False), np.float64)
+    z = h @ block.dense.kernel.numpy().astype(np.float64) + block.dense.bias.numpy()  # bn2's input, by hand
+    np.testing.assert_allclose(block.bn.moving_mean.numpy(), z.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(block.bn.moving_variance.numpy(), z.var(axis=0), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["numpy", "dataset", "generator", "conv"])
 def test_moving_statistics_equal_numpy_statistics_of_the_inputs(kind):
     rng = np.random.default_rng(0)

@@ -312,7 +312,8 @@ class Doctor(DiagnosticCallback):
 def _batchnorm_layers(model):
     from keras_bn.callbacks._layers import iter_layers
 
-    return [(p, layer) for p, layer in iter_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    return [(p, layer) for p, layer in iter_layers(model, parts=True)  # inside blocks and user layers too
+            if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 class _BatchSizeTap:
