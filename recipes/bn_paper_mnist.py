@@ -26,6 +26,8 @@ from keras_bn.recipes import _common, _findings
 NAME = "bn_paper_mnist"
 DESCRIPTION = "Ioffe & Szegedy's 3 x 100 sigmoid MLP with and without BN: test accuracy and a sigmoid's input percentiles."
 RUNS = {"no_bn": None, "with_bn": "batch"}
+HEALTHY = ("no_bn", "with_bn")  # the runs the doctor checks (issue 19): both train
+FAULTS: dict = {}
 PERCENTILES = (15, 50, 85)
 PROBE_SAMPLES = 1000
 
