@@ -70,16 +70,18 @@ def run_one(args, data, activation: str, norm_key: str, units: int, epochs: int)
     import keras_bn
 
     run = f"{activation}_{norm_key}"
+    diagnosed = not args.quick or run in HEALTHY or run in FAULTS
     model = keras_bn.build_dense((data.x_train.shape[1],), [units] * args.depth, data.num_classes,
                                  activation=activation, norm=NORMS[norm_key], name=run)
+    # A few dozen steps cost less eagerly than tracing the step (quick mode, no diagnostics: same numbers).
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], run_eagerly=not diagnosed)
     grad_x, grad_y = data.x_train[:GRAD_BATCH], data.y_train[:GRAD_BATCH]
     norms_start = _common.kernel_gradient_norms(model, grad_x, grad_y)
     timer = _common.EpochTimer()
     steps_per_epoch = len(data.x_train) // args.batch_size
     callbacks = [timer]
-    if not args.quick or run in HEALTHY or run in FAULTS:
+    if diagnosed:
         callbacks += _common.training_callbacks(_common.run_dir(args, NAME, run), probe=data.x_test[:256],
                                                 fit_steps=steps_per_epoch)
     history = _common.train_for_steps(model, data, steps=epochs * steps_per_epoch, batch_size=args.batch_size,

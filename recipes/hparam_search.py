@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> dict:
     import keras_bn
     from keras_bn import search
     from keras_bn._training import holdout
+    from keras_bn.optimizers import adam
 
     data = _common.load_data(args, flatten=True)
     samples = args.train_samples or (1000 if args.quick else 20000)
@@ -54,7 +55,12 @@ def run(args: argparse.Namespace) -> dict:
     input_dim = x.shape[1]
 
     def model_fn(hp):
-        return keras_bn.build_dense((input_dim,), [32, 32], data.num_classes, dropout=hp["dropout"])
+        model = keras_bn.build_dense((input_dim,), [32, 32], data.num_classes, dropout=hp["dropout"])
+        # compiled as the searches would (Adam at the trial's rate); quick mode's trials of a few
+        # steps run eagerly, which costs less than tracing a new model's step (the same numbers)
+        model.compile(optimizer=adam(learning_rate=hp["learning_rate"]), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"], run_eagerly=args.quick)
+        return model
 
     # The tables rank by validation accuracy, so the searches do too (search's default is val_loss).
     common = dict(batch_size=args.batch_size, epochs=epochs, objective="val_accuracy")
@@ -100,12 +106,9 @@ def run(args: argparse.Namespace) -> dict:
 def retrain_best(args: argparse.Namespace, model_fn, hparams: dict, data, epochs: int) -> None:
     """Train `model_fn(hparams)` as its trial was (Adam at its learning rate) with the
     diagnostics on, in run `CHECK_RUN`: what the doctor reads of this recipe."""
-    from keras_bn.optimizers import adam
-
     x, y, x_val, y_val = data
     model = model_fn(hparams)
-    model.compile(optimizer=adam(learning_rate=hparams["learning_rate"]), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])  # traced: the diagnostics' taps
     steps = -(-len(x) // args.batch_size)
     print(f"retraining the best trial ({', '.join(f'{k}={v:.3g}' for k, v in hparams.items())}) "
           f"with the diagnostics on: run {CHECK_RUN}")

@@ -180,8 +180,7 @@ def _plot(reports: dict, path):
     # NaN: not run (quick mode) or not applicable, drawn grey
     grid = np.array([[np.nan if c not in r.results or r.results[c].passed is None else r.results[c].passed
                       for c in CHECKS] for r in reports.values()], dtype=float)
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="0.85")
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")  # cells fill the width
     ax.set_xticks(range(len(CHECKS)), [c.replace("_", " ") for c in CHECKS])
     ax.set_yticks(range(len(reports)), list(reports))
