@@ -7,6 +7,7 @@ many distinct learning rates each tried. Then a coarse random search (1 epoch pe
 narrows the ranges around its best trials and a fine search continues inside them. Every
 trial is in TensorBoard's HParams dashboard (``<log_dir>/hparam_search/<search>/``) and in
 ``trials.csv``. Validation data: the last 20% of the training images (never the test set).
+The best trial of coarse-to-fine is retrained with the diagnostics on (run ``best_trial``).
 
 Usage::
 

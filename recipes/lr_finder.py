@@ -4,7 +4,8 @@
 mini-batches for each network (same seed, same batches), and reads a learning rate off each
 smoothed curve. BN networks tolerate higher learning rates (SEEDS §5): the BN curve should
 keep falling to a higher learning rate, and its suggestion should be higher. Repeated over
-`--repeats` seeds; the table gives the median and the range.
+`--repeats` seeds; the table gives the median and the range. The BN net then trains one pass
+at its own suggestion with the diagnostics on (run ``with_bn_at_suggestion``): its loss should fall.
 
 Usage::
 
