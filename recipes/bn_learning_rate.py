@@ -32,6 +32,9 @@ MODELS = ("mlp", "cnn")
 DIVERGED_ACCURACY = 0.2
 FULL_GRID = tuple(float(f"{v:.3g}") for v in 10.0 ** np.arange(-3.0, 0.75, 0.5))  # 0.001 ... 3.16
 QUICK_GRID = (0.1, 1.0)
+# The runs the doctor checks (issue 19), named as in quick mode and in the full grid.
+HEALTHY = ("mlp_no_bn_lr0.1", "mlp_bn_lr0.1", "mlp_bn_lr1")
+FAULTS = {"mlp_no_bn_lr1": ("nonfinite_loss", "diverging")}  # SGD at lr 1 without BN: the loss blows up
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,11 +90,13 @@ def run(args: argparse.Namespace) -> dict:
     results = {}
     for kind, data in datasets.items():
         for norm_key, norm in NORMS.items():
+            _common.set_seed(args.seed)
+            model = build_model(kind, norm, data, args)
+            model.compile(optimizer=keras.optimizers.SGD(grid[0], momentum=0.9),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            start = _common.initial_state(model)
             for lr in grid:
-                _common.set_seed(args.seed)  # same initial weights and data order at every learning rate
-                model = build_model(kind, norm, data, args)
-                model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9),
-                              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                _common.restart(model, start, learning_rate=lr)  # same initial weights at every rate, one trace
                 run_name = f"{kind}_{norm_key}_lr{lr:g}"
                 callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name), probe=data.x_test[:256],
                                                        fit_steps=min(eval_every, steps))

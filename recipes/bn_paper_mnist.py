@@ -26,13 +26,15 @@ from keras_bn.recipes import _common, _findings
 NAME = "bn_paper_mnist"
 DESCRIPTION = "Ioffe & Szegedy's 3 x 100 sigmoid MLP with and without BN: test accuracy and a sigmoid's input percentiles."
 RUNS = {"no_bn": None, "with_bn": "batch"}
+HEALTHY = ("no_bn", "with_bn")  # the runs the doctor checks (issue 19): both train
+FAULTS: dict = {}
 PERCENTILES = (15, 50, 85)
 PROBE_SAMPLES = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=types.positive_int, default=None, help="training steps (default 50000, the paper's; quick 200)")
-    parser.add_argument("--eval-every", type=types.positive_int, default=None, help="steps between evaluations (default steps/50)")
+    parser.add_argument("--eval-every", type=types.positive_int, default=None, help="steps between evaluations (default steps/50; quick steps/5)")
     parser.add_argument("--batch-size", type=types.positive_int, default=60, help="mini-batch size (default 60, the paper's)")
     parser.add_argument("--learning-rate", type=types.positive_float, default=0.5, help="SGD learning rate (default 0.5)")
     parser.add_argument("--init-std", type=types.positive_float, default=0.1, help="std of the Gaussian init (default 0.1)")
@@ -76,7 +78,7 @@ def build_models(input_dim: int, num_classes: int, init_std: float) -> dict:
 def run(args: argparse.Namespace) -> dict:
     data = _common.load_data(args, flatten=True)
     steps = args.steps or (200 if args.quick else 50000)
-    eval_every = args.eval_every or max(1, steps // (10 if args.quick else 50))
+    eval_every = args.eval_every or max(1, steps // (5 if args.quick else 50))  # each: a test pass + epoch-end logs
     models = build_models(data.x_train.shape[1], data.num_classes, args.init_std)
     probe = data.x_test[:PROBE_SAMPLES]
     print(f"training 3 x 100 sigmoid MLPs, SGD lr {args.learning_rate}, batch {args.batch_size}, "

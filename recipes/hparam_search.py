@@ -7,6 +7,7 @@ many distinct learning rates each tried. Then a coarse random search (1 epoch pe
 narrows the ranges around its best trials and a fine search continues inside them. Every
 trial is in TensorBoard's HParams dashboard (``<log_dir>/hparam_search/<search>/``) and in
 ``trials.csv``. Validation data: the last 20% of the training images (never the test set).
+The best trial of coarse-to-fine is retrained with the diagnostics on (run ``best_trial``).
 
 Usage::
 
@@ -23,12 +24,17 @@ from keras_bn.recipes import _common, _findings
 
 NAME = "hparam_search"
 DESCRIPTION = "Grid vs random search on the same budget (distinct learning rates tried), then coarse-to-fine."
+# The trials log their hyperparameters and epoch metrics; the best trial of coarse-to-fine is then
+# retrained with the diagnostics on, in this run, for the doctor (issue 19).
+CHECK_RUN = "best_trial"
+HEALTHY = (CHECK_RUN,)
+FAULTS: dict = {}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trials", type=types.positive_int, default=None, help="budget of grid and of random search (default 9; 4 with --quick)")
-    parser.add_argument("--train-samples", type=types.positive_int, default=20000,
-                        help="training images used, before the 20%% validation hold-out (default 20000)")
+    parser.add_argument("--trials", type=types.positive_int, default=None, help="budget of grid and of random search (default 9; 2 with --quick)")
+    parser.add_argument("--train-samples", type=types.positive_int, default=None,
+                        help="training images used, before the 20%% validation hold-out (default 20000; 1000 with --quick)")
     parser.add_argument("--batch-size", type=types.positive_int, default=128, help="batch size (default 128)")
     parser.add_argument("--min-lr", type=types.positive_float, default=1e-5, help="low end of the learning-rate range (default 1e-5)")
     parser.add_argument("--max-lr", type=types.positive_float, default=1.0, help="high end of the learning-rate range (default 1)")
@@ -38,17 +44,24 @@ def run(args: argparse.Namespace) -> dict:
     import keras_bn
     from keras_bn import search
     from keras_bn._training import holdout
+    from keras_bn.optimizers import adam
 
     data = _common.load_data(args, flatten=True)
-    x, y, (x_val, y_val) = holdout(data.x_train[: args.train_samples], data.y_train[: args.train_samples])
-    trials = args.trials or (4 if args.quick else 9)
+    samples = args.train_samples or (1000 if args.quick else 20000)
+    x, y, (x_val, y_val) = holdout(data.x_train[:samples], data.y_train[:samples])
+    trials = args.trials or (2 if args.quick else 9)
     epochs = args.epochs or (1 if args.quick else 2)
     space = {"learning_rate": search.Range(args.min_lr, args.max_lr),
              "dropout": search.Range(0.0, 0.5, log=False)}
     input_dim = x.shape[1]
 
     def model_fn(hp):
-        return keras_bn.build_dense((input_dim,), [32, 32], data.num_classes, dropout=hp["dropout"])
+        model = keras_bn.build_dense((input_dim,), [32, 32], data.num_classes, dropout=hp["dropout"])
+        # compiled as the searches would (Adam at the trial's rate); quick mode's trials of a few
+        # steps run eagerly, which costs less than tracing a new model's step (the same numbers)
+        model.compile(optimizer=adam(learning_rate=hp["learning_rate"]), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"], run_eagerly=args.quick)
+        return model
 
     # The tables rank by validation accuracy, so the searches do too (search's default is val_loss).
     common = dict(batch_size=args.batch_size, epochs=epochs, objective="val_accuracy")
@@ -65,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
         ["search", "trials", "best val acc", "its learning rate", "distinct learning rates", "killed (3x rule)"], rows)
     print(comparison)
 
-    coarse_trials, fine_trials = (trials, max(2, trials // 2)) if args.quick else (2 * trials, trials)
+    coarse_trials, fine_trials = (trials, max(1, trials // 2)) if args.quick else (2 * trials, trials)
     c2f = search.coarse_to_fine(model_fn, space, (x, y, x_val, y_val), coarse_trials, fine_trials, seed=args.seed,
                                 coarse_epochs=1, fine_epochs=epochs, batch_size=args.batch_size, objective="val_accuracy",
                                 log_dir=_common.run_dir(args, NAME, "coarse_to_fine"))
@@ -84,10 +97,25 @@ def run(args: argparse.Namespace) -> dict:
     for kind, result in {**results, "coarse_to_fine": c2f}.items():
         result.save(folder / f"{kind}_trials.csv")
     _plot(results, c2f, folder / f"{NAME}.png")
+    retrain_best(args, model_fn, c2f.best.hparams, (x, y, x_val, y_val), epochs)
     findings = explain(results, c2f)
     _findings.report(findings)
     return {"dataset": data.name, "trials": trials, "epochs": epochs, "results": results, "coarse_to_fine": c2f,
             "tables": (comparison, stages), "findings": findings}
+
+
+def retrain_best(args: argparse.Namespace, model_fn, hparams: dict, data, epochs: int) -> None:
+    """Train `model_fn(hparams)` as its trial was (Adam at its learning rate) with the
+    diagnostics on, in run `CHECK_RUN`: what the doctor reads of this recipe."""
+    x, y, x_val, y_val = data
+    model = model_fn(hparams)
+    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])  # traced: the diagnostics' taps
+    steps = -(-len(x) // args.batch_size)
+    print(f"retraining the best trial ({', '.join(f'{k}={v:.3g}' for k, v in hparams.items())}) "
+          f"with the diagnostics on: run {CHECK_RUN}")
+    model.fit(x, y, batch_size=args.batch_size, epochs=epochs, verbose=0, validation_data=(x_val, y_val),
+              callbacks=_common.training_callbacks(_common.run_dir(args, NAME, CHECK_RUN), probe=x_val[:256],
+                                                   fit_steps=steps))
 
 
 def explain(results: dict, c2f) -> list:

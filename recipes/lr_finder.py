@@ -4,7 +4,8 @@
 mini-batches for each network (same seed, same batches), and reads a learning rate off each
 smoothed curve. BN networks tolerate higher learning rates (SEEDS §5): the BN curve should
 keep falling to a higher learning rate, and its suggestion should be higher. Repeated over
-`--repeats` seeds; the table gives the median and the range.
+`--repeats` seeds; the table gives the median and the range. The BN net then trains one pass
+at its own suggestion with the diagnostics on (run ``with_bn_at_suggestion``): its loss should fall.
 
 Usage::
 
@@ -24,6 +25,11 @@ from keras_bn.recipes import _common, _findings
 NAME = "lr_finder"
 DESCRIPTION = "The learning-rate range test on the MLP with and without BatchNorm, both curves in one plot."
 RUNS = {"no_bn": None, "with_bn": "batch"}
+# The range tests log only their curve; the BN net then trains briefly at its own suggestion with
+# the diagnostics on, in this run, for the doctor (issue 19).
+CHECK_RUN = "with_bn_at_suggestion"
+HEALTHY = (CHECK_RUN,)
+FAULTS: dict = {}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,20 +70,48 @@ def run(args: argparse.Namespace) -> dict:
     plot({run: found[0] for run, found in results.items()}, _common.recipe_dir(args, NAME) / f"{NAME}.png",
          title=f"LR range test, MLP {'-'.join(map(str, args.units))} ({data.name})")
     suggestion = {run: summary[(run, "minimum_div_10")] for run in RUNS}
-    findings = explain(suggestion, steps, repeats)
+    check = train_at(args, data, suggestion["with_bn"])
+    findings = explain(suggestion, steps, repeats, check)
     _findings.report(findings)
     return {"dataset": data.name, "steps": steps, "repeats": repeats, "results": results,
-            "suggestion": suggestion, "bn_ratio": ratio, "findings": findings}
+            "suggestion": suggestion, "bn_ratio": ratio, "check": check, "findings": findings}
 
 
-def explain(suggestion: dict, steps: int, repeats: int) -> list:
-    """The claim on this run's range tests: BN's suggested learning rate (smoothed minimum / 10,
-    median over the seeds) is higher than the plain net's."""
+def train_at(args: argparse.Namespace, data, learning_rate: float) -> dict:
+    """A fresh BN net trained one pass over the data (two evaluations) at `learning_rate`,
+    with the diagnostics on, in run `CHECK_RUN`; `train_for_steps`' history."""
+    import keras
+
+    import keras_bn
+    from keras_bn.optimizers import adam
+
+    _common.set_seed(args.seed)
+    model = keras_bn.build_dense((data.x_train.shape[1],), args.units, data.num_classes, norm="batch")
+    model.compile(optimizer=adam(learning_rate=learning_rate), loss=keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=["accuracy"])
+    half = max(1, len(data.x_train) // args.batch_size // 2)
+    return _common.train_for_steps(model, data, steps=2 * half, batch_size=args.batch_size, eval_every=half,
+                                   seed=args.seed, label=f"{CHECK_RUN} (lr {learning_rate:.3g})",
+                                   callbacks=_common.training_callbacks(_common.run_dir(args, NAME, CHECK_RUN),
+                                                                        probe=data.x_test[:256], fit_steps=half))
+
+
+def explain(suggestion: dict, steps: int, repeats: int, check: dict | None = None) -> list:
+    """The claims on this run's range tests: BN's suggested learning rate (smoothed minimum / 10,
+    median over the seeds) is higher than the plain net's; and, given `check` (`train_at`'s
+    history), the BN net's loss falls at that rate."""
     ratio = suggestion["with_bn"] / suggestion["no_bn"]
-    return [_findings.Finding(
+    findings = [_findings.Finding(
         "BN tolerates a higher learning rate (higher suggestion)", ratio > 1,
         f"{ratio:.2f}x: {suggestion['with_bn']:.3g} with BN vs {suggestion['no_bn']:.3g} without",
         f"a ramp of {steps} steps over {repeats} seed(s) puts the two loss minima within one grid step")]
+    if check is not None:
+        findings.append(_findings.compare(
+            "the BN net's training loss falls at its suggested rate", check["loss"][-1], check["loss"][0],
+            higher_is_better=False, words=("lower", "higher"),
+            reason=f"the suggestion {suggestion['with_bn']:.3g} is too high for this net "
+                   f"(test accuracy {check['test_accuracy'][-1]:.3f} after {check['step'][-1]} steps)"))
+    return findings
 
 
 def main(argv=None) -> dict:

@@ -1,10 +1,11 @@
-"""Quick-mode smoke tests of the classic-experiment recipes (issue 5, items 1-5).
+"""Quick-mode smoke tests of the classic-experiment recipes (issue 5, items 1-5; issues 17, 19).
 
-Each runs a recipe's own ``--quick`` mode (the settings a user gets) on the embedded
+Each runs a recipe's own ``--quick`` mode (the settings a user gets) once, on the embedded
 ``fashion_mnist_small`` with `tmp_path` as the log folder, and checks the qualitative outcome
 that quick mode must still show (named in each test's docstring), the recipe's own verdict on
-it ("What this run shows"), the PNG figures, the TensorBoard event files and that the runs log
-``update_ratio/*``.
+it ("What this run shows"), the PNG figures, the TensorBoard event files, that the runs log
+``update_ratio/*``, and the doctor's findings on the runs the recipe declares healthy or
+faulty (`tests._recipe_doctor.check_declared_runs`).
 
 Usage::
 
@@ -15,7 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from tests._recipe_doctor import check_declared_runs
 
 QUICK = ["--quick", "--dataset", "fashion_mnist_small", "--seed", "0"]
 
@@ -49,7 +53,8 @@ def _logs_update_ratios(run_folder: Path) -> bool:
 def test_init_study_statistics_and_training(tmp_path):
     """Quick mode still shows: N(0, 0.01^2) tanh collapses, N(0, 0.05^2) saturates, Glorot
     keeps tanh's scale, He keeps ReLU's, Glorot shrinks ReLU's, and He + ReLU trains better
-    than the collapsing net; and the recipe says so."""
+    than the collapsing net; the recipe says so, and the doctor names the collapse and the
+    saturation in their one-step runs."""
     from keras_bn.recipes import init_study
 
     results = init_study.main(_args(tmp_path))
@@ -66,16 +71,12 @@ def test_init_study_statistics_and_training(tmp_path):
     assert set(results["training"]) == set(init_study.QUICK_TRAIN_CONFIGS)
     assert all(0.0 <= h["test_accuracy"][-1] <= 1.0 for h in results["training"].values())
     _check_outputs(results, ["init_study_histograms.png", "init_study_training.png"],
-                   list(init_study.CONFIGS))
-    # `keras-bn report` on the lecture-setting runs: collapsing for N(0, 0.01^2), quiet for He + ReLU.
-    from keras_bn.report import report
-
-    tiny = report(Path(results["log_dir"]) / "tanh_normal_0.01").findings
-    assert any(f.rule == "collapsing_activations" for f in tiny), [str(f) for f in tiny]
-    assert report(Path(results["log_dir"]) / "relu_he").warnings == []
+                   list(init_study.QUICK_LOGGED) + ["train_tanh_normal_0.01"])
+    found = check_declared_runs(init_study, results)
+    assert not [f for f in found["tanh_glorot"] if f.severity != "info"]  # Glorot: nothing to warn about
     assert all(f.held for f in results["findings"][:5]), results["findings"]
     assert results["findings"][5].claim.startswith("ReLU + He trains to a higher test accuracy")
-    assert _logs_update_ratios(Path(results["log_dir"]) / "train_relu_he")
+    assert _logs_update_ratios(Path(results["log_dir"]) / "train_tanh_normal_0.01")
 
 
 def test_bn_paper_mnist_input_drift(tmp_path):
@@ -97,11 +98,12 @@ def test_bn_paper_mnist_input_drift(tmp_path):
     assert _held(results)["with BN the sigmoid's median input drifts less"]
     assert _logs_update_ratios(Path(results["log_dir"]) / "with_bn")
     _check_outputs(results, ["bn_paper_mnist.png"], list(bn_paper_mnist.RUNS))
+    check_declared_runs(bn_paper_mnist, results)
 
 
 def test_activation_comparison_gradient_vanishing(tmp_path):
     """Quick mode still shows: a deep sigmoid net's gradient vanishes towards the input
-    without BN and not with it; ReLU + BN keeps it."""
+    without BN and not with it; ReLU + BN keeps it; the doctor names the vanishing gradient."""
     from keras_bn.recipes import activation_comparison
 
     results = activation_comparison.main(_args(tmp_path))
@@ -114,11 +116,13 @@ def test_activation_comparison_gradient_vanishing(tmp_path):
     assert all(r["seconds_per_epoch"] > 0 for r in runs.values())
     held = _held(results)
     assert held["without BN the deep sigmoid net's gradient vanishes towards the input"] and held["BN keeps it from vanishing"]
-    _check_outputs(results, ["activation_comparison.png"], list(runs))
+    _check_outputs(results, ["activation_comparison.png"], ["sigmoid_no_bn", "relu_no_bn"])
+    check_declared_runs(activation_comparison, results)
 
 
 def test_bn_learning_rate_high_rate(tmp_path):
-    """Quick mode still shows: at SGD learning rate 1 the plain MLP diverges, the BN one trains."""
+    """Quick mode still shows: at SGD learning rate 1 the plain MLP diverges (and the doctor says
+    so), the BN one trains; each learning rate starts from the same weights."""
     from keras_bn.recipes import bn_learning_rate
 
     results = bn_learning_rate.main(_args(tmp_path))
@@ -130,25 +134,28 @@ def test_bn_learning_rate_high_rate(tmp_path):
     assert _held(results)["mlp: BN trains at a higher learning rate than no BN"]
     assert _logs_update_ratios(Path(results["log_dir"]) / "mlp_bn_lr1")
     _check_outputs(results, ["bn_learning_rate.png"], list(runs))
+    check_declared_runs(bn_learning_rate, results)
 
 
 def test_batch_size_norms_bn_mode_gap(tmp_path):
     """Quick mode still shows: at batch 2, BN's batch statistics and its moving averages give
     different predictions; where batch 32 differs even more, the verdict names the reason,
-    its 16 steps against BN's ~100-step memory."""
+    its 8 steps against BN's ~100-step memory; the doctor names BN's small batch."""
     from keras_bn.recipes import batch_size_norms
 
     results = batch_size_norms.main(_args(tmp_path))
     runs = results["runs"]
     assert runs["batch_batch2"]["disagreement"] > 0.05
-    assert runs["batch_batch2"]["steps"] == 256 and runs["layer_batch2"]["steps"] == 256
+    assert set(runs) == {"batch_batch2", "batch_batch32", "layer_batch2"}  # what the claims compare
+    assert runs["batch_batch2"]["steps"] == 128 and runs["layer_batch2"]["steps"] == 128
     assert "disagreement" not in runs["layer_batch2"]
     differ = results["findings"][0]
     assert differ.claim == "BN's batch-statistics and moving-average predictions differ more at batch 2 than at 32"
     assert differ.held or "at batch 32: BN's moving averages lag its batch statistics" in differ.sentence()
-    assert "after 16 steps = 0.16 x BN's ~100-step memory" in differ.sentence() or differ.held
+    assert "after 8 steps = 0.08 x BN's ~100-step memory" in differ.sentence() or differ.held
     assert _logs_update_ratios(Path(results["log_dir"]) / "batch_batch2")
     _check_outputs(results, ["batch_size_norms.png"], list(runs))
+    check_declared_runs(batch_size_norms, results)
 
 
 def test_accuracy_axis_shows_point_differences():
@@ -158,3 +165,39 @@ def test_accuracy_axis_shows_point_differences():
     assert (low, high) == pytest.approx((0.76, 0.91))  # a 1-point difference is 1/15 of the axis, not 1/100
     assert accuracy_axis([0.02, 0.99]) == (0.0, 1.0)
     assert accuracy_axis([float("nan")]) == (0.0, 1.0)
+
+
+def test_restart_trains_as_a_fresh_model_would():
+    """`_common.restart` (how quick modes reuse one traced model): after a fit, restarting from
+    the initial state at a new learning rate and fitting again gives the weights a freshly
+    built and compiled copy gets at that rate."""
+    import keras
+
+    import keras_bn
+    from keras_bn.recipes import _common
+
+    x = np.random.default_rng(0).standard_normal((64, 6)).astype("float32")
+    y = np.arange(64) % 3
+
+    def build(learning_rate):
+        keras.utils.set_random_seed(1)
+        model = keras_bn.build_dense((6,), [5], 3, norm="batch")
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9), loss="sparse_categorical_crossentropy")
+        return model
+
+    def fit(model):
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        return model
+
+    reused = build(0.1)
+    start = _common.initial_state(reused)
+    fit(reused)
+    _common.restart(reused, start, learning_rate=0.5)
+    assert int(keras.ops.convert_to_numpy(reused.optimizer.iterations)) == 0
+    assert float(keras.ops.convert_to_numpy(reused.optimizer.learning_rate)) == pytest.approx(0.5)
+    fresh = fit(build(0.5))
+    fit(reused)
+    assert len(reused.variables) == len(fresh.variables)
+    for got, want in zip(reused.variables, fresh.variables):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want),
+                                   rtol=1e-5, atol=1e-6, err_msg=got.path)
