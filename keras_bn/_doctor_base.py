@@ -206,7 +206,9 @@ class RunFacts:
     "momentum", "trainable"}]``; ``batch_size``: the largest per-replica batch seen by BN (None:
     not measured); ``epoch_starts`` / ``epoch_ends``: the optimizer step at each epoch's start, and
     ``{epoch: its last step}``; ``trains``: the
-    model has trainable weights outside BN.
+    model has trainable weights outside BN; ``findings``: what the live Doctor found during the
+    run (`Finding.to_dict`), so that `diagnose` also reports what held for a while and then
+    eased (the rules read a series' last value).
     """
 
     loss: dict = field(default_factory=dict)
@@ -216,6 +218,7 @@ class RunFacts:
     epoch_starts: list = field(default_factory=list)
     epoch_ends: dict = field(default_factory=dict)
     trains: bool = True
+    findings: list = field(default_factory=list)
 
     @property
     def num_classes(self) -> int | None:

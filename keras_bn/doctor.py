@@ -30,6 +30,7 @@ __all__ = [
     "RunFacts",
     "diagnose",
     "evaluate",
+    "evaluate_run",
     "expected_initial_loss",
     "format_findings",
     "initial_loss_verdict",
@@ -46,6 +47,19 @@ def evaluate(series: dict, facts: RunFacts | None = None) -> list[Finding]:
     return rank(f for rule in ALL_RULES for f in rule(series, facts))
 
 
+def evaluate_run(series: dict, facts: RunFacts) -> list[Finding]:
+    """`evaluate` on a whole run, plus the findings the live Doctor recorded in `facts` that no
+    longer hold at the run's end (the rules read a series' last value), ranked."""
+    found = {f.key: f for f in evaluate(series, facts)}
+    for recorded in facts.findings:
+        try:
+            finding = Finding(**recorded)
+        except TypeError:  # facts written by another keras-bn version: not this one's findings
+            continue
+        found.setdefault(finding.key, finding)
+    return rank(found.values())
+
+
 def read_series(log_dir, train: dict | None = None) -> dict:
     """The scalars of `log_dir`'s train run (`train`, when already read), its validation run
     (tags prefixed ``validation/``) and the live Doctor's own run (``doctor/*`` tags)."""
@@ -60,13 +74,15 @@ def read_series(log_dir, train: dict | None = None) -> dict:
 
 
 def diagnose(log_dir) -> list[Finding]:
-    """The findings of the run in `log_dir` (the folder given to `diagnostics`), ranked.
+    """The findings of the run in `log_dir` (the folder given to `diagnostics`), ranked: the
+    rules on the whole run, plus what the live Doctor found earlier and no longer holds at the
+    end (a collapse at step 10 that eased by step 30), so that both front ends agree.
 
     Raises FileNotFoundError when `log_dir` holds no event files.
 
     Usage: ``errors = [f for f in diagnose("logs/run1") if f.severity == "error"]``
     """
-    return evaluate(read_series(log_dir), RunFacts.load(log_dir))
+    return evaluate_run(read_series(log_dir), RunFacts.load(log_dir))
 
 
 def format_findings(findings, max_per_severity: int = 10) -> str:

@@ -131,7 +131,7 @@ def report(log_dir, max_per_severity: int = 10) -> RunReport:
             if name in q:
                 row[name] = q[name][-1][1]
         result.rows.append(row)
-    result.findings = doctor.evaluate(series, doctor.RunFacts.load(log_dir))
+    result.findings = doctor.evaluate_run(series, doctor.RunFacts.load(log_dir))
     return result
 
 

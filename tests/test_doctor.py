@@ -216,6 +216,34 @@ def test_zero_gradient_and_collapsing_activations():
     assert finding.rule == "collapsing_activations" and finding.evidence["ratio"] == pytest.approx(5e-4)
 
 
+def test_what_the_live_doctor_saw_and_then_eased_is_still_diagnosed(tmp_path):
+    """The collapse at step 10 eased by step 30: the rules on the whole run (last values) find
+    nothing, the live Doctor found it at step 10, and `diagnose` reports it, as `report` does."""
+    from keras_bn.doctor import diagnose, evaluate_run
+    from keras_bn.events import EventFileWriter
+
+    series = {"activation_std/block1_tanh": [(10, 0.2), (30, 0.2)],
+              "activation_std/block6_tanh": [(10, 1e-4), (30, 0.1)]}
+    assert not evaluate(series, RunFacts())
+    seen = evaluate({tag: values[:1] for tag, values in series.items()}, RunFacts())  # the live read at step 10
+    assert [f.rule for f in seen] == ["collapsing_activations"]
+    writer = EventFileWriter(str(tmp_path / "train"))
+    for step in (10, 30):
+        writer.add_scalars(step, {tag: dict(values)[step] for tag, values in series.items()})
+    writer.close()
+    RunFacts(findings=[f.to_dict() for f in seen]).save(tmp_path)
+    found = diagnose(tmp_path)
+    assert [(f.rule, f.step) for f in found] == [("collapsing_activations", 10)]
+    assert evaluate_run(series, RunFacts.load(tmp_path)) == found
+    assert not diagnose_without_facts(tmp_path)
+
+
+def diagnose_without_facts(log_dir):
+    from keras_bn.doctor import evaluate_run, read_series
+
+    return evaluate_run(read_series(log_dir), RunFacts())
+
+
 def test_clipping_rules():
     binds = {"grad_global/clip_fraction": [(100, 0.9), (200, 1.0)]}
     assert rules_of(evaluate(binds, RunFacts())) == {"clip_binds_mostly"}

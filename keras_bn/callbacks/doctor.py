@@ -265,6 +265,7 @@ class Doctor(DiagnosticCallback):
         if not getattr(self.writers, "is_chief", True):
             return
         try:
+            self.facts.findings = [f.to_dict() for f in self._found.values()]
             self.facts.save(self.log_dir)
             path = os.path.join(self.log_dir, REPORT_FILE)
             with open(path + ".tmp", "w", encoding="utf-8") as file:
