@@ -31,7 +31,10 @@ written raises ValueError at train begin, before the first step.
 
 **Resuming.** Steps come from ``optimizer.iterations``, so a restored model (``.keras`` file or
 checkpoint with its optimizer) fit again with ``initial_epoch`` into the same log directory
-continues the step numbering in a new event file; earlier steps are never overwritten.
+continues the step numbering in a new event file; earlier steps are never overwritten. When the
+log already holds later steps than the optimizer's (weights restored without the optimizer, or
+a new optimizer), one warning says so and the steps continue after the last one in the log
+(`RunWriters.step_offset`); the cadence still follows the optimizer.
 
 **A broken diagnostic never stops training**: its error is reported as a ``RuntimeWarning``
 starting with ``"keras_bn"`` and training goes on (only TerminateOnNaN or the user stop it).
@@ -112,6 +115,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
         self.writers = check_writers(writers, self.log_dir)
         self._steps_at_epoch_start = 0
         self._last_logged_step = None
+        self._step_offset = 0  # added to optimizer.iterations in this fit (RunWriters.step_offset)
         self._last_figure = (None, -float("inf"))  # (step, time) of the last figure drawn
 
     # --- hooks for subclasses -------------------------------------------------------
@@ -142,6 +146,8 @@ class DiagnosticCallback(keras.callbacks.Callback):
                 f"(a subclassed model before its first call). Build it before fit, e.g. "
                 f"`model(x[:1])` or `model.build(input_shape)`."
             )
+        self._step_offset = 0
+        self._step_offset = self.writers.step_offset(self._optimizer_step())  # resumed without the optimizer
         self._steps_at_epoch_start = self._optimizer_step()
         self._last_logged_step = self._steps_at_epoch_start
         self._last_figure = (None, time.monotonic())
@@ -151,7 +157,8 @@ class DiagnosticCallback(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         self._taps.arm()
         step = self._steps_at_epoch_start + batch  # steps finished so far
-        if step // self.every > self._last_logged_step // self.every:
+        offset = self._step_offset  # the cadence follows the optimizer (same steps on every worker)
+        if (step - offset) // self.every > (self._last_logged_step - offset) // self.every:
             self._last_logged_step = step
             self._run_safely(self._log_step, step)
 
@@ -187,8 +194,11 @@ class DiagnosticCallback(keras.callbacks.Callback):
         self._taps.end(self)
 
     def _optimizer_step(self) -> int:
+        """The step summaries are written at: ``optimizer.iterations`` plus the fit's step offset
+        (`RunWriters.step_offset`: non-zero when the log already holds later steps)."""
         optimizer = getattr(self.model, "optimizer", None)
-        return int(optimizer.iterations.numpy()) if optimizer is not None else 0
+        iterations = int(optimizer.iterations.numpy()) if optimizer is not None else 0
+        return iterations + self._step_offset
 
     def _run_safely(self, function, *args) -> None:
         try:

@@ -39,7 +39,8 @@ import numpy as np
 from keras_bn import _keras_internals as internals
 from keras_bn.callbacks._layout import LayerTags, custom_scalars_layout
 from keras_bn.callbacks._runs import check_flush_secs, check_run_path
-from keras_bn.events import EventFileWriter
+from keras_bn._warnings import warn
+from keras_bn.events import EventFileWriter, last_step
 
 __all__ = ["RUNS", "RunWriters", "close_all_writers"]
 
@@ -149,6 +150,7 @@ def _warn_on_error(function, *args) -> None:
 
 
 _OPEN_WRITERS: "weakref.WeakSet[RunWriters]" = weakref.WeakSet()
+_WARNED_OFFSETS: set[tuple[str, int]] = set()  # (log_dir, step offset): one resume warning each
 
 
 @atexit.register
@@ -222,6 +224,32 @@ class RunWriters:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._dropped_reported = 0
+        self._step_offset: tuple[int, int] | None = None  # (optimizer step, offset) of this fit
+
+    def step_offset(self, optimizer_step: int) -> int:
+        """What to add to `optimizer_step` so that this fit's steps follow the last step already
+        in ``<log_dir>/train``: 0 unless the log holds later steps (a fit resumed without its
+        optimizer, or a new optimizer, into the same log), which is warned about once. Fixed
+        until `close` (the end of the fit); 0 outside the chief.
+
+        Example: ``step = optimizer_step + writers.step_offset(optimizer_step)``
+        """
+        optimizer_step = int(optimizer_step)
+        if self._step_offset is None or self._step_offset[0] != optimizer_step:
+            try:
+                last = last_step(self.run_dir("train")) if self.is_chief else None
+            except Exception:  # noqa: BLE001  an unreadable log must not stop training: no offset
+                last = None
+            offset = 0 if last is None or last <= optimizer_step else last - optimizer_step
+            if offset and (os.path.abspath(self.log_dir), offset) not in _WARNED_OFFSETS:
+                _WARNED_OFFSETS.add((os.path.abspath(self.log_dir), offset))
+                warn(f"keras_bn: {self.log_dir!r} already holds steps up to {last}, but the optimizer is at "
+                     f"step {optimizer_step} (a fit resumed without its optimizer, or a new optimizer); this "
+                     f"fit's summaries continue at step {last + 1} so that no step is written twice. Restore "
+                     f"the optimizer with the model (model.save / keras.models.load_model) or give the run a "
+                     f"log_dir of its own.", UserWarning)
+            self._step_offset = (optimizer_step, offset)
+        return self._step_offset[1]
 
     def add_listener(self, listener) -> None:
         """Call ``listener(run, step, scalars)`` after every write with that write's scalars
@@ -378,6 +406,7 @@ class RunWriters:
                               f"{self.log_dir!r} ({self._failure}); what is on disk stays readable.",
                               RuntimeWarning, stacklevel=2)
             self._layout_written, self._written_layout = False, None
+            self._step_offset = None
             for writer in writers.values():
                 try:
                     writer.close()

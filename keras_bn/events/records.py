@@ -74,13 +74,15 @@ def _resync(file, start: int, size: int) -> int | None:
     return None
 
 
-def iter_records(path, problems: list | None = None) -> Iterator[tuple[int, bytes]]:
+def iter_records(path, problems: list | None = None, start: int = 0) -> Iterator[tuple[int, bytes]]:
     """Yield ``(offset, data)`` for every record of `path` whose checksums hold, one at a time.
 
     A record that fails is not yielded: a `RecordProblem` is appended to `problems` and reading
     goes on at the next record whose checksums hold (a bad length checksum: found by scanning
     forward), so one flipped bit costs one record, not the rest of the file. The file is read up
     to its size when opened (a file being written may end in a partial record: "truncated").
+    `start` is the offset of a record to begin at (where an earlier read stopped: event files
+    only grow), so a file being written can be followed without reading it again.
 
     Example::
 
@@ -91,7 +93,8 @@ def iter_records(path, problems: list | None = None) -> Iterator[tuple[int, byte
     problems = [] if problems is None else problems
     with open(path, "rb", buffering=1 << 20) as file:
         size = os.fstat(file.fileno()).st_size
-        offset = 0
+        offset = start
+        file.seek(offset)
         while offset < size:
             header = file.read(12)
             if len(header) < 12:
@@ -129,11 +132,11 @@ def iter_records(path, problems: list | None = None) -> Iterator[tuple[int, byte
             offset += 16 + length
 
 
-def iter_events(path, problems: list | None = None) -> Iterator[tuple[int, object]]:
+def iter_events(path, problems: list | None = None, start: int = 0) -> Iterator[tuple[int, object]]:
     """Yield ``(offset, Event)`` for every readable record of `path` (see `iter_records`)."""
     event_class = internals.tensorboard_event_class()
     problems = [] if problems is None else problems
-    for offset, data in iter_records(path, problems):
+    for offset, data in iter_records(path, problems, start):
         try:
             event = event_class.FromString(data)
         except Exception as error:  # noqa: BLE001  protobuf's DecodeError and friends
