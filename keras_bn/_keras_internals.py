@@ -401,3 +401,22 @@ def tensorboard_text_summary(tag: str, text: str):
     from tensorboard.plugins.text.summary_v2 import text_pb
 
     return text_pb(tag, text)
+
+
+# --- HParams summaries (owner: writers: keras_bn.search) ---
+# The module that ``tensorboard.plugins.hparams.api`` (the documented API) re-exports; `api`
+# itself imports TensorFlow (for its Keras callback), this module does not.
+require("tensorboard.plugins.hparams.summary_v2", "hparams_pb")
+require("tensorboard.plugins.hparams.summary_v2", "hparams_config_pb")
+require("tensorboard.plugins.hparams.summary_v2", "HParam")
+require("tensorboard.plugins.hparams.summary_v2", "Metric")
+require("tensorboard.plugins.hparams.summary_v2", "RealInterval")
+require("tensorboard.plugins.hparams.summary_v2", "Discrete")
+
+
+def tensorboard_hparams_api():
+    """The HParams plugin's ``hp`` API (``HParam``, ``Metric``, ``RealInterval``, ``Discrete``,
+    ``hparams_pb``, ``hparams_config_pb``) without the TensorFlow import of ``hparams.api``."""
+    from tensorboard.plugins.hparams import summary_v2
+
+    return summary_v2

@@ -173,6 +173,21 @@ TF_BLOCKED = textwrap.dedent("""
     assert run.problems == [] and run.kind == events.KIND_DIAGNOSTICS, (run.problems, run.kind)
     assert run.scalars["grad_norm/dense"].pairs() == [(1, 0.5), (2, 1.0), (3, 1.5)]
     from tensorboard.backend.event_processing import event_accumulator
+    # the text and HParams summaries of lr_find, LossGuard and search, through the same writer
+    from keras_bn import _keras_internals as internals
+    hp = internals.tensorboard_hparams_api()
+    lr = hp.HParam("learning_rate", hp.RealInterval(1e-4, 1.0))
+    other = events.EventFileWriter(os.path.join(log_dir, "tools"))
+    other.add_summary(0, hp.hparams_config_pb(hparams=[lr], metrics=[hp.Metric("loss")]))
+    other.add_summary(0, hp.hparams_pb({lr: 0.01}, trial_id="coarse_00"))
+    other.add_text(4, "loss_guard/reason", "loss 9 > 3 x initial 2.3 at step 4")
+    other.close()
+    tools = event_accumulator.EventAccumulator(os.path.join(log_dir, "tools"), size_guidance={"tensors": 0})
+    tools.Reload()
+    assert tools.PluginTagToContent("hparams").keys() == {"_hparams_/experiment", "_hparams_/session_start_info"}
+    (text,) = tools.Tensors("loss_guard/reason")
+    assert (text.step, text.tensor_proto.string_val[0]) == (4, b"loss 9 > 3 x initial 2.3 at step 4")
+    assert tools.SummaryMetadata("loss_guard/reason").plugin_data.plugin_name == "text"
     acc = event_accumulator.EventAccumulator(os.path.join(log_dir, "train"), size_guidance={"tensors": 0})
     acc.Reload()
     print(sorted(acc.Tags()["tensors"]))

@@ -111,7 +111,7 @@ class _EventFile:
     def write_summary(self, summary, step: int) -> None:
         """Write a ready-made ``Summary`` proto (e.g. the custom-scalars layout; TensorFlow's
         or TensorBoard's class)."""
-        self._write_event(internals.tensorboard_summary_class().FromString(summary.SerializeToString()), step)
+        self._writer.add_summary(step, summary)
 
     def _write_event(self, summary, step: int) -> None:
         event_class = internals.tensorboard_event_class()

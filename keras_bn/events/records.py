@@ -164,7 +164,7 @@ class EventFileWriter:
     Example::
 
         writer = EventFileWriter("logs/run1/train")
-        writer.add_scalars(1, {"loss": 0.7})  # or writer.add(event), a TensorBoard Event proto
+        writer.add_scalars(1, {"loss": 0.7})  # or add_text, add_summary (a Summary proto), add (an Event)
         writer.close()
     """
 
@@ -203,6 +203,17 @@ class EventFileWriter:
                 self._described.add(tag)
                 value.metadata.CopyFrom(internals.tensorboard_plugin_metadata("scalar"))
         self.add(internals.tensorboard_event_class()(wall_time=time.time(), step=int(step), summary=summary))
+
+    def add_summary(self, step: int, summary) -> None:
+        """Add a ready-made ``Summary`` proto (TensorBoard's, e.g. from
+        ``tensorboard.plugins.hparams.api.hparams_pb``, or TensorFlow's class) as one event at `step`."""
+        event = internals.tensorboard_event_class()(wall_time=time.time(), step=int(step))
+        event.summary.ParseFromString(summary.SerializeToString())
+        self.add(event)
+
+    def add_text(self, step: int, tag: str, text: str) -> None:
+        """Add one text summary (TensorBoard's Text dashboard renders it as Markdown) at `step`."""
+        self.add_summary(step, internals.tensorboard_text_summary(tag, text))
 
     def add_record(self, data: bytes) -> None:
         record = encode_record(data)
