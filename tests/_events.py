@@ -9,8 +9,8 @@ import os
 
 from keras_bn import events
 
-__all__ = ["event_files", "scalar_series", "strict_steps", "tag_step_counts", "tensorboard_values",
-           "write_scalar_events"]
+__all__ = ["event_files", "plugin_content", "run_values", "scalar_series", "strict_steps", "tag_step_counts",
+           "tensorboard_values", "write_scalar_events"]
 
 event_files = events.event_files
 
@@ -56,6 +56,31 @@ def scalar_series(run_dir, tag) -> dict:
     """``{step: value}`` of scalar `tag` in `run_dir`."""
     series = events.read_run_details(run_dir).scalars.get(tag)
     return dict(series.pairs()) if series is not None else {}
+
+
+def run_values(run_dir) -> tuple[dict, dict]:
+    """``({tag: [(step, ndarray), ...]}, {tag: plugin name})`` of every value in `run_dir` (scalars,
+    histograms, images, text, layouts: any tensor), read with keras-bn's reader (a bad CRC fails)."""
+    from tensorboard.util import tensor_util
+
+    values, plugins = collections.defaultdict(list), {}
+    for event in _events(run_dir):
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name:
+                plugins[value.tag] = value.metadata.plugin_data.plugin_name
+            values[value.tag].append((event.step, tensor_util.make_ndarray(value.tensor)))
+    return dict(values), plugins
+
+
+def plugin_content(run_dir, plugin: str) -> dict:
+    """``{tag: plugin_data.content}`` of the values of `run_dir` that `plugin` (e.g. "hparams") owns,
+    as TensorBoard's ``EventAccumulator.PluginTagToContent`` gives them (the last one per tag)."""
+    content = {}
+    for event in _events(run_dir):
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name == plugin:
+                content[value.tag] = value.metadata.plugin_data.content
+    return content
 
 
 def tensorboard_values(run_dir) -> dict:

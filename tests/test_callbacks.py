@@ -18,6 +18,7 @@ from tensorboard.util import tensor_util  # noqa: E402
 
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
+from tests._events import run_values  # noqa: E402
 
 # A diagnostic that fails only warns ("keras_bn ..."): in these tests that is an error.
 pytestmark = pytest.mark.filterwarnings("error:keras_bn:RuntimeWarning")
@@ -26,16 +27,7 @@ LOSS = "sparse_categorical_crossentropy"
 
 
 # --- helpers ---------------------------------------------------------------------------
-def read_run(run_dir):
-    """``{tag: [(step, ndarray), ...]}`` and ``{tag: plugin}`` from every event file of a run."""
-    values, plugins = defaultdict(list), {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        for event in event_file_loader.EventFileLoader(path).Load():
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name:
-                    plugins[value.tag] = value.metadata.plugin_data.plugin_name
-                values[value.tag].append((event.step, tensor_util.make_ndarray(value.tensor)))
-    return dict(values), plugins
+read_run = run_values  # ({tag: [(step, ndarray), ...]}, {tag: plugin}), read with keras-bn's reader
 
 
 def scalar(values, tag, step=None):

@@ -41,6 +41,46 @@ def test_written_events_read_back_with_keras_bn_and_tensorboards_loader(tmp_path
     assert events.read_run(tmp_path) == series
 
 
+def test_the_tests_reader_agrees_with_tensorboards_event_accumulator(tmp_path):
+    """The one cross-check of tests/_events.py (keras-bn's reader) against TensorBoard's
+    EventAccumulator: every tag, step, value and plugin of a run with scalars, histograms,
+    images, the custom-scalars layout, text and HParams summaries."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    from keras_bn.callbacks import RunWriters
+    from tests._events import plugin_content, run_values
+
+    writers = RunWriters(str(tmp_path))
+    writers.add_charts({"gradient norm per layer": r"grad_norm/.*"})
+    for step in (1, 2, 3):
+        with writers.writing("train", step) as write:
+            write.scalar("grad_norm/dense", 0.5 * step)
+            write.histogram_buckets("activation_hist/dense", [0.0, 1.0, 2.0], [3, step])
+            write.image("figures/chart", np.full((4, 6, 4), 255, np.uint8))
+    writers.close()
+    hp = internals.tensorboard_hparams_api()
+    lr = hp.HParam("learning_rate", hp.RealInterval(1e-4, 1.0))
+    writer = events.EventFileWriter(tmp_path / "train")
+    writer.add_text(2, "lr_find/suggestion", "0.01 (rule steepest)")
+    writer.add_summary(0, hp.hparams_pb({lr: 0.01}, trial_id="coarse_00"))
+    writer.close()
+
+    ours, plugins = run_values(tmp_path / "train")
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    theirs = {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+              for tag in acc.Tags()["tensors"]}
+    assert set(ours) == set(theirs) | {"_hparams_/session_start_info"}  # the accumulator keeps HParams apart
+    for tag, series in theirs.items():
+        assert [s for s, _ in ours[tag]] == [s for s, _ in series], tag
+        for (_, mine), (_, tb) in zip(ours[tag], series):
+            np.testing.assert_array_equal(mine, tb)
+    assert plugins == {tag: acc.SummaryMetadata(tag).plugin_data.plugin_name for tag in theirs} | {
+        "_hparams_/session_start_info": "hparams"}
+    assert plugin_content(tmp_path / "train", "hparams") == acc.PluginTagToContent("hparams")
+
+
 def test_values_of_every_numeric_dtype_and_simple_value_are_read():
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.util import tensor_util
