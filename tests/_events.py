@@ -16,7 +16,9 @@ event_files = events.event_files
 
 
 def _events(run_dir):
-    """Every Event of `run_dir`; a corrupt or undecodable record fails the test (a cut tail does not)."""
+    """Every Event of `run_dir`; a corrupt or undecodable record fails the test (a cut tail does not).
+    Figures still being drawn in the background after ``fit`` returned are waited for first."""
+    events.finish_writes(run_dir)
     for path in event_files(run_dir):
         problems = []
         yield from (event for _, event in events.iter_events(path, problems))
@@ -27,6 +29,7 @@ def _events(run_dir):
 def _cut_tail(path) -> int:
     """Bytes after the last complete record of `path` (0 for a cleanly closed file)."""
     problems = []
+    events.finish_writes(os.path.dirname(path))
     for _ in events.iter_records(path, problems):
         pass
     truncated = [p for p in problems if p.kind == "truncated"]
@@ -89,6 +92,7 @@ def tensorboard_values(run_dir) -> dict:
     from tensorboard.util import tensor_util
 
     values = collections.defaultdict(list)
+    events.finish_writes(run_dir)
     for path in event_files(run_dir):
         for event in event_file_loader.EventFileLoader(path).Load():
             for value in event.summary.value:

@@ -1,6 +1,5 @@
 """keras_bn.lr_find: the range test leaves the model alone and suggests a sane learning rate."""
 
-import keras
 import numpy as np
 import pytest
 

@@ -21,7 +21,6 @@ from keras_bn import callbacks as kbc  # noqa: E402
 from keras_bn.callbacks import bn_check  # noqa: E402
 from keras_bn.report import read_run  # noqa: E402
 from keras_bn.sanity import LossGuard  # noqa: E402
-from keras_bn import events  # noqa: E402
 from tests._events import strict_steps, tensorboard_values as loader_values, write_scalar_events  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error:keras_bn:RuntimeWarning")
@@ -199,6 +198,32 @@ def test_last_logged_step_reads_only_what_was_appended(tmp_path):
     writer.close()
     assert events.last_step(folder) == 15
     assert events.last_step(tmp_path / "empty") is None
+
+
+def test_fit_returns_before_the_train_end_figure_which_readers_then_wait_for(tmp_path, monkeypatch):
+    """Issue 17 item 9: the train-end figure is drawn after ``fit`` returned; keras-bn's readers
+    (and `events.finish_writes`) wait for it, and the files close after it."""
+    import threading
+
+    gate, original, drawn = threading.Event(), kbc.GradientNorms._draw, []
+
+    def gated(self, step):
+        gate.wait(60)
+        original(self, step)
+        drawn.append(step)
+
+    monkeypatch.setattr(kbc.GradientNorms, "_draw", gated)
+    x, y = data(32)
+    callback = kbc.GradientNorms(str(tmp_path), every=2, figures=True, figure_secs=3600)
+    mlp().fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[callback])
+    assert drawn == []  # fit did not wait for the figure
+    on_disk = {v.tag for path in events.event_files(tmp_path / "train") for _, e in events.iter_events(path)
+               for v in e.summary.value}
+    assert "grad_global/norm" in on_disk and "figures/grad_norms" not in on_disk  # flushed but for the figure
+    gate.set()
+    steps, tail = strict_steps(tmp_path / "train")  # waits for the figure
+    assert drawn == [4] and steps["figures/grad_norms"] == [4] and tail == 0
+    assert not callback.writers._writers  # closed once the figure was written
 
 
 # --- unwritable log directory ------------------------------------------------------------------

@@ -17,7 +17,8 @@ callback does. Every quantity is also logged at each epoch end.
 **Figures** are drawn on the writers' background thread at an epoch end once `figure_secs`
 have passed since training began or since the last figure, and once more at train end for
 the final state: a figure costs 0.1-0.5 s of CPU, which must not land in every short epoch
-(``figure_secs=0`` draws one at every epoch end).
+(``figure_secs=0`` draws one at every epoch end). ``fit`` does not wait for the train-end
+figure: the writers close once it is written, or at interpreter exit (`RunWriters.end_fit`).
 
 **Failure.** Keras calls ``on_train_end`` only when ``fit`` returns. The model's `StepTaps`
 (keras_bn.callbacks._taps) owns the instrumented train function: when a step raises (anything
@@ -190,7 +191,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
             return
         self._in_fit = False
         self._run_safely(self._detach)
-        self.writers.close()
+        self.writers.end_fit()  # figures still drawing finish (and close the files) in the background
         self._taps.end(self)
 
     def _optimizer_step(self) -> int:

@@ -19,8 +19,8 @@ Usage::
     steps, values = run.scalars["grad_global/norm"]
 """
 
-from keras_bn.events.records import (EventFileWriter, RecordProblem, encode_record, iter_events, iter_records,
-                                     masked_crc32c)
+from keras_bn.events.records import (EventFileWriter, RecordProblem, encode_record, finish_writes, iter_events,
+                                     iter_records, masked_crc32c)
 from keras_bn.events.runs import (KIND_DIAGNOSTICS, KIND_EMPTY, KIND_KERAS, KIND_OTHER, RunData, Series, event_files,
                                   last_step, read_run, read_run_details, run_event_folder)
 
@@ -35,6 +35,7 @@ __all__ = [
     "Series",
     "encode_record",
     "event_files",
+    "finish_writes",
     "iter_events",
     "iter_records",
     "last_step",

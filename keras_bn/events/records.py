@@ -20,7 +20,8 @@ import numpy as np
 
 from keras_bn import _keras_internals as internals
 
-__all__ = ["EventFileWriter", "RecordProblem", "encode_record", "iter_events", "iter_records", "masked_crc32c"]
+__all__ = ["EventFileWriter", "RecordProblem", "encode_record", "finish_writes", "iter_events", "iter_records",
+           "masked_crc32c"]
 
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
@@ -144,6 +145,23 @@ def iter_events(path, problems: list | None = None, start: int = 0) -> Iterator[
                                           f"a record of {len(data)} bytes is not an Event proto ({error})"))
             continue
         yield offset, event
+
+
+# Functions ``finish(path)`` that wait until this process's writes still under way in the
+# background below `path` (None: anywhere) are on disk; `keras_bn.callbacks` adds one for the
+# figures its writers draw after ``fit`` has returned.
+PENDING_WRITES: list = []
+
+
+def finish_writes(path=None) -> None:
+    """Wait until every event this process is still writing in the background under `path`
+    (None: anywhere) is on disk, e.g. the train-end figure of the diagnostics, drawn after
+    ``fit`` returned. keras-bn's readers call it; call it before reading a run with another tool.
+
+    Example: ``model.fit(...); keras_bn.events.finish_writes("logs/run1")``
+    """
+    for finish in list(PENDING_WRITES):
+        finish(None if path is None else os.path.abspath(os.fspath(path)))
 
 
 def _open_for_append(path: str):

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from keras_bn import _keras_internals as internals
-from keras_bn.events.records import RecordProblem, iter_events, iter_records
+from keras_bn.events.records import RecordProblem, finish_writes, iter_events, iter_records
 
 __all__ = ["DIAGNOSTIC_PREFIXES", "KERAS_PREFIXES", "KIND_DIAGNOSTICS", "KIND_EMPTY", "KIND_KERAS", "KIND_OTHER",
            "RunData", "Series", "event_files", "last_step", "read_run", "read_run_details", "run_event_folder"]
@@ -108,6 +108,7 @@ def read_run_details(log_dir) -> RunData:
     """
     from array import array
 
+    finish_writes(log_dir)
     folder = run_event_folder(log_dir)
     files = event_files(folder)
     if not files:
