@@ -50,7 +50,7 @@ import warnings
 import keras
 
 from keras_bn._validation import check_float, check_positive_int
-from keras_bn.callbacks._runs import check_log_dir_now, check_writable_log_dir
+from keras_bn.callbacks._runs import check_log_dir_now
 from keras_bn.callbacks._taps import StepTaps
 from keras_bn.callbacks._writer import RunWriters
 
@@ -139,8 +139,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._taps = StepTaps.of(self.model)
         self._taps.begin(self)
-        if getattr(self.writers, "is_chief", True):  # fail before the first step, not with a warning per log
-            check_writable_log_dir(self.writers.log_dir)
+        self.writers.check_writable()  # fail before the first step, not with a warning per log
         if self._needs_built_model and not self.model.built:
             raise ValueError(
                 f"{type(self).__name__} needs a built model: {self.model.name!r} has no weights yet "

@@ -15,7 +15,7 @@ import numpy as np
 from keras_bn import _keras_internals as internals
 from keras_bn.events import EventFileWriter
 
-__all__ = ["_EventFile", "_Write"]
+__all__ = ["_EventFile", "_Write", "summary_values"]
 
 
 class _Write:
@@ -71,15 +71,16 @@ class _EventFile:
         return self._writer.pending_bytes
 
     def write(self, write: _Write) -> None:
+        self.write_values(summary_values(write), write.step)
+
+    def write_values(self, values: list, step: int) -> None:
+        """Write ``[(tag, kind, TensorProto), ...]`` (`summary_values`) as one event at `step`."""
+        if not values:
+            return
         summary = internals.tensorboard_summary_class()()
-        for kind, values in (("scalar", write.scalar_values), ("histogram", write.histogram_values)):
-            for tag, value in values.items():
-                array = np.float32(value) if kind == "scalar" else value
-                self._add(summary, tag, kind, internals.tensorboard_tensor_proto(array))
-        for tag, rgba in write.images.items():
-            self._add(summary, tag, "image", internals.tensorboard_tensor_proto(_png_tensor(rgba)))
-        if summary.value:
-            self._write_event(summary, write.step)
+        for tag, kind, tensor in values:
+            self._add(summary, tag, kind, tensor)
+        self._write_event(summary, step)
 
     def write_summary(self, summary, step: int) -> None:
         """Write a ready-made ``Summary`` proto (e.g. the custom-scalars layout; TensorFlow's
@@ -101,6 +102,16 @@ class _EventFile:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def summary_values(write: _Write) -> list:
+    """``[(tag, kind, TensorProto), ...]`` of everything `write` collected: the costly part of a
+    write (PNG encoding), done before the writers' lock is taken."""
+    values = [(tag, "scalar", internals.tensorboard_float_tensor(value)) for tag, value in write.scalar_values.items()]
+    values += [(tag, "histogram", internals.tensorboard_tensor_proto(buckets))
+               for tag, buckets in write.histogram_values.items()]
+    values += [(tag, "image", internals.tensorboard_tensor_proto(_png_tensor(rgba))) for tag, rgba in write.images.items()]
+    return values
 
 
 def _png_tensor(rgba: np.ndarray) -> np.ndarray:

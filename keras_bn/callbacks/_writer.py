@@ -39,8 +39,8 @@ import weakref
 from keras_bn import _keras_internals as internals
 from keras_bn._warnings import warn
 from keras_bn.callbacks._layout import LayerTags, custom_scalars_layout
-from keras_bn.callbacks._runs import check_flush_secs, check_run_path
-from keras_bn.callbacks._summaries import _EventFile, _Write
+from keras_bn.callbacks._runs import check_flush_secs, check_run_path, check_writable_log_dir
+from keras_bn.callbacks._summaries import _EventFile, _Write, summary_values
 from keras_bn.events import last_step
 from keras_bn.events.records import PENDING_WRITES
 
@@ -143,6 +143,8 @@ class RunWriters:
         self._dropped_reported = 0
         self._step_offset: tuple[int, int] | None = None  # (optimizer step, offset) of this fit
         self._closing = None  # the token of the close `end_fit` left to the background thread
+        self._chief: bool | None = None  # `is_chief`, read once per fit
+        self._checked = False  # `check_writable` passed in this fit
 
     def step_offset(self, optimizer_step: int) -> int:
         """What to add to `optimizer_step` so that this fit's steps follow the last step already
@@ -189,10 +191,19 @@ class RunWriters:
     @property
     def is_chief(self) -> bool:
         """False in a non-chief task of multi-worker training (TF_CONFIG): every worker computes
-        the same statistics (reads stay symmetric), only the chief writes them."""
-        from keras_bn.distribute import is_chief
+        the same statistics (reads stay symmetric), only the chief writes them. Read once per fit."""
+        if self._chief is None:
+            from keras_bn.distribute import is_chief
 
-        return is_chief()
+            self._chief = is_chief()
+        return self._chief
+
+    def check_writable(self) -> None:
+        """Raise ValueError when the log directory cannot be written (`check_writable_log_dir`);
+        once per fit however many callbacks share these writers, and only on the chief."""
+        if not self._checked and self.is_chief:
+            check_writable_log_dir(self.log_dir)
+            self._checked = True
 
     @property
     def logging_stopped(self) -> str | None:
@@ -219,11 +230,12 @@ class RunWriters:
             yield write
             self._notify(run, write)
             return
+        write = _Write(step)
+        yield write
+        values = summary_values(write)  # PNG encoding outside the lock: a figure never blocks a step's write
         with self._lock:
             writer = self._writer(run)
-            write = _Write(step)
-            yield write
-            writer.write(write)  # in memory: the disk is touched by flush only
+            writer.write_values(values, write.step)  # in memory: the disk is touched by flush only
             self._notify(run, write)
             if run == "train" and self._layer_tags.add(write.scalar_values):
                 self._layout_written = False  # a chart may now split its layers differently
@@ -311,6 +323,7 @@ class RunWriters:
         figures are written, or at interpreter exit (which waits for them), so ``fit`` returns
         at once and no figure is lost. The next fit's `step_offset` keeps the files open."""
         with self._lock:
+            self._chief, self._checked = None, False
             self._pending = [f for f in self._pending if not f.done()]
             if not self._pending:
                 self._closing = None
@@ -350,7 +363,7 @@ class RunWriters:
                               f"{self.log_dir!r} ({self._failure}); what is on disk stays readable.",
                               RuntimeWarning, stacklevel=2)
             self._layout_written, self._written_layout = False, None
-            self._step_offset = None
+            self._step_offset, self._chief, self._checked = None, None, False
             for writer in writers.values():
                 try:
                     writer.close()
