@@ -81,6 +81,14 @@ def test_the_tests_reader_agrees_with_tensorboards_event_accumulator(tmp_path):
     assert plugin_content(tmp_path / "train", "hparams") == acc.PluginTagToContent("hparams")
 
 
+def test_the_direct_float32_scalar_tensor_is_what_make_tensor_proto_makes():
+    from tensorboard.util import tensor_util
+
+    for value in (0.1, -3.0, 0.0, 1e-45, 3.4e38, float("nan"), float("inf"), -float("inf")):
+        expected = tensor_util.make_tensor_proto(np.float32(value)).SerializeToString()
+        assert internals.tensorboard_float_tensor(value).SerializeToString() == expected, value
+
+
 def test_values_of_every_numeric_dtype_and_simple_value_are_read():
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.util import tensor_util
