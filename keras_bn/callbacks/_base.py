@@ -147,8 +147,9 @@ class DiagnosticCallback(keras.callbacks.Callback):
                 f"`model(x[:1])` or `model.build(input_shape)`."
             )
         self._step_offset = 0
-        self._step_offset = self.writers.step_offset(self._optimizer_step())  # resumed without the optimizer
-        self._steps_at_epoch_start = self._optimizer_step()
+        iterations = self._optimizer_step()  # one device read
+        self._step_offset = self.writers.step_offset(iterations)  # > 0: the log is ahead (resumed without the optimizer)
+        self._steps_at_epoch_start = iterations + self._step_offset
         self._last_logged_step = self._steps_at_epoch_start
         self._last_figure = (None, time.monotonic())
         self._in_fit = True
