@@ -68,7 +68,8 @@ def test_edge_warning():
 def read_hparams(run_dir):
     """``({tag: [(step, ndarray), ...]}, {tag: HParamsPluginData})`` of one run."""
     content = plugin_content(run_dir, hp_metadata.PLUGIN_NAME)
-    return run_values(run_dir)[0], {tag: plugin_data_pb2.HParamsPluginData.FromString(raw) for tag, raw in content.items()}
+    plugin = {tag: plugin_data_pb2.HParamsPluginData.FromString(raw) for tag, raw in content.items()}
+    return run_values(run_dir)[0], plugin
 
 
 def test_coarse_to_fine_logs_every_trial_to_hparams_dashboard_and_kills_divergers(tmp_path, capsys):

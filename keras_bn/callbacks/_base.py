@@ -148,7 +148,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
             )
         self._step_offset = 0
         iterations = self._optimizer_step()  # one device read
-        self._step_offset = self.writers.step_offset(iterations)  # > 0: the log is ahead (resumed without the optimizer)
+        self._step_offset = self.writers.step_offset(iterations)  # > 0: the log is ahead of the optimizer
         self._steps_at_epoch_start = iterations + self._step_offset
         self._last_logged_step = self._steps_at_epoch_start
         self._last_figure = (None, time.monotonic())

@@ -3,7 +3,8 @@ protos in one event file (`_EventFile`, on `keras_bn.events.EventFileWriter`; no
 
 Usage (inside keras_bn.callbacks._writer)::
 
-    write = _Write(step); write.scalar("grad_norm/dense", 0.1); _EventFile(run_dir).write(write)
+    write = _Write(step); write.scalar("grad_norm/dense", 0.1)
+    _EventFile(run_dir).write_values(summary_values(write), write.step)
 """
 
 from __future__ import annotations
@@ -70,9 +71,6 @@ class _EventFile:
     def pending_bytes(self) -> int:
         return self._writer.pending_bytes
 
-    def write(self, write: _Write) -> None:
-        self.write_values(summary_values(write), write.step)
-
     def write_values(self, values: list, step: int) -> None:
         """Write ``[(tag, kind, TensorProto), ...]`` (`summary_values`) as one event at `step`."""
         if not values:
@@ -110,7 +108,8 @@ def summary_values(write: _Write) -> list:
     values = [(tag, "scalar", internals.tensorboard_float_tensor(value)) for tag, value in write.scalar_values.items()]
     values += [(tag, "histogram", internals.tensorboard_tensor_proto(buckets))
                for tag, buckets in write.histogram_values.items()]
-    values += [(tag, "image", internals.tensorboard_tensor_proto(_png_tensor(rgba))) for tag, rgba in write.images.items()]
+    values += [(tag, "image", internals.tensorboard_tensor_proto(_png_tensor(rgba)))
+               for tag, rgba in write.images.items()]
     return values
 
 
