@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_bn import _keras_internals as internals
 from keras_bn._validation import check_choice, check_float
 
 __all__ = ["Choice", "Objective", "Range", "SearchResult", "Trial", "infer_direction"]
@@ -125,8 +126,7 @@ class Range:
         return [self.at(0.5)] if k == 1 else [self.at(u) for u in np.linspace(0, 1, k)]
 
     def domain(self):
-        from tensorboard.plugins.hparams import api as hp
-
+        hp = internals.tensorboard_hparams_api()
         return hp.RealInterval(float(self.low), float(self.high))
 
 
@@ -149,8 +149,7 @@ class Choice:
         return self.values[int(rng.integers(len(self.values)))]
 
     def domain(self):
-        from tensorboard.plugins.hparams import api as hp
-
+        hp = internals.tensorboard_hparams_api()
         return hp.Discrete(list(self.values))
 
 

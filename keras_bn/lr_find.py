@@ -175,16 +175,13 @@ def lr_find(model_fn_or_model, data, min_lr: float = 1e-7, max_lr: float = 10.0,
 
 
 def _write_tensorboard(result: LRFindResult, log_dir) -> None:
-    import tensorflow as tf
+    from keras_bn.events import EventFileWriter
 
-    writer = tf.summary.create_file_writer(str(log_dir))
-    with writer.as_default():
-        for step, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed)):
-            tf.summary.scalar("lr_find/learning_rate", lr, step=step)
-            tf.summary.scalar("lr_find/loss", loss, step=step)
-            tf.summary.scalar("lr_find/smoothed_loss", smooth, step=step)
-        tf.summary.text("lr_find/suggestion", f"{result.suggestion:.3g} (rule {result.rule}); all rules: "
-                        + ", ".join(f"{k} {v:.3g}" for k, v in result.suggestions.items()), step=0)
+    writer = EventFileWriter(log_dir)
+    for step, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed)):
+        writer.add_scalars(step, {"lr_find/learning_rate": lr, "lr_find/loss": loss, "lr_find/smoothed_loss": smooth})
+    writer.add_text(0, "lr_find/suggestion", f"{result.suggestion:.3g} (rule {result.rule}); all rules: "
+                    + ", ".join(f"{k} {v:.3g}" for k, v in result.suggestions.items()))
     writer.close()
 
 

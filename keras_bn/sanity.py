@@ -258,12 +258,11 @@ class LossGuard(keras.callbacks.Callback):
                 _warnings.warn(f"LossGuard could not write to log_dir={self.log_dir!r}: {error!r}", RuntimeWarning)
 
     def _write(self, reason: str, loss: float) -> None:
-        import tensorflow as tf
+        from keras_bn.events import EventFileWriter
 
-        writer = tf.summary.create_file_writer(self.log_dir)
-        with writer.as_default():
-            tf.summary.text("loss_guard/reason", reason, step=self._step)
-            tf.summary.scalar("loss_guard/loss", loss if math.isfinite(loss) else float("nan"), step=self._step)
+        writer = EventFileWriter(self.log_dir)
+        writer.add_text(self._step, "loss_guard/reason", reason)
+        writer.add_scalars(self._step, {"loss_guard/loss": loss if math.isfinite(loss) else float("nan")})
         writer.close()
 
 

@@ -20,7 +20,8 @@ IoU ...), or an ``Objective(name, "min" | "max")``. A model that `model_fn` comp
 own loss and metrics (an uncompiled one gets sparse cross-entropy and accuracy).
 
 Every trial is a run ``<log_dir>/<stage>_<nn>/`` with its hyperparameters
-(``tensorboard.plugins.hparams.api.hparams``) and per-epoch scalars of every key its fit
+(``tensorboard.plugins.hparams.api.hparams_pb``, written by `keras_bn.events.EventFileWriter`,
+no TensorFlow op) and per-epoch scalars of every key its fit
 logged plus ``diverged``, and ``<log_dir>`` holds the ``hparams_config``, so the HParams
 dashboard lists, sorts and plots all trials. `SearchResult.table` prints the same trials;
 `SearchResult.save` writes them as CSV or Markdown.
@@ -56,10 +57,12 @@ from pathlib import Path
 import numpy as np
 
 from keras_bn import _warnings
+from keras_bn import _keras_internals as internals
 from keras_bn._search_types import (Choice, Objective, Range, SearchResult, Trial, _check_space, _grid, _sample,
                                     infer_direction)
 from keras_bn._training import compiled, data_kind, holdout, is_compiled, iterate_batches, make_model, split_data
 from keras_bn._validation import check_float, check_positive_int
+from keras_bn.events import EventFileWriter
 
 __all__ = ["Choice", "Objective", "Range", "SearchResult", "Trial", "coarse_to_fine", "edge_warnings",
            "grid_search", "infer_direction", "random_search", "refine"]
@@ -70,37 +73,28 @@ class _HParamsLog:
     logged keys are known), one run per trial."""
 
     def __init__(self, root, space: dict):
-        from tensorboard.plugins.hparams import api as hp
-
+        hp = internals.tensorboard_hparams_api()
         self.root, self.hp = Path(root), hp
         self.hparams = {name: hp.HParam(name, param.domain()) for name, param in space.items()}
         self.configured = False
 
     def _configure(self, trial: Trial) -> None:
-        import tensorflow as tf
-
         metrics = list(dict.fromkeys([trial.objective.name, *trial.metrics, "diverged"]))
-        writer = tf.summary.create_file_writer(str(self.root))
-        with writer.as_default():
-            self.hp.hparams_config(hparams=list(self.hparams.values()),
-                                   metrics=[self.hp.Metric(m, display_name=m) for m in metrics])
+        writer = EventFileWriter(self.root)
+        writer.add_summary(0, self.hp.hparams_config_pb(hparams=list(self.hparams.values()),
+                                                        metrics=[self.hp.Metric(m, display_name=m) for m in metrics]))
         writer.close()
         self.configured = True
 
     def write(self, trial: Trial, history: dict) -> None:
-        import tensorflow as tf
-
         if not self.configured:
             self._configure(trial)
-        writer = tf.summary.create_file_writer(str(self.root / trial.trial_id))
-        with writer.as_default():
-            self.hp.hparams({self.hparams[k]: v for k, v in trial.hparams.items() if k in self.hparams},
-                            trial_id=trial.trial_id)
-            for epoch in range(trial.epochs):
-                for metric, values in history.items():
-                    if epoch < len(values):
-                        tf.summary.scalar(metric, float(values[epoch]), step=epoch + 1)
-                tf.summary.scalar("diverged", float(trial.diverged), step=epoch + 1)
+        writer = EventFileWriter(self.root / trial.trial_id)
+        writer.add_summary(0, self.hp.hparams_pb({self.hparams[k]: v for k, v in trial.hparams.items()
+                                                  if k in self.hparams}, trial_id=trial.trial_id))
+        for epoch in range(trial.epochs):
+            logged = {metric: float(series[epoch]) for metric, series in history.items() if epoch < len(series)}
+            writer.add_scalars(epoch + 1, {**logged, "diverged": float(trial.diverged)})
         writer.close()
 
 

@@ -102,6 +102,7 @@ def write_quick_logs(log_dir) -> Expected:
         expected.charts.update(charts)
         expected.layers[run] = layers
     write_hparams_experiment(os.path.join(log_dir, "hparams"))
+    keras_bn.events.finish_writes(log_dir)  # the train-end figures are drawn after fit returned
     expected.runs.add("hparams/trial_0")
     expected.scalars["hparams/trial_0"] = {HPARAMS_METRIC}
     return expected

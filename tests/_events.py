@@ -9,14 +9,16 @@ import os
 
 from keras_bn import events
 
-__all__ = ["event_files", "scalar_series", "strict_steps", "tag_step_counts", "tensorboard_values",
-           "write_scalar_events"]
+__all__ = ["event_files", "plugin_content", "run_values", "scalar_series", "strict_steps", "tag_step_counts",
+           "tensorboard_values", "write_scalar_events"]
 
 event_files = events.event_files
 
 
 def _events(run_dir):
-    """Every Event of `run_dir`; a corrupt or undecodable record fails the test (a cut tail does not)."""
+    """Every Event of `run_dir`; a corrupt or undecodable record fails the test (a cut tail does not).
+    Figures still being drawn in the background after ``fit`` returned are waited for first."""
+    events.finish_writes(run_dir)
     for path in event_files(run_dir):
         problems = []
         yield from (event for _, event in events.iter_events(path, problems))
@@ -27,6 +29,7 @@ def _events(run_dir):
 def _cut_tail(path) -> int:
     """Bytes after the last complete record of `path` (0 for a cleanly closed file)."""
     problems = []
+    events.finish_writes(os.path.dirname(path))
     for _ in events.iter_records(path, problems):
         pass
     truncated = [p for p in problems if p.kind == "truncated"]
@@ -58,12 +61,38 @@ def scalar_series(run_dir, tag) -> dict:
     return dict(series.pairs()) if series is not None else {}
 
 
+def run_values(run_dir) -> tuple[dict, dict]:
+    """``({tag: [(step, ndarray), ...]}, {tag: plugin name})`` of every value in `run_dir` (scalars,
+    histograms, images, text, layouts: any tensor), read with keras-bn's reader (a bad CRC fails)."""
+    from tensorboard.util import tensor_util
+
+    values, plugins = collections.defaultdict(list), {}
+    for event in _events(run_dir):
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name:
+                plugins[value.tag] = value.metadata.plugin_data.plugin_name
+            values[value.tag].append((event.step, tensor_util.make_ndarray(value.tensor)))
+    return dict(values), plugins
+
+
+def plugin_content(run_dir, plugin: str) -> dict:
+    """``{tag: plugin_data.content}`` of the values of `run_dir` that `plugin` (e.g. "hparams") owns,
+    as TensorBoard's ``EventAccumulator.PluginTagToContent`` gives them (the last one per tag)."""
+    content = {}
+    for event in _events(run_dir):
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name == plugin:
+                content[value.tag] = value.metadata.plugin_data.content
+    return content
+
+
 def tensorboard_values(run_dir) -> dict:
     """``{tag: [(step, ndarray), ...]}`` read with TensorBoard's EventFileLoader (stops at a cut tail)."""
     from tensorboard.backend.event_processing import event_file_loader
     from tensorboard.util import tensor_util
 
     values = collections.defaultdict(list)
+    events.finish_writes(run_dir)
     for path in event_files(run_dir):
         for event in event_file_loader.EventFileLoader(path).Load():
             for value in event.summary.value:

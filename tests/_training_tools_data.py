@@ -1,4 +1,5 @@
-"""The standardized embedded Fashion-MNIST subset, flattened, loaded once for the training-tool tests."""
+"""The training-tool tests' data: the standardized embedded Fashion-MNIST subset (flattened,
+loaded once), the reference MLP and the forms of data ``fit`` takes."""
 
 import functools
 
@@ -20,3 +21,23 @@ def mlp(**kwargs):
     import keras_bn
 
     return keras_bn.build_dense((784,), [32, 32], 10, **kwargs)
+
+
+def data_forms(x, y, batch) -> dict:
+    """``{kind: () -> data}`` for the non-array forms ``fit`` takes, in batches of `batch`:
+    "tf_dataset", "py_dataset" (a ``keras.utils.PyDataset``) and "generator" (read once)."""
+    import keras
+    import tensorflow as tf
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return len(x) // batch
+
+        def __getitem__(self, i):
+            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+
+    return {
+        "tf_dataset": lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch),
+        "py_dataset": Batches,
+        "generator": lambda: ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)),
+    }

@@ -41,6 +41,54 @@ def test_written_events_read_back_with_keras_bn_and_tensorboards_loader(tmp_path
     assert events.read_run(tmp_path) == series
 
 
+def test_the_tests_reader_agrees_with_tensorboards_event_accumulator(tmp_path):
+    """The one cross-check of tests/_events.py (keras-bn's reader) against TensorBoard's
+    EventAccumulator: every tag, step, value and plugin of a run with scalars, histograms,
+    images, the custom-scalars layout, text and HParams summaries."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    from keras_bn.callbacks import RunWriters
+    from tests._events import plugin_content, run_values
+
+    writers = RunWriters(str(tmp_path))
+    writers.add_charts({"gradient norm per layer": r"grad_norm/.*"})
+    for step in (1, 2, 3):
+        with writers.writing("train", step) as write:
+            write.scalar("grad_norm/dense", 0.5 * step)
+            write.histogram_buckets("activation_hist/dense", [0.0, 1.0, 2.0], [3, step])
+            write.image("figures/chart", np.full((4, 6, 4), 255, np.uint8))
+    writers.close()
+    hp = internals.tensorboard_hparams_api()
+    lr = hp.HParam("learning_rate", hp.RealInterval(1e-4, 1.0))
+    writer = events.EventFileWriter(tmp_path / "train")
+    writer.add_text(2, "lr_find/suggestion", "0.01 (rule steepest)")
+    writer.add_summary(0, hp.hparams_pb({lr: 0.01}, trial_id="coarse_00"))
+    writer.close()
+
+    ours, plugins = run_values(tmp_path / "train")
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    theirs = {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+              for tag in acc.Tags()["tensors"]}
+    assert set(ours) == set(theirs) | {"_hparams_/session_start_info"}  # the accumulator keeps HParams apart
+    for tag, series in theirs.items():
+        assert [s for s, _ in ours[tag]] == [s for s, _ in series], tag
+        for (_, mine), (_, tb) in zip(ours[tag], series):
+            np.testing.assert_array_equal(mine, tb)
+    assert plugins == {tag: acc.SummaryMetadata(tag).plugin_data.plugin_name for tag in theirs} | {
+        "_hparams_/session_start_info": "hparams"}
+    assert plugin_content(tmp_path / "train", "hparams") == acc.PluginTagToContent("hparams")
+
+
+def test_the_direct_float32_scalar_tensor_is_what_make_tensor_proto_makes():
+    from tensorboard.util import tensor_util
+
+    for value in (0.1, -3.0, 0.0, 1e-45, 3.4e38, float("nan"), float("inf"), -float("inf")):
+        expected = tensor_util.make_tensor_proto(np.float32(value)).SerializeToString()
+        assert internals.tensorboard_float_tensor(value).SerializeToString() == expected, value
+
+
 def test_values_of_every_numeric_dtype_and_simple_value_are_read():
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.util import tensor_util
@@ -173,6 +221,21 @@ TF_BLOCKED = textwrap.dedent("""
     assert run.problems == [] and run.kind == events.KIND_DIAGNOSTICS, (run.problems, run.kind)
     assert run.scalars["grad_norm/dense"].pairs() == [(1, 0.5), (2, 1.0), (3, 1.5)]
     from tensorboard.backend.event_processing import event_accumulator
+    # the text and HParams summaries of lr_find, LossGuard and search, through the same writer
+    from keras_bn import _keras_internals as internals
+    hp = internals.tensorboard_hparams_api()
+    lr = hp.HParam("learning_rate", hp.RealInterval(1e-4, 1.0))
+    other = events.EventFileWriter(os.path.join(log_dir, "tools"))
+    other.add_summary(0, hp.hparams_config_pb(hparams=[lr], metrics=[hp.Metric("loss")]))
+    other.add_summary(0, hp.hparams_pb({lr: 0.01}, trial_id="coarse_00"))
+    other.add_text(4, "loss_guard/reason", "loss 9 > 3 x initial 2.3 at step 4")
+    other.close()
+    tools = event_accumulator.EventAccumulator(os.path.join(log_dir, "tools"), size_guidance={"tensors": 0})
+    tools.Reload()
+    assert tools.PluginTagToContent("hparams").keys() == {"_hparams_/experiment", "_hparams_/session_start_info"}
+    (text,) = tools.Tensors("loss_guard/reason")
+    assert (text.step, text.tensor_proto.string_val[0]) == (4, b"loss 9 > 3 x initial 2.3 at step 4")
+    assert tools.SummaryMetadata("loss_guard/reason").plugin_data.plugin_name == "text"
     acc = event_accumulator.EventAccumulator(os.path.join(log_dir, "train"), size_guidance={"tensors": 0})
     acc.Reload()
     print(sorted(acc.Tags()["tensors"]))

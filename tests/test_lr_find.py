@@ -1,14 +1,13 @@
 """keras_bn.lr_find: the range test leaves the model alone and suggests a sane learning rate."""
 
-import keras
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 
 from keras_bn import lr_find as lrf
 from keras_bn.optimizers import adam
 
-from tests._training_tools_data import mlp, small_data
+from tests._events import run_values
+from tests._training_tools_data import data_forms, mlp, small_data
 
 
 def test_leaves_weights_and_optimizer_state_unchanged_and_suggests_sane_lr(tmp_path):
@@ -37,11 +36,14 @@ def test_leaves_weights_and_optimizer_state_unchanged_and_suggests_sane_lr(tmp_p
     assert np.all(np.diff(np.log(result.lrs)) == pytest.approx(np.log(1e8) / 99))  # exponential ramp
     assert (tmp_path / "lr.png").stat().st_size > 1000
 
-    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
-    acc.Reload()
-    tags = set(acc.Tags()["tensors"])
-    assert {"lr_find/loss", "lr_find/smoothed_loss", "lr_find/learning_rate", "lr_find/suggestion"} <= tags
-    assert len(acc.Tensors("lr_find/smoothed_loss")) == n
+    values, plugins = run_values(tmp_path / "tb")
+    assert plugins == {"lr_find/loss": "scalars", "lr_find/smoothed_loss": "scalars",
+                       "lr_find/learning_rate": "scalars", "lr_find/suggestion": "text"}
+    assert [s for s, _ in values["lr_find/smoothed_loss"]] == list(range(n))
+    np.testing.assert_allclose([float(v) for _, v in values["lr_find/smoothed_loss"]], result.smoothed, rtol=1e-6)
+    np.testing.assert_allclose([float(v) for _, v in values["lr_find/learning_rate"]], result.lrs, rtol=1e-6)
+    (suggestion,) = values["lr_find/suggestion"]
+    assert suggestion[1].item().decode().startswith(f"{result.suggestion:.3g} (rule minimum_div_10)")
 
 
 def test_smoothing_is_bias_corrected_ema_and_stops_at_factor():
@@ -118,22 +120,6 @@ def sparse_ce(probabilities, y):
     return float(-np.mean(np.log(p[np.arange(len(y)), y])))
 
 
-def _data_forms(x, y, batch):
-    import tensorflow as tf
-
-    class Batches(keras.utils.PyDataset):
-        def __len__(self):
-            return len(x) // batch
-
-        def __getitem__(self, i):
-            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
-
-    return {
-        "tf_dataset": lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch),
-        "py_dataset": Batches,
-        "generator": lambda: ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)),
-    }
-
 
 @pytest.mark.parametrize("kind", ["tf_dataset", "py_dataset", "generator"])
 def test_lr_find_takes_the_data_forms_fit_takes(kind):
@@ -141,13 +127,13 @@ def test_lr_find_takes_the_data_forms_fit_takes(kind):
     x, y = x[:128], y[:128]  # 4 batches of 32
     model = mlp(norm=None)
     steps = 4 if kind == "generator" else 10  # a dataset is passed over again
-    result = lrf.lr_find(model, _data_forms(x, y, 32)[kind](), steps=steps, min_lr=1e-6, max_lr=1e-5)
+    result = lrf.lr_find(model, data_forms(x, y, 32)[kind](), steps=steps, min_lr=1e-6, max_lr=1e-5)
     assert len(result.lrs) == steps
     # the first batch, in order: the untouched model's loss on x[:32] (the copy starts from its weights)
     assert result.losses[0] == pytest.approx(sparse_ce(model(x[:32]), y[:32]), rel=1e-5)
     if kind == "generator":
         with pytest.raises(ValueError, match="ended after 4 batches; 5 steps.*steps=5"):
-            lrf.lr_find(model, _data_forms(x, y, 32)[kind](), steps=5)
+            lrf.lr_find(model, data_forms(x, y, 32)[kind](), steps=5)
 
 
 def test_an_unwritable_log_dir_warns_and_the_curve_is_returned(tmp_path):

@@ -21,7 +21,7 @@ from keras_bn import callbacks as kbc  # noqa: E402
 from keras_bn.callbacks import bn_check  # noqa: E402
 from keras_bn.report import read_run  # noqa: E402
 from keras_bn.sanity import LossGuard  # noqa: E402
-from tests._events import strict_steps, tensorboard_values as loader_values  # noqa: E402
+from tests._events import strict_steps, tensorboard_values as loader_values, write_scalar_events  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error:keras_bn:RuntimeWarning")
 LOSS = "sparse_categorical_crossentropy"
@@ -157,6 +157,73 @@ def test_resume_with_initial_epoch_continues_steps_without_overwriting(tmp_path)
     accumulated = read_run(tmp_path / "run")  # TensorBoard's EventAccumulator keeps both halves
     assert [s for s, _ in accumulated["grad_global/norm"]] == [2, 4, 6, 8, 10, 12, 14, 16]
     assert [s for s, _ in accumulated["epoch_loss"]] == [0, 1, 2, 3]
+
+
+def test_resume_without_the_optimizer_warns_once_and_continues_after_the_last_logged_step(tmp_path):
+    """Issue 16 item 6: weights restored, optimizer not (iterations 0), initial_epoch=2, same log:
+    without the offset steps 2-8 would be written twice."""
+    x, y = data(32)
+    model = mlp()
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False,
+              callbacks=kbc.diagnostics(str(tmp_path / "run"), probe=x[:8], every=2, figures=False))
+    weights = model.get_weights()
+    keras.backend.clear_session()
+    restored = mlp()
+    restored.set_weights(weights)  # the weights only: a fresh optimizer
+    assert int(restored.optimizer.iterations.numpy()) == 0
+    with pytest.warns(UserWarning) as caught:
+        restored.fit(x, y, batch_size=8, epochs=4, initial_epoch=2, verbose=0, shuffle=False,
+                     callbacks=kbc.diagnostics(str(tmp_path / "run"), probe=x[:8], every=2, figures=False))
+    resumed = [str(w.message) for w in caught if "already holds steps" in str(w.message)]
+    assert len(resumed) == 1 and "\n" not in resumed[0], resumed
+    assert repr(str(tmp_path / "run")) in resumed[0] and "up to 8" in resumed[0] and "at step 9" in resumed[0]
+    assert [w.filename for w in caught if "already holds steps" in str(w.message)] == [__file__]
+    steps, tail = strict_steps(tmp_path / "run" / "train")
+    assert tail == 0
+    assert sorted(steps["grad_global/norm"]) == [2, 4, 6, 8, 10, 12, 14, 16]  # no step twice
+    assert sorted(steps["batch_loss"]) == sorted(set(steps["batch_loss"]))
+    assert sorted(steps["epoch_loss"]) == [0, 1, 2, 3]  # epochs as Keras counts them
+    assert events.read_run_details(tmp_path / "run").problems == []  # no "two runs interleaved"
+
+
+def test_last_logged_step_reads_only_what_was_appended(tmp_path):
+    folder = tmp_path / "train"
+    write_scalar_events(folder, {"grad_norm/a": [(3, 1.0), (7, 2.0)], "epoch_loss": [(50, 0.1)]})
+    assert events.last_step(folder) == 7  # epoch_* scalars are indexed by epoch, not by step
+    writer = events.EventFileWriter(folder)
+    writer.add_scalars(12, {"grad_norm/a": 3.0})
+    writer.flush()
+    assert events.last_step(folder) == 12
+    writer.add_scalars(15, {"grad_norm/a": 4.0})
+    writer.close()
+    assert events.last_step(folder) == 15
+    assert events.last_step(tmp_path / "empty") is None
+
+
+def test_fit_returns_before_the_train_end_figure_which_readers_then_wait_for(tmp_path, monkeypatch):
+    """Issue 17 item 9: the train-end figure is drawn after ``fit`` returned; keras-bn's readers
+    (and `events.finish_writes`) wait for it, and the files close after it."""
+    import threading
+
+    gate, original, drawn = threading.Event(), kbc.GradientNorms._draw, []
+
+    def gated(self, step):
+        gate.wait(60)
+        original(self, step)
+        drawn.append(step)
+
+    monkeypatch.setattr(kbc.GradientNorms, "_draw", gated)
+    x, y = data(32)
+    callback = kbc.GradientNorms(str(tmp_path), every=2, figures=True, figure_secs=3600)
+    mlp().fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[callback])
+    assert drawn == []  # fit did not wait for the figure
+    on_disk = {v.tag for path in events.event_files(tmp_path / "train") for _, e in events.iter_events(path)
+               for v in e.summary.value}
+    assert "grad_global/norm" in on_disk and "figures/grad_norms" not in on_disk  # flushed but for the figure
+    gate.set()
+    steps, tail = strict_steps(tmp_path / "train")  # waits for the figure
+    assert drawn == [4] and steps["figures/grad_norms"] == [4] and tail == 0
+    assert not callback.writers._writers  # closed once the figure was written
 
 
 # --- unwritable log directory ------------------------------------------------------------------

@@ -116,3 +116,36 @@ def test_two_processes_sharing_a_log_root_get_distinct_complete_runs(tmp_path):
     finally:
         for process, _ in children:
             stop(process)
+
+
+FIGURE_AT_EXIT = """
+import sys, threading
+import numpy as np, keras
+from keras_bn import callbacks as kbc, events
+gate, original = threading.Event(), kbc.GradientNorms._draw
+def gated(self, step):  # the train-end figure is drawn only after fit has returned
+    gate.wait(60)
+    original(self, step)
+kbc.GradientNorms._draw = gated
+inputs = keras.Input((4,))
+model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Dense(6, activation="relu")(inputs)))
+model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
+x, y = np.random.default_rng(0).normal(size=(32, 4)).astype("float32"), np.arange(32) % 3
+callback = kbc.GradientNorms(sys.argv[1], every=2, figures=True, figure_secs=3600)
+model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+tags = {v.tag for path in events.event_files(sys.argv[1] + "/train") for _, e in events.iter_events(path) for v in e.summary.value}
+print("figure on disk when fit returned:", "figures/grad_norms" in tags)
+gate.set()  # and exit at once: the interpreter's exit completes the file
+"""
+
+
+def test_the_train_end_figure_drawn_after_fit_returned_is_in_the_file_at_process_exit(tmp_path):
+    """Issue 17 item 9: ``fit`` does not wait for the train-end figure; the process's exit does."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", FIGURE_AT_EXIT, str(tmp_path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "figure on disk when fit returned: False"
+    steps, tail = strict_steps(tmp_path / "train")
+    assert tail == 0 and steps["figures/grad_norms"] == [4]  # the final state, at the last step
+    assert sorted(steps["grad_global/norm"]) == [2, 4]

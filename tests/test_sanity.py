@@ -5,12 +5,12 @@ import math
 import keras
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 
 from keras_bn import sanity
 from keras_bn.optimizers import adam
 
-from tests._training_tools_data import mlp, small_data
+from tests._events import run_values
+from tests._training_tools_data import data_forms, mlp, small_data
 
 
 def hot_mlp():
@@ -70,11 +70,13 @@ def test_loss_guard_stops_lr_10_in_first_epoch(tmp_path):
     assert guard.stopped and guard.stopped_step <= steps_per_epoch
     assert len(history.history["loss"]) == 1
     assert not (guard.last_loss <= 3 * guard.initial_loss)  # above 3x or NaN
-    acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
-    acc.Reload()
-    assert {"loss_guard/reason", "loss_guard/loss"} <= set(acc.Tags()["tensors"])
-    text = acc.Tensors("loss_guard/reason")[0].tensor_proto.string_val[0].decode()
-    assert "initial" in text or "turned" in text
+    values, plugins = run_values(tmp_path)
+    assert plugins == {"loss_guard/reason": "text", "loss_guard/loss": "scalars"}
+    ((step, text),) = values["loss_guard/reason"]
+    assert step == guard.stopped_step and text.item().decode() == guard.reason
+    ((step, loss),) = values["loss_guard/loss"]
+    assert step == guard.stopped_step and (float(loss) == pytest.approx(guard.last_loss, rel=1e-6)
+                                           or math.isnan(guard.last_loss) and math.isnan(loss))
 
 
 def test_loss_guard_leaves_healthy_run_alone():
@@ -183,28 +185,12 @@ def seeded_logits_mlp():
     return logits_mlp()
 
 
-def _data_forms(x, y, batch):
-    import tensorflow as tf
-
-    class Batches(keras.utils.PyDataset):
-        def __len__(self):
-            return len(x) // batch
-
-        def __getitem__(self, i):
-            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
-
-    return {
-        "tf_dataset": lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch),
-        "py_dataset": Batches,
-        "generator": lambda: ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)),
-    }
-
 
 @pytest.mark.parametrize("kind", ["tf_dataset", "py_dataset", "generator"])
 def test_sanity_check_takes_the_data_forms_fit_takes(kind):
     x, y = small_data()
     x, y = x[:1200], y[:1200]
-    report = sanity.sanity_check(seeded_logits_mlp, _data_forms(x, y, 50)[kind](), overfit_steps=3,
+    report = sanity.sanity_check(seeded_logits_mlp, data_forms(x, y, 50)[kind](), overfit_steps=3,
                                  short_run_samples=128, verbose=False)
     initial = report.results["initial_loss"]
     assert initial.passed

@@ -5,14 +5,13 @@ import warnings
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
-from tensorboard.util import tensor_util
 
 from keras_bn import search
 
-from tests._training_tools_data import mlp, small_data
+from tests._events import plugin_content, run_values
+from tests._training_tools_data import data_forms, mlp, small_data
 
 SPACE = {"learning_rate": search.Range(1e-5, 1e-1), "dropout": search.Range(0.0, 0.5, log=False)}
 
@@ -67,10 +66,10 @@ def test_edge_warning():
 
 
 def read_hparams(run_dir):
-    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    acc.Reload()
-    content = acc.PluginTagToContent(hp_metadata.PLUGIN_NAME)
-    return acc, {tag: plugin_data_pb2.HParamsPluginData.FromString(raw) for tag, raw in content.items()}
+    """``({tag: [(step, ndarray), ...]}, {tag: HParamsPluginData})`` of one run."""
+    content = plugin_content(run_dir, hp_metadata.PLUGIN_NAME)
+    plugin = {tag: plugin_data_pb2.HParamsPluginData.FromString(raw) for tag, raw in content.items()}
+    return run_values(run_dir)[0], plugin
 
 
 def test_coarse_to_fine_logs_every_trial_to_hparams_dashboard_and_kills_divergers(tmp_path, capsys):
@@ -96,13 +95,12 @@ def test_coarse_to_fine_logs_every_trial_to_hparams_dashboard_and_kills_diverger
     # the objective and every key the fit logged (the model's own metrics), plus "diverged"
     assert {m.name.tag for m in experiment.metric_infos} == {"val_accuracy", "val_loss", "loss", "accuracy", "diverged"}
     for trial in result.trials:
-        acc, plugin = read_hparams(tmp_path / trial.trial_id)
+        values, plugin = read_hparams(tmp_path / trial.trial_id)
         info = plugin[hp_metadata.SESSION_START_INFO_TAG].session_start_info
         assert info.hparams["learning_rate"].number_value == pytest.approx(trial.hparams["learning_rate"])
-        val = acc.Tensors("val_accuracy")
-        assert len(val) == trial.epochs
-        diverged = float(tensor_util.make_ndarray(acc.Tensors("diverged")[-1].tensor_proto))
-        assert diverged == float(trial.diverged)
+        assert [s for s, _ in values["val_accuracy"]] == list(range(1, trial.epochs + 1))
+        assert float(values["val_accuracy"][-1][1]) == pytest.approx(trial.val_accuracy, rel=1e-6, nan_ok=True)
+        assert float(values["diverged"][-1][1]) == float(trial.diverged)
 
     table = tmp_path / "trials.csv"
     result.save(table)
@@ -199,30 +197,13 @@ def mse_at(x, y):
     return float(np.mean((x.astype(np.float64) @ np.full((4, 1), 0.1) - y) ** 2))
 
 
-def _data_forms(x, y, batch):
-    import keras
-    import tensorflow as tf
-
-    class Batches(keras.utils.PyDataset):
-        def __len__(self):
-            return len(x) // batch
-
-        def __getitem__(self, i):
-            return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
-
-    return {
-        "tf_dataset": lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch),
-        "py_dataset": Batches,
-        "generator": lambda: ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)),
-    }
-
 
 @pytest.mark.parametrize("kind", ["tf_dataset", "py_dataset", "generator"])
 def test_search_takes_the_data_forms_fit_takes(kind):
     # learning rate 0: the trial's losses are the initial model's, known exactly in NumPy
     x, y = regression_data(200)
     x_val, y_val = regression_data(50, seed=1)
-    data = _data_forms(x, y, 25)[kind]()
+    data = data_forms(x, y, 25)[kind]()
     validation = None if kind == "generator" else (x_val, y_val)
     result = search.random_search(regression_fn, {"learning_rate": search.Choice((0.0,))}, data, trials=1, epochs=1,
                                   validation_data=validation, verbose=False)

@@ -17,7 +17,8 @@ callback does. Every quantity is also logged at each epoch end.
 **Figures** are drawn on the writers' background thread at an epoch end once `figure_secs`
 have passed since training began or since the last figure, and once more at train end for
 the final state: a figure costs 0.1-0.5 s of CPU, which must not land in every short epoch
-(``figure_secs=0`` draws one at every epoch end).
+(``figure_secs=0`` draws one at every epoch end). ``fit`` does not wait for the train-end
+figure: the writers close once it is written, or at interpreter exit (`RunWriters.end_fit`).
 
 **Failure.** Keras calls ``on_train_end`` only when ``fit`` returns. The model's `StepTaps`
 (keras_bn.callbacks._taps) owns the instrumented train function: when a step raises (anything
@@ -31,7 +32,10 @@ written raises ValueError at train begin, before the first step.
 
 **Resuming.** Steps come from ``optimizer.iterations``, so a restored model (``.keras`` file or
 checkpoint with its optimizer) fit again with ``initial_epoch`` into the same log directory
-continues the step numbering in a new event file; earlier steps are never overwritten.
+continues the step numbering in a new event file; earlier steps are never overwritten. When the
+log already holds later steps than the optimizer's (weights restored without the optimizer, or
+a new optimizer), one warning says so and the steps continue after the last one in the log
+(`RunWriters.step_offset`); the cadence still follows the optimizer.
 
 **A broken diagnostic never stops training**: its error is reported as a ``RuntimeWarning``
 starting with ``"keras_bn"`` and training goes on (only TerminateOnNaN or the user stop it).
@@ -46,7 +50,7 @@ import keras
 
 from keras_bn import _warnings
 from keras_bn._validation import check_float, check_positive_int
-from keras_bn.callbacks._runs import check_log_dir_now, check_run_path, check_writable_log_dir
+from keras_bn.callbacks._runs import check_log_dir_now, check_run_path
 from keras_bn.callbacks._taps import StepTaps
 from keras_bn.callbacks._writer import RunWriters
 
@@ -113,6 +117,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
         self.writers = check_writers(writers, self.log_dir)
         self._steps_at_epoch_start = 0
         self._last_logged_step = None
+        self._step_offset = 0  # added to optimizer.iterations in this fit (RunWriters.step_offset)
         self._last_figure = (None, -float("inf"))  # (step, time) of the last figure drawn
 
     # --- hooks for subclasses -------------------------------------------------------
@@ -135,15 +140,17 @@ class DiagnosticCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._taps = StepTaps.of(self.model)
         self._taps.begin(self)
-        if getattr(self.writers, "is_chief", True):  # fail before the first step, not with a warning per log
-            check_writable_log_dir(self.writers.log_dir)
+        self.writers.check_writable()  # fail before the first step, not with a warning per log
         if self._needs_built_model and not self.model.built:
             raise ValueError(
                 f"{type(self).__name__} needs a built model: {self.model.name!r} has no weights yet "
                 f"(a subclassed model before its first call). Build it before fit, e.g. "
                 f"`model(x[:1])` or `model.build(input_shape)`."
             )
-        self._steps_at_epoch_start = self._optimizer_step()
+        self._step_offset = 0
+        iterations = self._optimizer_step()  # one device read
+        self._step_offset = self.writers.step_offset(iterations)  # > 0: the log is ahead of the optimizer
+        self._steps_at_epoch_start = iterations + self._step_offset
         self._last_logged_step = self._steps_at_epoch_start
         self._last_figure = (None, time.monotonic())
         self._in_fit = True
@@ -152,7 +159,8 @@ class DiagnosticCallback(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         self._taps.arm()
         step = self._steps_at_epoch_start + batch  # steps finished so far
-        if step // self.every > self._last_logged_step // self.every:
+        offset = self._step_offset  # the cadence follows the optimizer (same steps on every worker)
+        if (step - offset) // self.every > (self._last_logged_step - offset) // self.every:
             self._last_logged_step = step
             self._run_safely(self._log_step, step)
 
@@ -184,12 +192,15 @@ class DiagnosticCallback(keras.callbacks.Callback):
             return
         self._in_fit = False
         self._run_safely(self._detach)
-        self.writers.close()
+        self.writers.end_fit()  # figures still drawing finish (and close the files) in the background
         self._taps.end(self)
 
     def _optimizer_step(self) -> int:
+        """The step summaries are written at: ``optimizer.iterations`` plus the fit's step offset
+        (`RunWriters.step_offset`: non-zero when the log already holds later steps)."""
         optimizer = getattr(self.model, "optimizer", None)
-        return int(optimizer.iterations.numpy()) if optimizer is not None else 0
+        iterations = int(optimizer.iterations.numpy()) if optimizer is not None else 0
+        return iterations + self._step_offset
 
     def _run_safely(self, function, *args) -> None:
         try:

@@ -8,9 +8,11 @@ SIGTERM (a handler is installed once where SIGTERM has its default action; it cl
 writers, then lets the signal end the process as before; ``KERAS_BN_NO_SIGTERM_HANDLER=1``
 turns it off, `close_all_writers` is for your own handler), and can be closed any number of
 times (a later write opens a fresh event file in the same directory). Slow work (drawing figures) goes to one
-background thread with `submit`, so training does not wait for matplotlib; `close` waits for it. Histograms are written from buckets that
-were computed on the device, so only ``[bins, 3]`` numbers ever reach the host; non-finite
-values never reach a summary. Files are written by `keras_bn.events.EventFileWriter` (no
+background thread with `submit`, so training does not wait for matplotlib; `close` waits for it,
+`end_fit` (a fit's end) does not: the files close after the last figure, or at interpreter exit,
+and keras-bn's readers wait for it (`keras_bn.events.finish_writes`). Histograms are written
+from buckets computed on the device, so only ``[bins, 3]`` numbers ever reach the host;
+non-finite values never reach a summary. Files are written by `keras_bn.events.EventFileWriter` (no
 TensorFlow needed) in whole records; a failing disk stops logging with one warning, never
 training, and logging resumes when the disk takes writes again. The custom-scalars dashboard
 is laid out by `keras_bn.callbacks._layout`.
@@ -33,113 +35,17 @@ import threading
 import time
 import weakref
 
-import numpy as np
-
 from keras_bn import _keras_internals as internals
 from keras_bn import _warnings
 from keras_bn.callbacks._layout import LayerTags, custom_scalars_layout
-from keras_bn.callbacks._runs import check_flush_secs, check_run_path
-from keras_bn.events import EventFileWriter
+from keras_bn.callbacks._runs import check_flush_secs, check_run_path, check_writable_log_dir
+from keras_bn.callbacks._summaries import _EventFile, _Write, summary_values
+from keras_bn.events import last_step
+from keras_bn.events.records import PENDING_WRITES
 
 __all__ = ["RUNS", "RunWriters", "close_all_writers"]
 
 RUNS = ("train", "validation")
-class _Write:
-    """The summary calls available inside `RunWriters.writing`; what they collect is written
-    as one event at the end of the ``with`` block."""
-
-    def __init__(self, step: int):
-        self.step = int(step)
-        self.scalar_values: dict[str, float] = {}
-        self.histogram_values: dict[str, np.ndarray] = {}
-        self.images: dict[str, np.ndarray] = {}
-
-    def scalar(self, tag: str, value) -> None:
-        """Write one scalar; NaN and Inf are written as they are (TensorBoard shows them)."""
-        self.scalar_values[tag] = float(value)
-
-    def scalars(self, values: dict) -> None:
-        """Write each ``tag: value`` of `values` as a scalar."""
-        for tag, value in values.items():
-            self.scalar(tag, value)
-
-    def histogram_buckets(self, tag: str, edges, counts) -> None:
-        """Write a histogram from bucket `edges` (k+1 values) and `counts` (k values)."""
-        edges = np.asarray(edges, dtype=np.float64)
-        counts = np.asarray(counts, dtype=np.float64)
-        self.histogram_values[tag] = np.stack([edges[:-1], edges[1:], counts], axis=1)
-
-    def image(self, tag: str, rgba: np.ndarray) -> None:
-        """Write one ``[height, width, 4]`` uint8 image."""
-        self.images[tag] = rgba
-
-
-class _EventFile:
-    """One event file of TensorBoard's own protobufs, framed by `keras_bn.events.EventFileWriter`
-    (no TensorFlow needed, no TensorFlow op per summary: an eager ``tf.summary`` call costs about
-    as much as a training step of a small MLP). Nothing touches the disk before the first flush.
-    Summary metadata goes with the first value of each tag, as ``tf.summary`` does."""
-
-    def __init__(self, run_dir: str):
-        self._writer = EventFileWriter(run_dir)
-        self._described: set[str] = set()
-
-    @property
-    def path(self) -> str:
-        return self._writer.path
-
-    @property
-    def dropped(self) -> int:
-        return self._writer.dropped
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._writer.pending_bytes
-
-    def write(self, write: _Write) -> None:
-        summary = internals.tensorboard_summary_class()()
-        for kind, values in (("scalar", write.scalar_values), ("histogram", write.histogram_values)):
-            for tag, value in values.items():
-                array = np.float32(value) if kind == "scalar" else value
-                self._add(summary, tag, kind, internals.tensorboard_tensor_proto(array))
-        for tag, rgba in write.images.items():
-            self._add(summary, tag, "image", internals.tensorboard_tensor_proto(_png_tensor(rgba)))
-        if summary.value:
-            self._write_event(summary, write.step)
-
-    def write_summary(self, summary, step: int) -> None:
-        """Write a ready-made ``Summary`` proto (e.g. the custom-scalars layout; TensorFlow's
-        or TensorBoard's class)."""
-        self._write_event(internals.tensorboard_summary_class().FromString(summary.SerializeToString()), step)
-
-    def _write_event(self, summary, step: int) -> None:
-        event_class = internals.tensorboard_event_class()
-        self._writer.add(event_class(wall_time=time.time(), step=step, summary=summary))
-
-    def _add(self, summary, tag: str, kind: str, tensor) -> None:
-        value = summary.value.add(tag=tag, tensor=tensor)
-        if tag not in self._described:
-            self._described.add(tag)
-            value.metadata.CopyFrom(internals.tensorboard_plugin_metadata(kind))
-
-    def flush(self) -> None:
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-def _png_tensor(rgba: np.ndarray) -> np.ndarray:
-    """``[width, height, png]`` as bytes: the image plugin's tensor for one image."""
-    import io
-
-    import matplotlib.image
-
-    buffer = io.BytesIO()
-    matplotlib.image.imsave(buffer, rgba, format="png")
-    height, width = rgba.shape[:2]
-    return np.array([str(width).encode(), str(height).encode(), buffer.getvalue()], dtype=object)
-
 
 def _warn_on_error(function, *args) -> None:
     try:
@@ -149,6 +55,18 @@ def _warn_on_error(function, *args) -> None:
 
 
 _OPEN_WRITERS: "weakref.WeakSet[RunWriters]" = weakref.WeakSet()
+_WARNED_OFFSETS: set[tuple[str, int]] = set()  # (log_dir, step offset): one resume warning each
+
+
+def _finish_background_writes(path: str | None) -> None:
+    """Wait for the figures (and the close after them) of the writers under or above `path`."""
+    for writers in list(_OPEN_WRITERS):
+        log_dir = os.path.abspath(writers.log_dir)
+        if path is None or path == log_dir or path.startswith(log_dir + os.sep) or log_dir.startswith(path + os.sep):
+            concurrent.futures.wait(list(writers._pending))
+
+
+PENDING_WRITES.append(_finish_background_writes)
 
 
 @atexit.register
@@ -222,6 +140,36 @@ class RunWriters:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._dropped_reported = 0
+        self._step_offset: tuple[int, int] | None = None  # (optimizer step, offset) of this fit
+        self._closing = None  # the token of the close `end_fit` left to the background thread
+        self._chief: bool | None = None  # `is_chief`, read once per fit
+        self._checked = False  # `check_writable` passed in this fit
+
+    def step_offset(self, optimizer_step: int) -> int:
+        """What to add to `optimizer_step` so that this fit's steps follow the last step already
+        in ``<log_dir>/train``: 0 unless the log holds later steps (a fit resumed without its
+        optimizer, or a new optimizer, into the same log), which is warned about once. Fixed
+        until `close` (the end of the fit); 0 outside the chief.
+
+        Example: ``step = optimizer_step + writers.step_offset(optimizer_step)``
+        """
+        optimizer_step = int(optimizer_step)
+        self._closing = None  # a fit begins: the files stay open
+        if self._step_offset is None or self._step_offset[0] != optimizer_step:
+            try:
+                last = last_step(self.run_dir("train")) if self.is_chief else None
+            except Exception:  # noqa: BLE001  an unreadable log must not stop training: no offset
+                last = None
+            offset = 0 if last is None or last <= optimizer_step else last - optimizer_step
+            if offset and (os.path.abspath(self.log_dir), offset) not in _WARNED_OFFSETS:
+                _WARNED_OFFSETS.add((os.path.abspath(self.log_dir), offset))
+                _warnings.warn(f"keras_bn: {self.log_dir!r} already holds steps up to {last}, but the optimizer is at "
+                     f"step {optimizer_step} (a fit resumed without its optimizer, or a new optimizer); this "
+                     f"fit's summaries continue at step {last + 1} so that no step is written twice. Restore "
+                     f"the optimizer with the model (model.save / keras.models.load_model) or give the run a "
+                     f"log_dir of its own.", UserWarning)
+            self._step_offset = (optimizer_step, offset)
+        return self._step_offset[1]
 
     def add_listener(self, listener) -> None:
         """Call ``listener(run, step, scalars)`` after every write with that write's scalars
@@ -242,10 +190,19 @@ class RunWriters:
     @property
     def is_chief(self) -> bool:
         """False in a non-chief task of multi-worker training (TF_CONFIG): every worker computes
-        the same statistics (reads stay symmetric), only the chief writes them."""
-        from keras_bn.distribute import is_chief
+        the same statistics (reads stay symmetric), only the chief writes them. Read once per fit."""
+        if self._chief is None:
+            from keras_bn.distribute import is_chief
 
-        return is_chief()
+            self._chief = is_chief()
+        return self._chief
+
+    def check_writable(self) -> None:
+        """Raise ValueError when the log directory cannot be written (`check_writable_log_dir`);
+        once per fit however many callbacks share these writers, and only on the chief."""
+        if not self._checked and self.is_chief:
+            check_writable_log_dir(self.log_dir)
+            self._checked = True
 
     @property
     def logging_stopped(self) -> str | None:
@@ -272,11 +229,12 @@ class RunWriters:
             yield write
             self._notify(run, write)
             return
+        write = _Write(step)
+        yield write
+        values = summary_values(write)  # PNG encoding outside the lock: a figure never blocks a step's write
         with self._lock:
             writer = self._writer(run)
-            write = _Write(step)
-            yield write
-            writer.write(write)  # in memory: the disk is touched by flush only
+            writer.write_values(values, write.step)  # in memory: the disk is touched by flush only
             self._notify(run, write)
             if run == "train" and self._layer_tags.add(write.scalar_values):
                 self._layout_written = False  # a chart may now split its layers differently
@@ -358,18 +316,44 @@ class RunWriters:
                        RuntimeWarning)
         self._failure, self._backoff = None, 0.0
 
+    def end_fit(self) -> None:
+        """Close at the end of a fit without waiting for figures still being drawn: what is
+        written so far is flushed now, and the files close on the background thread once the
+        figures are written, or at interpreter exit (which waits for them), so ``fit`` returns
+        at once and no figure is lost. The next fit's `step_offset` keeps the files open."""
+        with self._lock:
+            self._chief, self._checked = None, False
+            self._pending = [f for f in self._pending if not f.done()]
+            if not self._pending:
+                self._closing = None
+            else:
+                self._closing = token = object()
+                self._pending.append(self._executor.submit(self._close_files, token))
+                self.flush()
+                return
+        self.close()
+
     def close(self, timeout: float | None = None) -> None:
         """Finish background work (waiting at most `timeout` s), flush and close every writer;
         safe to call twice, never raises for the disk."""
         pending, self._pending = self._pending, []
         concurrent.futures.wait(pending, timeout=timeout)
         with self._lock:
-            if self._flush_timer is not None:
-                self._flush_timer.cancel()
-                self._flush_timer = None
             if self._executor is not None:
                 self._executor.shutdown(wait=timeout is None)
                 self._executor = None
+            self._close_files()
+
+    def _close_files(self, token=None) -> None:
+        """Flush and close the event files (a later write opens fresh ones); with a `token`
+        from `end_fit`: only if no fit began since."""
+        with self._lock:
+            if token is not None and self._closing is not token:
+                return
+            self._closing = None
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
             self._write_out(lambda writer: writer.flush())  # one last try, whatever the back-off
             writers, self._writers = self._writers, {}
             unwritten = sum(writer.pending_bytes for writer in writers.values())
@@ -378,6 +362,7 @@ class RunWriters:
                                f"{self.log_dir!r} ({self._failure}); what is on disk stays readable.",
                                RuntimeWarning)
             self._layout_written, self._written_layout = False, None
+            self._step_offset, self._chief, self._checked = None, None, False
             for writer in writers.values():
                 try:
                     writer.close()

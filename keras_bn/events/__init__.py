@@ -19,10 +19,10 @@ Usage::
     steps, values = run.scalars["grad_global/norm"]
 """
 
-from keras_bn.events.records import (EventFileWriter, RecordProblem, encode_record, iter_events, iter_records,
-                                     masked_crc32c)
+from keras_bn.events.records import (EventFileWriter, RecordProblem, encode_record, finish_writes, iter_events,
+                                     iter_records, masked_crc32c)
 from keras_bn.events.runs import (KIND_DIAGNOSTICS, KIND_EMPTY, KIND_KERAS, KIND_OTHER, RunData, Series, event_files,
-                                  read_run, read_run_details, run_event_folder)
+                                  last_step, read_run, read_run_details, run_event_folder)
 
 __all__ = [
     "EventFileWriter",
@@ -35,8 +35,10 @@ __all__ = [
     "Series",
     "encode_record",
     "event_files",
+    "finish_writes",
     "iter_events",
     "iter_records",
+    "last_step",
     "masked_crc32c",
     "read_run",
     "read_run_details",

@@ -20,7 +20,8 @@ import numpy as np
 
 from keras_bn import _keras_internals as internals
 
-__all__ = ["EventFileWriter", "RecordProblem", "encode_record", "iter_events", "iter_records", "masked_crc32c"]
+__all__ = ["EventFileWriter", "RecordProblem", "encode_record", "finish_writes", "iter_events", "iter_records",
+           "masked_crc32c"]
 
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
@@ -74,13 +75,15 @@ def _resync(file, start: int, size: int) -> int | None:
     return None
 
 
-def iter_records(path, problems: list | None = None) -> Iterator[tuple[int, bytes]]:
+def iter_records(path, problems: list | None = None, start: int = 0) -> Iterator[tuple[int, bytes]]:
     """Yield ``(offset, data)`` for every record of `path` whose checksums hold, one at a time.
 
     A record that fails is not yielded: a `RecordProblem` is appended to `problems` and reading
     goes on at the next record whose checksums hold (a bad length checksum: found by scanning
     forward), so one flipped bit costs one record, not the rest of the file. The file is read up
     to its size when opened (a file being written may end in a partial record: "truncated").
+    `start` is the offset of a record to begin at (where an earlier read stopped: event files
+    only grow), so a file being written can be followed without reading it again.
 
     Example::
 
@@ -91,7 +94,8 @@ def iter_records(path, problems: list | None = None) -> Iterator[tuple[int, byte
     problems = [] if problems is None else problems
     with open(path, "rb", buffering=1 << 20) as file:
         size = os.fstat(file.fileno()).st_size
-        offset = 0
+        offset = start
+        file.seek(offset)
         while offset < size:
             header = file.read(12)
             if len(header) < 12:
@@ -129,11 +133,11 @@ def iter_records(path, problems: list | None = None) -> Iterator[tuple[int, byte
             offset += 16 + length
 
 
-def iter_events(path, problems: list | None = None) -> Iterator[tuple[int, object]]:
+def iter_events(path, problems: list | None = None, start: int = 0) -> Iterator[tuple[int, object]]:
     """Yield ``(offset, Event)`` for every readable record of `path` (see `iter_records`)."""
     event_class = internals.tensorboard_event_class()
     problems = [] if problems is None else problems
-    for offset, data in iter_records(path, problems):
+    for offset, data in iter_records(path, problems, start):
         try:
             event = event_class.FromString(data)
         except Exception as error:  # noqa: BLE001  protobuf's DecodeError and friends
@@ -141,6 +145,23 @@ def iter_events(path, problems: list | None = None) -> Iterator[tuple[int, objec
                                           f"a record of {len(data)} bytes is not an Event proto ({error})"))
             continue
         yield offset, event
+
+
+# Functions ``finish(path)`` that wait until this process's writes still under way in the
+# background below `path` (None: anywhere) are on disk; `keras_bn.callbacks` adds one for the
+# figures its writers draw after ``fit`` has returned.
+PENDING_WRITES: list = []
+
+
+def finish_writes(path=None) -> None:
+    """Wait until every event this process is still writing in the background under `path`
+    (None: anywhere) is on disk, e.g. the train-end figure of the diagnostics, drawn after
+    ``fit`` returned. keras-bn's readers call it; call it before reading a run with another tool.
+
+    Example: ``model.fit(...); keras_bn.events.finish_writes("logs/run1")``
+    """
+    for finish in list(PENDING_WRITES):
+        finish(None if path is None else os.path.abspath(os.fspath(path)))
 
 
 def _open_for_append(path: str):
@@ -161,7 +182,7 @@ class EventFileWriter:
     Example::
 
         writer = EventFileWriter("logs/run1/train")
-        writer.add_scalars(1, {"loss": 0.7})  # or writer.add(event), a TensorBoard Event proto
+        writer.add_scalars(1, {"loss": 0.7})  # or add_text, add_summary (a Summary proto), add (an Event)
         writer.close()
     """
 
@@ -200,6 +221,17 @@ class EventFileWriter:
                 self._described.add(tag)
                 value.metadata.CopyFrom(internals.tensorboard_plugin_metadata("scalar"))
         self.add(internals.tensorboard_event_class()(wall_time=time.time(), step=int(step), summary=summary))
+
+    def add_summary(self, step: int, summary) -> None:
+        """Add a ready-made ``Summary`` proto (TensorBoard's, e.g. from
+        ``tensorboard.plugins.hparams.api.hparams_pb``, or TensorFlow's class) as one event at `step`."""
+        event = internals.tensorboard_event_class()(wall_time=time.time(), step=int(step))
+        event.summary.ParseFromString(summary.SerializeToString())
+        self.add(event)
+
+    def add_text(self, step: int, tag: str, text: str) -> None:
+        """Add one text summary (TensorBoard's Text dashboard renders it as Markdown) at `step`."""
+        self.add_summary(step, internals.tensorboard_text_summary(tag, text))
 
     def add_record(self, data: bytes) -> None:
         record = encode_record(data)

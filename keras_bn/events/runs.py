@@ -14,10 +14,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from keras_bn.events.records import RecordProblem, iter_events
+from keras_bn import _keras_internals as internals
+from keras_bn.events.records import RecordProblem, finish_writes, iter_events, iter_records
 
 __all__ = ["DIAGNOSTIC_PREFIXES", "KERAS_PREFIXES", "KIND_DIAGNOSTICS", "KIND_EMPTY", "KIND_KERAS", "KIND_OTHER",
-           "RunData", "Series", "event_files", "read_run", "read_run_details", "run_event_folder"]
+           "RunData", "Series", "event_files", "last_step", "read_run", "read_run_details", "run_event_folder"]
 
 KIND_DIAGNOSTICS = "keras-bn diagnostics run"
 KIND_KERAS = "plain Keras TensorBoard run"
@@ -107,6 +108,7 @@ def read_run_details(log_dir) -> RunData:
     """
     from array import array
 
+    finish_writes(log_dir)
     folder = run_event_folder(log_dir)
     files = event_files(folder)
     if not files:
@@ -184,3 +186,42 @@ def read_run(log_dir) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of the run as ``{tag: [(step, value), ...]}``, sorted by step (see
     `read_run_details` for what could not be read)."""
     return {tag: series.pairs() for tag, series in read_run_details(log_dir).scalars.items()}
+
+
+# path -> (bytes of whole records read so far, largest step among them): event files only grow.
+_LAST_STEPS: dict[str, tuple[int, int | None]] = {}
+
+
+def last_step(folder) -> int | None:
+    """The largest step of a summary in the event files of `folder` (``epoch_*`` scalars, which
+    Keras indexes by epoch, are left out), or None when there is none (or no folder).
+
+    Cheap to call again: each file is read from where the last call stopped (a file that shrank
+    is read again), and records are decoded for their step and tags only.
+
+    Example::
+
+        keras_bn.events.last_step("logs/run1/train")  # 16
+    """
+    event_class = internals.tensorboard_event_class()
+    last = None
+    for path in event_files(folder):
+        read, file_last = _LAST_STEPS.get(path, (0, None))
+        try:
+            if os.path.getsize(path) < read:
+                read, file_last = 0, None
+            for offset, data in iter_records(path, [], start=read):
+                read = offset + 16 + len(data)
+                try:
+                    event = event_class.FromString(data)
+                except Exception:  # noqa: BLE001  an undecodable record holds no step
+                    continue
+                if (file_last is None or event.step > file_last) and any(
+                        not value.tag.startswith("epoch_") for value in event.summary.value):
+                    file_last = event.step
+        except OSError:  # a file removed while reading: what was read counts
+            pass
+        _LAST_STEPS[path] = (read, file_last)
+        if file_last is not None and (last is None or file_last > last):
+            last = file_last
+    return last

@@ -1,0 +1,125 @@
+"""What one `RunWriters.writing` block collects (`_Write`) and how it becomes TensorBoard's
+protos in one event file (`_EventFile`, on `keras_bn.events.EventFileWriter`; no TensorFlow).
+
+Usage (inside keras_bn.callbacks._writer)::
+
+    write = _Write(step); write.scalar("grad_norm/dense", 0.1)
+    _EventFile(run_dir).write_values(summary_values(write), write.step)
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from keras_bn import _keras_internals as internals
+from keras_bn.events import EventFileWriter
+
+__all__ = ["_EventFile", "_Write", "summary_values"]
+
+
+class _Write:
+    """The summary calls available inside `RunWriters.writing`; what they collect is written
+    as one event at the end of the ``with`` block."""
+
+    def __init__(self, step: int):
+        self.step = int(step)
+        self.scalar_values: dict[str, float] = {}
+        self.histogram_values: dict[str, np.ndarray] = {}
+        self.images: dict[str, np.ndarray] = {}
+
+    def scalar(self, tag: str, value) -> None:
+        """Write one scalar; NaN and Inf are written as they are (TensorBoard shows them)."""
+        self.scalar_values[tag] = float(value)
+
+    def scalars(self, values: dict) -> None:
+        """Write each ``tag: value`` of `values` as a scalar."""
+        for tag, value in values.items():
+            self.scalar(tag, value)
+
+    def histogram_buckets(self, tag: str, edges, counts) -> None:
+        """Write a histogram from bucket `edges` (k+1 values) and `counts` (k values)."""
+        edges = np.asarray(edges, dtype=np.float64)
+        counts = np.asarray(counts, dtype=np.float64)
+        self.histogram_values[tag] = np.stack([edges[:-1], edges[1:], counts], axis=1)
+
+    def image(self, tag: str, rgba: np.ndarray) -> None:
+        """Write one ``[height, width, 4]`` uint8 image."""
+        self.images[tag] = rgba
+
+
+class _EventFile:
+    """One event file of TensorBoard's own protobufs, framed by `keras_bn.events.EventFileWriter`
+    (no TensorFlow needed, no TensorFlow op per summary: an eager ``tf.summary`` call costs about
+    as much as a training step of a small MLP). Nothing touches the disk before the first flush.
+    Summary metadata goes with the first value of each tag, as ``tf.summary`` does."""
+
+    def __init__(self, run_dir: str):
+        self._writer = EventFileWriter(run_dir)
+        self._described: set[str] = set()
+
+    @property
+    def path(self) -> str:
+        return self._writer.path
+
+    @property
+    def dropped(self) -> int:
+        return self._writer.dropped
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._writer.pending_bytes
+
+    def write_values(self, values: list, step: int) -> None:
+        """Write ``[(tag, kind, TensorProto), ...]`` (`summary_values`) as one event at `step`."""
+        if not values:
+            return
+        summary = internals.tensorboard_summary_class()()
+        for tag, kind, tensor in values:
+            self._add(summary, tag, kind, tensor)
+        self._write_event(summary, step)
+
+    def write_summary(self, summary, step: int) -> None:
+        """Write a ready-made ``Summary`` proto (e.g. the custom-scalars layout; TensorFlow's
+        or TensorBoard's class)."""
+        self._writer.add_summary(step, summary)
+
+    def _write_event(self, summary, step: int) -> None:
+        event_class = internals.tensorboard_event_class()
+        self._writer.add(event_class(wall_time=time.time(), step=step, summary=summary))
+
+    def _add(self, summary, tag: str, kind: str, tensor) -> None:
+        value = summary.value.add(tag=tag, tensor=tensor)
+        if tag not in self._described:
+            self._described.add(tag)
+            value.metadata.CopyFrom(internals.tensorboard_plugin_metadata(kind))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def summary_values(write: _Write) -> list:
+    """``[(tag, kind, TensorProto), ...]`` of everything `write` collected: the costly part of a
+    write (PNG encoding), done before the writers' lock is taken."""
+    values = [(tag, "scalar", internals.tensorboard_float_tensor(value)) for tag, value in write.scalar_values.items()]
+    values += [(tag, "histogram", internals.tensorboard_tensor_proto(buckets))
+               for tag, buckets in write.histogram_values.items()]
+    values += [(tag, "image", internals.tensorboard_tensor_proto(_png_tensor(rgba)))
+               for tag, rgba in write.images.items()]
+    return values
+
+
+def _png_tensor(rgba: np.ndarray) -> np.ndarray:
+    """``[width, height, png]`` as bytes: the image plugin's tensor for one image."""
+    import io
+
+    import matplotlib.image
+
+    buffer = io.BytesIO()
+    matplotlib.image.imsave(buffer, rgba, format="png")
+    height, width = rgba.shape[:2]
+    return np.array([str(width).encode(), str(height).encode(), buffer.getvalue()], dtype=object)
