@@ -147,6 +147,27 @@ class _LayerNormCell(keras.layers.Layer, _DropoutRNNCell):
     def _norm(self, x, gain, shift=None):
         return layer_norm(x, gain, shift, self.epsilon)
 
+    def _normed_projection(self, inputs, gain):
+        """``LN(inputs @ kernel; gain)``, for one step or, faster, for a whole sequence.
+
+        For a float32 sequence it uses that the mean of ``x W`` over its columns is ``x`` times
+        the row means of ``W``: with the centred kernel ``W'`` the projection is centred already,
+        its variance is the quadratic form ``x (W' W'^T / n) x^T`` and the gain goes into ``W'``,
+        so the ``(batch * time, n)`` tensor is written once instead of passing through the
+        moments' elementwise ops (about a tenth of a 128-unit LN-LSTM's training step on CPU).
+        """
+        if len(inputs.shape) != 3 or self.compute_dtype != "float32":
+            return self._norm(ops.matmul(inputs, self.kernel), gain)
+        batch, steps, features = ops.shape(inputs)
+        flat = ops.reshape(inputs, (-1, features))
+        width = self.kernel.shape[-1]
+        centred = self.kernel - ops.mean(self.kernel, axis=1, keepdims=True)
+        quadratic_form = ops.matmul(centred, ops.transpose(centred)) / width
+        scaled, quadratic = ops.split(ops.matmul(flat, ops.concatenate([centred * gain, quadratic_form], axis=1)),
+                                      [width], axis=-1)
+        variance = ops.maximum(ops.sum(flat * quadratic, axis=-1, keepdims=True), 0.0)
+        return ops.reshape(scaled * ops.rsqrt(variance + self.epsilon), (batch, steps, width))
+
     def get_config(self):
         config = {
             "units": self.units,
@@ -208,7 +229,7 @@ class LayerNormLSTMCell(_LayerNormCell):
 
     def project_inputs(self, inputs, training=False):
         """``LN(W_x x; g_x) + b`` of one step or of every step of a sequence (last axis 4u)."""
-        z = self._norm(ops.matmul(self._dropped_inputs(inputs, training), self.kernel), self.input_gain)
+        z = self._normed_projection(self._dropped_inputs(inputs, training), self.input_gain)
         return z + self.bias if self.use_bias else z
 
     def recurrent_step(self, projected, states, training=False):
@@ -246,7 +267,7 @@ class LayerNormGRUCell(_LayerNormCell):
 
     def project_inputs(self, inputs, training=False):
         """``LN(W_x x; g_x) + b`` of one step or of every step of a sequence (last axis 3u)."""
-        x = self._norm(ops.matmul(self._dropped_inputs(inputs, training), self.kernel), self.input_gain)
+        x = self._normed_projection(self._dropped_inputs(inputs, training), self.input_gain)
         return x + self.bias if self.use_bias else x
 
     def recurrent_step(self, projected, states, training=False):

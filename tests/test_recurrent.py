@@ -162,6 +162,28 @@ def test_fast_layer_equals_rnn_of_its_cell(cell_cls):
             np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5)
 
 
+@pytest.mark.parametrize("cell_cls", [LayerNormLSTMCell, LayerNormGRUCell], ids=["lstm", "gru"])
+def test_fast_layer_gradients_equal_rnn_of_its_cell(cell_cls):
+    """The sequence projection's LN (centred kernel, variance as a quadratic form) has the
+    gradients of the per-step LN."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(6)
+    fast, plain = FAST[cell_cls](UNITS), keras.layers.RNN(cell_cls(UNITS))
+    x = tf.constant(rng.normal(size=(BATCH, STEPS, FEATURES)).astype("float32"))
+    fast(x), plain(x)
+    _randomized(fast, rng)
+    plain.set_weights(fast.get_weights())
+    grads = []
+    for layer in (fast, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(layer(x)))
+        grads.append(tape.gradient(loss, [x, *layer.trainable_weights]))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
+
+
 def test_fast_layer_projects_the_whole_sequence_once(monkeypatch):
     layer = LayerNormLSTM(UNITS, return_sequences=True)
     x = np.zeros((BATCH, STEPS, FEATURES), "float32")
