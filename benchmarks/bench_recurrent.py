@@ -7,7 +7,10 @@ each builds a fresh model, fits a 10-step warm-up (tracing), then times an epoch
 steps (with the callbacks' epoch-end work). Printed: median wall and process-CPU ms per step,
 and each ratio against its baseline measured in the same run:
 
-- ``ln_lstm`` / ``lstm``: the LayerNorm cell's cost (target <= 2x);
+- ``ln_lstm`` / ``lstm``: ``build_recurrent(norm="layer")``, i.e. `keras_bn.LayerNormLSTM` (input
+  projection and its LN out of the time loop), against Keras' LSTM (target <= 2x);
+- ``ln_lstm_cell`` / ``lstm``: the same weights as ``keras.layers.RNN(LayerNormLSTMCell)``, the
+  whole cell in the loop (what ``ln_lstm`` was before the fast layer);
 - ``ln_lstm_xla`` / ``lstm_xla``: the same, both compiled with ``jit_compile=True`` (XLA fuses
   the normalizations' elementwise ops);
 - ``lstm_preset`` / ``lstm``: ``keras_bn.callbacks.diagnostics`` with a 64-sample probe, every 100;
@@ -34,7 +37,7 @@ import numpy as np  # noqa: E402
 
 import keras_bn  # noqa: E402
 
-CONFIGS = ("lstm", "ln_lstm", "lstm_xla", "ln_lstm_xla", "lstm_preset", "lstm_preset_timegrad")
+CONFIGS = ("lstm", "ln_lstm", "ln_lstm_cell", "lstm_xla", "ln_lstm_xla", "lstm_preset", "lstm_preset_timegrad")
 BASELINE = {"lstm_xla": "lstm_xla", "ln_lstm_xla": "lstm_xla"}  # every other config: "lstm"
 
 
@@ -46,6 +49,10 @@ def measure(config: str, args, x, y, log_dir: str) -> tuple[float, float]:
     keras.backend.clear_session()
     norm = "layer" if config.startswith("ln_lstm") else None
     model = keras_bn.build_recurrent((28, 28), args.units, 10, cell="lstm", norm=norm)
+    if config == "ln_lstm_cell":
+        inputs = keras.Input((28, 28))
+        hidden = keras.layers.RNN(keras_bn.LayerNormLSTMCell(args.units), name="block1_lstm")(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(hidden))
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", jit_compile=config.endswith("_xla"))
     callbacks = []
     if config.startswith("lstm_preset"):

@@ -396,6 +396,18 @@ def dropout_rnn_cell_base() -> type:
     return DropoutRNNCell
 
 
+# keras_bn.LayerNormLSTM & co. run their cell's recurrent half over pre-projected inputs with the
+# same time loop keras.layers.RNN uses (masking, go_backwards, unroll); Keras 3 does not export it.
+require("keras.src.backend", "rnn")
+
+
+def backend_rnn(step, inputs, initial_states, **kwargs):
+    """Keras' backend time loop, ``keras.src.backend.rnn`` (the one ``RNN.inner_loop`` calls)."""
+    from keras.src import backend
+
+    return backend.rnn(step, inputs, initial_states, **kwargs)
+
+
 # --- the doctor's own run: scalar and text summaries (owner: keras_bn.callbacks.doctor) ---
 require("tensorboard.plugins.scalar.summary_v2", "scalar_pb")
 require("tensorboard.plugins.text.summary_v2", "text_pb")

@@ -1,283 +1,141 @@
-"""Layer-normalized recurrent cells (Ba, Kiros & Hinton 2016) for ``keras.layers.RNN``.
+"""Fast LayerNorm recurrent layers and `build_recurrent`, a sequence classifier builder.
 
-Keras 3 has no LayerNorm RNN cell (TensorFlow Addons' ``LayerNormLSTMCell`` is tf.keras only),
-so keras-bn has three, written with ``keras.ops`` (any backend) and registered serializable
-(``.keras`` files load with ``safe_mode=True`` and no ``custom_objects``). LN normalizes over
-the features of each sample, so it behaves the same at any batch size and at every time step
-(SEEDS §6); ``LN(a; g, b) = g * (a - mean(a)) / sqrt(var(a) + epsilon) + b`` over the last axis.
-
-- `LayerNormLSTMCell`, the paper's eq. (20)-(22), gates in Keras' order (i, f, g, o)::
-
-      [i f g o] = LN(W_x x_t; g_x) + LN(W_h h_{t-1}; g_h) + b
-      c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
-      h_t = sigmoid(o) * tanh(LN(c_t; g_c, b_c))
-
-  Each projection is normalized over all 4*units of its gates together, as in the paper; the
-  paper's shifts of the two projections add up with ``b`` and are folded into it.
-- `LayerNormGRUCell`: the same two separate normalizations of the (z, r, n) projections; the
-  recurrent one keeps its own shift ``b_h`` because the reset gate multiplies it (as Keras'
-  ``reset_after=True`` GRU keeps a recurrent bias)::
-
-      [xz xr xn] = LN(W_x x_t; g_x) + b        [hz hr hn] = LN(W_h h_{t-1}; g_h, b_h)
-      z = sigmoid(xz + hz)   r = sigmoid(xr + hr)   n = tanh(xn + r * hn)
-      h_t = z * h_{t-1} + (1 - z) * n           (Keras' convention for z)
-
-- `LayerNormSimpleRNNCell`, the paper's eq. (4): the summed inputs normalized together,
-  ``h_t = tanh(LN(W_x x_t + W_h h_{t-1}; g) + b)``.
-
-Options as Keras' own cells: `activation`, `recurrent_activation`, `use_bias`, initializers
-by name (recurrent kernel orthogonal by default, gains ``"ones"``), `unit_forget_bias` (LSTM),
-`dropout` on the inputs and `recurrent_dropout` on the recurrent state (one mask per sequence,
-only with ``training=True``), `seed`, and `epsilon`.
+`LayerNormLSTM`, `LayerNormGRU` and `LayerNormSimpleRNN` are ``keras.layers.RNN`` layers of
+the LayerNorm cells of `keras_bn.recurrent_cells` (same equations, same weights, same
+options), built like ``keras.layers.LSTM(units, ...)``. What makes them faster than
+``keras.layers.RNN(LayerNormLSTMCell(units))``: the part of each step that does not depend on
+the recurrence, the input projection ``W_x x_t`` (and, for the LSTM and GRU, its LayerNorm
+and the bias), runs once for all time steps, one matmul and one LN over
+``(batch, time, gates * units)``, before the time loop; only the recurrent half runs per step.
+Dropout is the cells': one input mask per sequence (the same for every step, so applying it to
+the whole sequence before the projection is the same thing) and one recurrent mask per
+sequence, only with ``training=True``.
 
 `build_recurrent` lays such layers (or Keras' own LSTM/GRU/SimpleRNN, which keep cuDNN on a
 GPU) out as a Functional classifier, in the style of `keras_bn.build_dense`.
 
 Usage::
 
-    layer = keras.layers.RNN(keras_bn.LayerNormLSTMCell(64), return_sequences=True)
+    layer = keras_bn.LayerNormLSTM(64, return_sequences=True, dropout=0.1)
     model = keras_bn.build_recurrent((28, 28), 128, 10, cell="lstm", norm="layer")
 """
 
 from __future__ import annotations
 
 import keras
-from keras import ops
 
 from keras_bn import _keras_internals as internals
 from keras_bn._validation import check_choice, check_float, check_int_list, check_positive_int
 from keras_bn.builders import check_common, output_head
 from keras_bn.initializers import check_bias_initializer, get_bias_initializer, get_initializer
 from keras_bn.norms import check_norm_kwargs, resolve_norm
+from keras_bn.recurrent_cells import (
+    LayerNormGRUCell,
+    LayerNormLSTMCell,
+    LayerNormSimpleRNNCell,
+    _check_bool,
+    layer_norm,
+)
 
-__all__ = ["LayerNormGRUCell", "LayerNormLSTMCell", "LayerNormSimpleRNNCell", "build_recurrent", "layer_norm"]
+__all__ = [
+    "LayerNormGRU", "LayerNormGRUCell", "LayerNormLSTM", "LayerNormLSTMCell", "LayerNormSimpleRNN",
+    "LayerNormSimpleRNNCell", "build_recurrent", "layer_norm",
+]
 
 CELL_TYPES = ("lstm", "gru", "simple")
 RECURRENT_NORMS = ("none", "layer")
-
-_DropoutRNNCell = internals.dropout_rnn_cell_base()
-
-
-def layer_norm(x, gain, shift=None, epsilon: float = 1e-3):
-    """``gain * (x - mean) / sqrt(var + epsilon) + shift`` over the last axis of `x`."""
-    mean, variance = ops.moments(x, axes=[-1], keepdims=True)
-    y = (x - mean) * ops.rsqrt(variance + epsilon) * gain
-    return y if shift is None else y + shift
+_CELL_OPTIONS = ("activation", "recurrent_activation", "use_bias", "kernel_initializer", "recurrent_initializer",
+                 "bias_initializer", "gain_initializer", "dropout", "recurrent_dropout", "epsilon", "seed")
 
 
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return value
+class _ProjectedRNN(keras.layers.RNN):
+    """``keras.layers.RNN`` of one LayerNorm cell whose input half runs outside the time loop."""
 
+    _cell_class = None
+    _cell_options = _CELL_OPTIONS
 
-class _LayerNormCell(keras.layers.Layer, _DropoutRNNCell):
-    """What the three cells share: options, weights of the two projections, dropout, config."""
+    def __init__(self, units, *, return_sequences=False, return_state=False, go_backwards=False, stateful=False,
+                 unroll=False, zero_output_for_mask=False, **kwargs):
+        options = {name: kwargs.pop(name) for name in self._cell_options if name in kwargs}
+        cell = self._cell_class(units, dtype=kwargs.get("dtype"), trainable=kwargs.get("trainable", True),
+                                name=f"{self._cell_class.__name__[:-4].lower()}_cell", **options)
+        super().__init__(cell, return_sequences=return_sequences, return_state=return_state, go_backwards=go_backwards,
+                         stateful=stateful, unroll=unroll, zero_output_for_mask=zero_output_for_mask, **kwargs)
+        self.input_spec = keras.layers.InputSpec(ndim=3)
 
-    _gates = 1  # projections per unit (4 for LSTM, 3 for GRU)
+    @property
+    def units(self):
+        return self.cell.units
 
-    def __init__(
-        self,
-        units,
-        activation="tanh",
-        recurrent_activation="sigmoid",
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        recurrent_initializer="orthogonal",
-        bias_initializer="zeros",
-        gain_initializer="ones",
-        dropout=0.0,
-        recurrent_dropout=0.0,
-        epsilon=1e-3,
-        seed=None,
-        **kwargs,
-    ):
-        units = check_positive_int("units", units)
-        dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)
-        recurrent_dropout = check_float("recurrent_dropout", recurrent_dropout, low=0.0, high=1.0, high_inclusive=False)
-        epsilon = check_float("epsilon", epsilon, low=0.0, low_inclusive=False)
-        super().__init__(**kwargs)
-        self.units = units
-        self.activation = keras.activations.get(activation)
-        self.recurrent_activation = keras.activations.get(recurrent_activation)
-        self.use_bias = _check_bool("use_bias", use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.gain_initializer = keras.initializers.get(gain_initializer)
-        self.dropout = dropout
-        self.recurrent_dropout = recurrent_dropout
-        self.epsilon = epsilon
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed=seed)
-        self.state_size = units
-        self.output_size = units
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        projected = self.cell.project_inputs(sequences, training=training)  # every step at once
 
-    def _bias_initializer(self):
-        return self.bias_initializer
+        def step(inputs, states):
+            return self.cell.recurrent_step(inputs, states, training=training)
 
-    def build(self, input_shape):
-        width = self.units * self._gates
-        self.kernel = self.add_weight(shape=(input_shape[-1], width), name="kernel", initializer=self.kernel_initializer)
-        self.recurrent_kernel = self.add_weight(
-            shape=(self.units, width), name="recurrent_kernel", initializer=self.recurrent_initializer
+        return internals.backend_rnn(
+            step, projected, initial_state, go_backwards=self.go_backwards, mask=mask, unroll=self.unroll,
+            input_length=sequences.shape[1], zero_output_for_mask=self.zero_output_for_mask,
+            return_all_outputs=self.return_sequences,
         )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(shape=(width,), name="bias", initializer=self._bias_initializer())
-        self._build_norms(width)
-
-    def _build_norms(self, width: int) -> None:
-        """The gains (and shifts) of the layer normalizations."""
-        self.input_gain = self.add_weight(shape=(width,), name="input_gain", initializer=self.gain_initializer)
-        self.recurrent_gain = self.add_weight(shape=(width,), name="recurrent_gain", initializer=self.gain_initializer)
-
-    def _masked(self, inputs, h_tm1, training):
-        """Inputs and previous state with this sequence's dropout masks applied (training only)."""
-        if training and self.dropout > 0:
-            inputs = inputs * self.get_dropout_mask(inputs)
-        if training and self.recurrent_dropout > 0:
-            h_tm1 = h_tm1 * self.get_recurrent_dropout_mask(h_tm1)
-        return inputs, h_tm1
-
-    def _norm(self, x, gain, shift=None):
-        return layer_norm(x, gain, shift, self.epsilon)
 
     def get_config(self):
-        config = {
-            "units": self.units,
-            "activation": keras.activations.serialize(self.activation),
-            "recurrent_activation": keras.activations.serialize(self.recurrent_activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "gain_initializer": keras.initializers.serialize(self.gain_initializer),
-            "dropout": self.dropout,
-            "recurrent_dropout": self.recurrent_dropout,
-            "epsilon": self.epsilon,
-            "seed": self.seed,
-        }
-        return {**super().get_config(), **config}
+        config = super().get_config()
+        del config["cell"]
+        cell = self.cell.get_config()
+        return {**config, "units": self.cell.units, **{name: cell[name] for name in self._cell_options}}
 
-    def get_initial_state(self, batch_size=None):
-        sizes = self.state_size if isinstance(self.state_size, (list, tuple)) else [self.state_size]
-        return [ops.zeros((batch_size, size), dtype=self.compute_dtype) for size in sizes]
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="keras_bn")
-class LayerNormLSTMCell(_LayerNormCell):
-    """LSTM cell with layer normalization (Ba et al. 2016, eq. 20-22), for ``keras.layers.RNN``.
+class LayerNormLSTM(_ProjectedRNN):
+    """LSTM layer with layer normalization (`LayerNormLSTMCell`), input projection out of the loop.
 
-    Weights: ``kernel`` (input_dim, 4u), ``recurrent_kernel`` (u, 4u), ``bias`` (4u, forget
-    part 1 with `unit_forget_bias`), ``input_gain``/``recurrent_gain`` (4u), and
-    ``cell_gain``/``cell_shift`` (u) of the cell state's normalization. States ``[h, c]``.
+    Takes ``units``, every option of `LayerNormLSTMCell` and those of ``keras.layers.RNN``
+    (`return_sequences`, `return_state`, `go_backwards`, `stateful`, `unroll`). ``.cell`` is
+    the `LayerNormLSTMCell` that holds the weights.
 
     Example::
 
-        rnn = keras.layers.RNN(LayerNormLSTMCell(32, dropout=0.1))
+        x = keras_bn.LayerNormLSTM(64, return_sequences=True)(keras.Input((28, 28)))
     """
 
-    _gates = 4
-
-    def __init__(self, units, *, unit_forget_bias=True, **kwargs):
-        super().__init__(units, **kwargs)
-        self.unit_forget_bias = _check_bool("unit_forget_bias", unit_forget_bias)
-        self.state_size = [self.units, self.units]
-
-    def _bias_initializer(self):
-        if not self.unit_forget_bias:
-            return self.bias_initializer
-        units, base = self.units, self.bias_initializer
-
-        def forget_one(shape, dtype=None):
-            return ops.concatenate([
-                base((units,), dtype=dtype), ops.ones((units,), dtype=dtype), base((2 * units,), dtype=dtype),
-            ])
-
-        return forget_one
-
-    def _build_norms(self, width):
-        super()._build_norms(width)
-        self.cell_gain = self.add_weight(shape=(self.units,), name="cell_gain", initializer=self.gain_initializer)
-        self.cell_shift = self.add_weight(shape=(self.units,), name="cell_shift", initializer="zeros")
-
-    def call(self, inputs, states, training=False):
-        h_tm1, c_tm1 = states[0], states[1]
-        inputs, h_in = self._masked(inputs, h_tm1, training)
-        z = self._norm(ops.matmul(inputs, self.kernel), self.input_gain)
-        z = z + self._norm(ops.matmul(h_in, self.recurrent_kernel), self.recurrent_gain)
-        if self.use_bias:
-            z = z + self.bias
-        i, f, g, o = ops.split(z, 4, axis=-1)
-        c = self.recurrent_activation(f) * c_tm1 + self.recurrent_activation(i) * self.activation(g)
-        h = self.recurrent_activation(o) * self.activation(self._norm(c, self.cell_gain, self.cell_shift))
-        return h, [h, c]
-
-    def get_config(self):
-        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
+    _cell_class = LayerNormLSTMCell
+    _cell_options = _CELL_OPTIONS + ("unit_forget_bias",)
 
 
 @keras.saving.register_keras_serializable(package="keras_bn")
-class LayerNormGRUCell(_LayerNormCell):
-    """GRU cell with separate layer normalizations of the input and recurrent projections.
-
-    Weights: ``kernel`` (input_dim, 3u), ``recurrent_kernel`` (u, 3u), ``bias`` (3u),
-    ``input_gain``/``recurrent_gain`` (3u) and ``recurrent_shift`` (3u). Gates (z, r, n) in
-    Keras' order; see the module docstring for the equations.
+class LayerNormGRU(_ProjectedRNN):
+    """GRU layer with layer normalization (`LayerNormGRUCell`), input projection out of the loop.
 
     Example::
 
-        rnn = keras.layers.RNN(LayerNormGRUCell(32), return_sequences=True)
+        x = keras_bn.LayerNormGRU(64)(keras.Input((None, 8)))
     """
 
-    _gates = 3
-
-    def _build_norms(self, width):
-        super()._build_norms(width)
-        self.recurrent_shift = self.add_weight(shape=(width,), name="recurrent_shift", initializer="zeros")
-
-    def call(self, inputs, states, training=False):
-        h_tm1 = states[0] if isinstance(states, (list, tuple)) else states
-        inputs, h_in = self._masked(inputs, h_tm1, training)
-        x = self._norm(ops.matmul(inputs, self.kernel), self.input_gain)
-        if self.use_bias:
-            x = x + self.bias
-        r_h = self._norm(ops.matmul(h_in, self.recurrent_kernel), self.recurrent_gain, self.recurrent_shift)
-        x_z, x_r, x_n = ops.split(x, 3, axis=-1)
-        h_z, h_r, h_n = ops.split(r_h, 3, axis=-1)
-        z = self.recurrent_activation(x_z + h_z)
-        r = self.recurrent_activation(x_r + h_r)
-        n = self.activation(x_n + r * h_n)
-        h = z * h_tm1 + (1.0 - z) * n
-        return h, [h]
+    _cell_class = LayerNormGRUCell
 
 
 @keras.saving.register_keras_serializable(package="keras_bn")
-class LayerNormSimpleRNNCell(_LayerNormCell):
-    """Fully connected RNN cell with layer normalization of the summed inputs (Ba et al., eq. 4).
-
-    Weights: ``kernel`` (input_dim, u), ``recurrent_kernel`` (u, u), ``gain`` (u) and ``bias``
-    (u, the normalization's shift). `recurrent_activation` is not used (there are no gates).
+class LayerNormSimpleRNN(_ProjectedRNN):
+    """Fully connected RNN layer with layer normalization (`LayerNormSimpleRNNCell`); ``W_x x``
+    of every step is computed before the loop (the LN itself needs the recurrent part).
 
     Example::
 
-        rnn = keras.layers.RNN(LayerNormSimpleRNNCell(50))
+        x = keras_bn.LayerNormSimpleRNN(50)(keras.Input((None, 6)))
     """
 
-    def _build_norms(self, width):
-        self.gain = self.add_weight(shape=(width,), name="gain", initializer=self.gain_initializer)
-
-    def call(self, inputs, states, training=False):
-        h_tm1 = states[0] if isinstance(states, (list, tuple)) else states
-        inputs, h_in = self._masked(inputs, h_tm1, training)
-        a = ops.matmul(inputs, self.kernel) + ops.matmul(h_in, self.recurrent_kernel)
-        h = self.activation(self._norm(a, self.gain, self.bias))
-        return h, [h]
+    _cell_class = LayerNormSimpleRNNCell
 
 
 _KERAS_LAYERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple": keras.layers.SimpleRNN}
-_LN_CELLS = {"lstm": LayerNormLSTMCell, "gru": LayerNormGRUCell, "simple": LayerNormSimpleRNNCell}
+_LN_LAYERS = {"lstm": LayerNormLSTM, "gru": LayerNormGRU, "simple": LayerNormSimpleRNN}
 
 
 def _check_sequence_shape(input_shape) -> tuple:
@@ -326,7 +184,7 @@ def build_recurrent(
         num_classes: outputs of the last Dense layer.
         cell: "lstm", "gru" or "simple".
         norm: None (Keras' own LSTM/GRU/SimpleRNN layer, cuDNN-eligible on a GPU) or "layer"
-            (``keras.layers.RNN`` of `LayerNormLSTMCell` etc.).
+            (`LayerNormLSTM`, `LayerNormGRU`, `LayerNormSimpleRNN`).
         bidirectional: wrap each layer in ``keras.layers.Bidirectional`` (outputs concatenated).
         return_sequences: the last recurrent layer returns every step (a per-step classifier).
         unroll: unroll the time loop in the graph (faster for short, fixed-length sequences
@@ -391,8 +249,8 @@ def build_recurrent(
         sequences = return_sequences or i < len(units)
         layer_name = f"block{i}_{cell}"
         if norm == "layer":
-            layer = keras.layers.RNN(_LN_CELLS[cell](width, **options, **ln_kwargs), return_sequences=sequences,
-                                     unroll=unroll, name=layer_name)
+            layer = _LN_LAYERS[cell](width, **options, **ln_kwargs, return_sequences=sequences, unroll=unroll,
+                                     name=layer_name)
         else:
             layer = _KERAS_LAYERS[cell](width, **options, return_sequences=sequences, unroll=unroll, name=layer_name)
         if bidirectional:

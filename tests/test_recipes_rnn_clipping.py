@@ -5,6 +5,7 @@ import pytest
 
 from keras_bn.recipes import rnn_clipping
 from tests._events import scalar_series
+from tests._recipe_doctor import check_declared_runs
 
 
 def test_temporal_order_sequences_follow_the_task():
@@ -33,22 +34,27 @@ def test_spike_summary():
     assert summary["spikes"] == pytest.approx(1 / 99)
 
 
-def test_quick_run_clips_as_configured(tmp_path, capsys):
-    # A threshold below every gradient norm: both clipping runs clip at every step.
-    results = rnn_clipping.main(["--quick", "--clip", "0.01", "--log-dir", str(tmp_path)])
-    summary = results["summary"]
-    assert list(summary) == ["none", "clipnorm", "global_clipnorm"]
-    assert summary["none"]["clip_fraction"] == 0.0
-    assert summary["clipnorm"]["clip_fraction"] == 1.0
-    assert summary["global_clipnorm"]["clip_fraction"] == 1.0
-    for variant in summary:
-        assert summary[variant]["runs"] == 1 and summary[variant]["median"] > 0.01
-    norms = {r["variant"]: r["norms"] for r in results["results"]}
-    applied = scalar_series(str(Path(results["log_dir"]) / "global_clipnorm_seed0" / "train"), "grad_global/norm")
-    assert applied and max(applied.values()) <= 0.01 * (1 + 1e-4)
-    preclip = scalar_series(str(Path(results["log_dir"]) / "global_clipnorm_seed0" / "train"), "grad_global/norm_preclip")
-    assert min(preclip.values()) > 0.01
-    np.testing.assert_allclose(norms["global_clipnorm"], [preclip[s] for s in sorted(preclip)], rtol=1e-6)
+def test_quick_run_unclipped_diverges_global_clipping_trains(tmp_path, capsys):
+    """The quick mode's outcome: at lr 0.5 the gradient explodes; without clipping the run
+    diverges, with global clipping (the clip binding, the applied norm <= 1) it succeeds."""
+    results = rnn_clipping.main(["--quick", "--log-dir", str(tmp_path)])
+    check_declared_runs(rnn_clipping, results)
+    summary, runs = results["summary"], {r["variant"]: r for r in results["results"]}
+    assert list(summary) == ["none", "clipnorm", "global_clipnorm"] and summary["none"]["runs"] == 1
+    assert not runs["none"]["success"] and runs["global_clipnorm"]["success"]
+    assert summary["none"]["clip_fraction"] == 0.0 and 0.0 < summary["global_clipnorm"]["clip_fraction"] <= 1.0
+    train = Path(results["log_dir"]) / "global_clipnorm_seed0" / "train"
+    applied, preclip = scalar_series(str(train), "grad_global/norm"), scalar_series(str(train), "grad_global/norm_preclip")
+    assert max(applied.values()) <= 1.0 * (1 + 1e-4) < max(preclip.values())
+    np.testing.assert_allclose(runs["global_clipnorm"]["norms"], [preclip[s] for s in sorted(preclip)], rtol=1e-6)
     assert (Path(results["log_dir"]) / "rnn_clipping.png").stat().st_size > 10_000
-    assert "| global_clipnorm | 0/1" in capsys.readouterr().out
-    assert summary["none"]["mean_error"] == next(r["final_error"] for r in results["results"] if r["variant"] == "none")
+    assert "| global_clipnorm | 1/1" in capsys.readouterr().out
+    assert summary["none"]["mean_error"] == runs["none"]["final_error"]
+
+
+def test_quick_mode_keeps_what_the_user_set():
+    args = rnn_clipping._common.base_parser("rnn_clipping", "")
+    rnn_clipping.add_arguments(args)
+    parsed = args.parse_args(["--quick", "--learning-rate", "0.02", "--seeds", "3"])
+    rnn_clipping.apply_quick(parsed)
+    assert (parsed.learning_rate, parsed.seeds, parsed.length) == (0.02, 3, rnn_clipping.QUICK["length"])

@@ -5,7 +5,14 @@ import pytest
 
 import keras
 
-from keras_bn.recurrent import LayerNormGRUCell, LayerNormLSTMCell, LayerNormSimpleRNNCell
+from keras_bn.recurrent import (
+    LayerNormGRU,
+    LayerNormGRUCell,
+    LayerNormLSTM,
+    LayerNormLSTMCell,
+    LayerNormSimpleRNN,
+    LayerNormSimpleRNNCell,
+)
 
 EPS = 1e-3
 BATCH, STEPS, FEATURES, UNITS = 3, 5, 4, 6
@@ -60,6 +67,7 @@ def _np_simple(x, w):
 
 
 CELLS = [(LayerNormLSTMCell, _np_lstm), (LayerNormGRUCell, _np_gru), (LayerNormSimpleRNNCell, _np_simple)]
+FAST = {LayerNormLSTMCell: LayerNormLSTM, LayerNormGRUCell: LayerNormGRU, LayerNormSimpleRNNCell: LayerNormSimpleRNN}
 
 
 def _randomized(layer, rng):
@@ -72,10 +80,11 @@ def _randomized(layer, rng):
     return weights
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["cell", "fast_layer"])
 @pytest.mark.parametrize("cell_cls, reference", CELLS, ids=["lstm", "gru", "simple"])
-def test_cell_matches_numpy_equations(cell_cls, reference):
+def test_cell_matches_numpy_equations(cell_cls, reference, fast):
     rng = np.random.default_rng(0)
-    layer = keras.layers.RNN(cell_cls(UNITS), return_sequences=True)
+    layer = FAST[cell_cls](UNITS, return_sequences=True) if fast else keras.layers.RNN(cell_cls(UNITS), return_sequences=True)
     x = rng.normal(size=(BATCH, STEPS, FEATURES)).astype("float32")
     layer(x)
     weights = _randomized(layer, rng)
@@ -129,6 +138,80 @@ def test_dropout_only_in_training(cell_cls):
     np.testing.assert_allclose(inference[0], keras.ops.convert_to_numpy(plain(x)), atol=1e-6)
     trained = keras.ops.convert_to_numpy(layer(x, training=True))
     assert np.abs(trained - inference[0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("cell_cls", [c for c, _ in CELLS], ids=["lstm", "gru", "simple"])
+def test_fast_layer_equals_rnn_of_its_cell(cell_cls):
+    """Backwards, masked, with final states, and in training with dropout (the same seed draws
+    the same masks): the fast layer's outputs are RNN(cell)'s."""
+    rng = np.random.default_rng(5)
+    options = dict(dropout=0.3, recurrent_dropout=0.2, seed=7)
+    layer_options = dict(return_sequences=True, return_state=True, go_backwards=True)
+    fast = FAST[cell_cls](UNITS, **options, **layer_options)
+    plain = keras.layers.RNN(cell_cls(UNITS, **options), **layer_options)
+    x = rng.normal(size=(BATCH, STEPS, FEATURES)).astype("float32")
+    mask = np.ones((BATCH, STEPS), bool)
+    mask[0, 3:] = False
+    fast(x), plain(x)
+    _randomized(fast, rng)
+    plain.set_weights(fast.get_weights())
+    for training in (False, True):
+        got = fast(x, mask=mask, training=training)
+        expected = plain(x, mask=mask, training=training)
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5)
+
+
+@pytest.mark.parametrize("cell_cls", [LayerNormLSTMCell, LayerNormGRUCell], ids=["lstm", "gru"])
+def test_fast_layer_gradients_equal_rnn_of_its_cell(cell_cls):
+    """The sequence projection's LN (centred kernel, variance as a quadratic form) has the
+    gradients of the per-step LN."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(6)
+    fast, plain = FAST[cell_cls](UNITS), keras.layers.RNN(cell_cls(UNITS))
+    x = tf.constant(rng.normal(size=(BATCH, STEPS, FEATURES)).astype("float32"))
+    fast(x), plain(x)
+    _randomized(fast, rng)
+    plain.set_weights(fast.get_weights())
+    grads = []
+    for layer in (fast, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(layer(x)))
+        grads.append(tape.gradient(loss, [x, *layer.trainable_weights]))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
+
+
+def test_fast_layer_projects_the_whole_sequence_once(monkeypatch):
+    layer = LayerNormLSTM(UNITS, return_sequences=True)
+    x = np.zeros((BATCH, STEPS, FEATURES), "float32")
+    layer(x)
+    shapes = []
+    original = layer.cell.project_inputs
+    monkeypatch.setattr(layer.cell, "project_inputs", lambda inputs, **kw: shapes.append(tuple(inputs.shape)) or original(inputs, **kw))
+    layer(x)
+    assert shapes == [(BATCH, STEPS, FEATURES)]
+
+
+@pytest.mark.parametrize("cell_cls", [c for c, _ in CELLS], ids=["lstm", "gru", "simple"])
+def test_fast_layer_keras_file_round_trip_safe_mode(cell_cls, tmp_path):
+    inputs = keras.Input((STEPS, FEATURES))
+    layer = FAST[cell_cls](UNITS, dropout=0.2, recurrent_dropout=0.1, epsilon=1e-4, kernel_initializer="he_normal",
+                           return_sequences=True, name="fast")
+    outputs = keras.layers.Bidirectional(FAST[cell_cls](3), name="bi")(layer(inputs))
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(1).normal(size=(BATCH, STEPS, FEATURES)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(x))
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), expected, atol=1e-6)
+    fast = loaded.get_layer("fast")
+    assert type(fast) is FAST[cell_cls] and type(fast.cell) is cell_cls and fast.return_sequences
+    assert (fast.cell.dropout, fast.cell.recurrent_dropout, fast.cell.epsilon, fast.units) == (0.2, 0.1, 1e-4, UNITS)
+    assert type(fast.cell.kernel_initializer).__name__ == "HeNormal"
+    assert loaded.get_layer("bi").backward_layer.go_backwards
 
 
 def test_input_dropout_mask_is_one_per_sequence():
@@ -202,7 +285,7 @@ def test_build_recurrent_every_option_builds_and_trains_a_step(options):
     rnn = model.get_layer(f"block1_{kind}")
     inner = rnn.forward_layer if options["bidirectional"] else rnn
     if options["norm"] == "layer":
-        assert type(inner) is keras.layers.RNN and type(inner.cell) is keras_bn.recurrent._LN_CELLS[options["cell"]]
+        assert type(inner) is keras_bn.recurrent._LN_LAYERS[options["cell"]]
     else:
         assert type(inner) is {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple": keras.layers.SimpleRNN}[options["cell"]]
     width = 12 if options["bidirectional"] else 6

@@ -11,7 +11,8 @@ loss with respect to each h_t. ``||dL/dh_t||`` is the L2 norm of that (batch, un
 gradient: the *total* derivative, through the output at t and through every later step.
 
 **Covered layers:** ``keras.layers.RNN`` and its subclasses with one cell (``LSTM``, ``GRU``,
-``SimpleRNN``, ``RNN(keras_bn.LayerNormLSTMCell(...))`` etc.), and ``Bidirectional`` around
+``SimpleRNN``, ``keras_bn.LayerNormLSTM``, ``RNN(keras_bn.LayerNormLSTMCell(...))`` etc.), and
+``Bidirectional`` around
 one of them (both directions, tagged ``forward`` / ``backward``), in the top level of a
 Functional or Sequential model (a layer called twice: its first call). Refused, with a
 message saying why: stacked cells, ``stateful``, ``return_state``, a Bidirectional with
