@@ -14,7 +14,7 @@ at train end and when a step raises, so a run that dies still leaves it).
 
 What it measures itself (the facts the event files lack), in ``<log_dir>/doctor``:
 ``doctor/initial_loss`` (the loss of step 1, one read at step 1 of a fresh run),
-``doctor/bn_gap/<layer>`` (at train end, and at epoch ends within the same budget, when a
+``doctor/bn_gap/<layer>`` (at train end, when a
 `probe` is given and the model has BatchNormalization: one inference pass on at most 256
 probe samples, see `keras_bn.precise_bn.batchnorm_gaps`), and ``facts.json`` (loss kind and
 classes, layer kinds, output layers, BN momentum and trainability, the per-replica batch BN
@@ -169,8 +169,7 @@ class Doctor(DiagnosticCallback):
     def on_epoch_end(self, epoch, logs=None):  # no per-step cadence of its own: see `_listen`
         step = self._optimizer_step()
         self.facts.epoch_ends[str(epoch)] = step
-        last = epoch + 1 >= (self.params or {}).get("epochs", epoch + 2)  # train end measures the gap
-        self._run_safely(self._log_epoch, step, not last)
+        self._run_safely(self._log_epoch, step)
 
     def on_train_batch_begin(self, batch, logs=None):  # the only per-step work: one test
         if self._initial_pending and batch >= 1:
@@ -178,7 +177,7 @@ class Doctor(DiagnosticCallback):
             self._run_safely(self._read_initial_loss, self._optimizer_step())
 
     def on_train_end(self, logs=None):
-        self._run_safely(self._measure_gaps, self._optimizer_step(), True)
+        self._run_safely(self._measure_gaps, self._optimizer_step())
         super().on_train_end(logs)
 
     def _read_initial_loss(self, step):
@@ -191,21 +190,19 @@ class Doctor(DiagnosticCallback):
             self._own_scalars(step, {"doctor/initial_loss": loss})
             self._evaluate(step, force=True)
 
-    def _log_epoch(self, step, gaps: bool):
+    def _log_epoch(self, step):
         if not self.facts.layers:
             self._refresh_facts()
         self._read_batch_size()
-        if gaps:
-            self._measure_gaps(step, False)
         self._dirty = True
         self._evaluate(step, force=True)
         self._save(step)
 
-    def _measure_gaps(self, step, force: bool):
-        """The BN train/inference gaps on the probe (one inference pass), within the budget."""
+    def _measure_gaps(self, step):
+        """The BN train/inference gaps on the probe (one inference pass), at train end only:
+        during training the moving statistics lag by design (momentum 0.99 remembers ~100
+        steps); what matters is the model that is evaluated and saved."""
         if self.probe is None or not self.facts.batchnorm:
-            return
-        if not force and self._busy > MAX_OVERHEAD * (time.monotonic() - self._began):
             return
         from keras_bn.precise_bn import batchnorm_gaps
 
