@@ -47,6 +47,7 @@ import keras
 
 from keras_bn._validation import check_float, check_positive_int
 from keras_bn.callbacks._runs import check_log_dir_now, check_writable_log_dir
+from keras_bn.callbacks._tap_state import TapState
 from keras_bn.callbacks._taps import StepTaps
 from keras_bn.callbacks._writer import RunWriters
 
@@ -153,6 +154,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
         step = self._steps_at_epoch_start + batch  # steps finished so far
         if step // self.every > self._last_logged_step // self.every:
             self._last_logged_step = step
+            self._sync_state()
             self._run_safely(self._log_step, step)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -186,9 +188,15 @@ class DiagnosticCallback(keras.callbacks.Callback):
         self.writers.close()
         self._taps.end(self)
 
+    def _sync_state(self) -> None:
+        """Make the model's variables hold the latest step's values before a read: on JAX
+        reading ``Callback.model`` syncs the whole training state (Keras keeps it apart from
+        the variables inside an epoch), so it happens only at the logging cadence."""
+        self.model  # noqa: B018  the property does the sync
+
     def _optimizer_step(self) -> int:
         optimizer = getattr(self.model, "optimizer", None)
-        return int(optimizer.iterations.numpy()) if optimizer is not None else 0
+        return int(TapState.numpy(optimizer.iterations)) if optimizer is not None else 0
 
     def _run_safely(self, function, *args) -> None:
         try:
