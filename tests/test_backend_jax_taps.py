@@ -142,6 +142,23 @@ def test_a_train_step_that_never_calls_apply_writes_no_gradient_number_and_says_
     assert not [t for t, _ in tag_step_counts(str(tmp_path / "train")) if t.startswith("grad_")]
 
 
+def test_a_fit_ended_by_a_callback_error_leaves_a_bare_fit_working(tmp_path):
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1:
+                raise RuntimeError("boom")
+
+    x, y = data()
+    model = mlp(keras.optimizers.Adam(1e-2))
+    with pytest.raises(RuntimeError, match="boom"):  # Keras skips on_train_end: the taps stay attached
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False), Boom()])
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # the first step finds and drops them
+    assert np.isfinite(history.history["loss"][0])
+    assert not any(v.name.startswith("keras_bn") for v in model.optimizer.variables)
+    assert int(np.asarray(model.optimizer.iterations.value)) == 1 + 2
+
+
 def saved_optimizer_variable_count(path) -> int:
     import h5py
 

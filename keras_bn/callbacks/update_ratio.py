@@ -58,11 +58,11 @@ class UpdateRatio(DiagnosticCallback):
         self._before = None
         self._tap = None
         self.writers.add_charts({"update / weight ratio per layer (guide line 1e-3)": r"update_ratio/.*"})
-        self._variables = list(self.model.trainable_variables)
+        self._weights = list(self.model.trainable_variables)
         self._layer_names, self._groups = variable_groups(self.model)
         if is_jax():
             optimizer = getattr(self.model, "optimizer", None)
-            if optimizer is None or not self._variables:
+            if optimizer is None or not self._weights:
                 return
             self._tap = self._taps.update_tap(getattr(optimizer, "inner_optimizer", None) or optimizer)
             self._taps.register(self._tap)
@@ -76,7 +76,7 @@ class UpdateRatio(DiagnosticCallback):
             return tf.stack(diff), tf.stack(base)
 
         # One traced reduction per model and variable list, kept across fits and callbacks.
-        self._reduce = self._taps.cached("update_ratio", self._variables, lambda: tf.function(reduce))
+        self._reduce = self._taps.cached("update_ratio", self._weights, lambda: tf.function(reduce))
 
     def _detach(self):
         self._before = None
@@ -85,13 +85,13 @@ class UpdateRatio(DiagnosticCallback):
     def _snapshot(self):
         import tensorflow as tf
 
-        return [tf.identity(v.value) for v in self._variables]
+        return [tf.identity(v.value) for v in self._weights]
 
     def _finish(self, step):
         """Log the ratio of the step since the snapshot, if one is pending."""
         if self._before is None:
             return
-        diff, base = self._reduce(self._before, [v.value for v in self._variables])
+        diff, base = self._reduce(self._before, [v.value for v in self._weights])
         self._before = None
         self._write(step, diff.numpy(), base.numpy())
 
