@@ -19,6 +19,12 @@ themselves: each registers its taps with the model's `StepTaps` at train begin, 
   ``train_function`` call) and puts Keras' function back itself;
 - runs the callbacks' failure handlers when a step raises (anything but the end of the data).
 
+On JAX the same happens around Keras' jitted step (it looks ``train_function`` up at every
+step too, and ``stateless_apply`` calls the patched ``apply`` while the step is traced); a tap's
+variables join the optimizer state from `register` until the fit's end
+(keras_bn.callbacks._tap_state), and a tap class that does not list ``"jax"`` in its
+``backends`` is left out of the step there, with one warning.
+
 Every tap counts, inside the traced step, how often it fired; a callback compares the count
 between two reads and never writes a statistic whose count did not move (a step traced before
 the tap was attached, a custom training loop that does not call `record_gradients`).
