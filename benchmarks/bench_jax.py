@@ -8,7 +8,7 @@ ratio to ``bare`` shows the noise of the machine. Target: preset <= 1.05x (issue
 
 Usage::
 
-    python benchmarks/bench_jax.py                 # 5 alternating repeats: about 4 minutes
+    python benchmarks/bench_jax.py                 # 5 alternating repeats: 4-8 minutes
     python benchmarks/bench_jax.py --quick         # smoke run
     python benchmarks/bench_jax.py --probe         # the preset with a 256-sample probe too
 """
@@ -80,8 +80,11 @@ def main(argv=None) -> None:
     bare = statistics.median(w for w, _ in times["bare"])
     print(f"\nMLP 784-32-32-10: bare epoch median {bare:.2f} s ({1000 * bare / (n // 32):.3f} ms/step)")
     for config in CONFIGS[1:]:
-        per_repeat = [t[0] / b[0] for t, b in zip(times[config], times["bare"])]
-        print(f"  {config:22s} wall {statistics.median(per_repeat):.3f}x  ({' '.join(f'{r:.2f}' for r in per_repeat)})")
+        row = []
+        for kind, index in (("wall", 0), ("cpu", 1)):  # cpu: the process' CPU time, all its threads
+            per_repeat = [t[index] / b[index] for t, b in zip(times[config], times["bare"])]
+            row.append(f"{kind} {statistics.median(per_repeat):.3f}x ({' '.join(f'{r:.2f}' for r in per_repeat)})")
+        print(f"  {config:22s} " + "   ".join(row))
 
 
 if __name__ == "__main__":

@@ -79,8 +79,13 @@ class TapState:
 
     @classmethod
     def reset(cls, variable, value) -> None:
-        """Set `variable` from the host (an accumulator after its read)."""
-        variable.assign(np.asarray(value, dtype=cls.numpy(variable).dtype))
+        """Set `variable` from the host (an accumulator after its read). On JAX the new value is
+        computed from the current device array, so it keeps that array's placement: a value
+        made from host data would be a different jit argument and recompile the step."""
+        if is_jax():
+            variable.assign(variable.value * 0 + np.asarray(value, dtype=cls.numpy(variable).dtype))
+        else:
+            variable.assign(np.asarray(value, dtype=cls.numpy(variable).dtype))
 
     # --- JAX: the variables as optimizer state ---------------------------------------------
     @property
