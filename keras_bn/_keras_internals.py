@@ -444,3 +444,17 @@ def tensorboard_hparams_api():
     from tensorboard.plugins.hparams import summary_v2
 
     return summary_v2
+# --- optimizer-state taps on JAX (owner: keras_bn.callbacks._tap_state) ---
+# ``optimizer.variables`` is a copy of the private ``_variables`` list (a LossScaleOptimizer's
+# adds its inner optimizer's); JAX's ``stateless_apply`` maps exactly those variables, so a tap
+# whose variables are in that list gets their new values back from every jitted step.
+require_on_instance("optimizer", "_variables")
+
+
+def optimizer_variable_list(optimizer) -> list:
+    """The (mutable) list behind ``optimizer.variables``: the optimizer's own variables."""
+    own = _instance_attribute(optimizer, "_variables")
+    if not isinstance(own, list):
+        raise RuntimeError(f"keras-bn expected {type(optimizer).__name__}._variables to be a list; "
+                           f"got {type(own).__name__}: please report it.")
+    return own

@@ -49,7 +49,7 @@ def diagnostic_tags(model: keras.Model, clipping: bool):
     acts = [(layer.name, activation_family(layer)) for layer in model.layers
             if activation_family(layer) and not layer.trainable_weights]
     scalars = {"batch_loss", "batch_accuracy", "epoch_loss", "epoch_accuracy", "epoch_learning_rate",
-               "grad_global/norm", "nonfinite/grad_steps"}
+               "grad_global/norm", "grad_global/norm_max", "nonfinite/grad_steps"}
     scalars |= {f"{q}/{name}" for name in with_weights for q in ("grad_norm", "update_ratio")}
     # batch_* (x = step) and epoch_* (x = epoch index) series get charts of their own.
     charts = {"loss per step (batch_*, x = optimizer step)": "batch_loss",

@@ -288,7 +288,7 @@ def test_only_terminate_on_nan_stops_training(tmp_path):
 # --- the preset: exact tag set, runs, failure ----------------------------------------------------
 def expected_tags(layers_with_weights, activations, family, clipping):
     scalars = {"batch_loss", "batch_accuracy", "epoch_loss", "epoch_accuracy", "epoch_learning_rate",
-               "grad_global/norm", "nonfinite/grad_steps"}
+               "grad_global/norm", "grad_global/norm_max", "nonfinite/grad_steps"}
     scalars |= {f"{q}/{l}" for l in layers_with_weights for q in ("grad_norm", "update_ratio")}
     if clipping:
         scalars |= {f"grad_norm_preclip/{l}" for l in layers_with_weights}

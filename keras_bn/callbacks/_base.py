@@ -51,6 +51,7 @@ import keras
 from keras_bn import _warnings
 from keras_bn._validation import check_float, check_positive_int
 from keras_bn.callbacks._runs import check_log_dir_now, check_run_path
+from keras_bn.callbacks._tap_state import TapState
 from keras_bn.callbacks._taps import StepTaps
 from keras_bn.callbacks._writer import RunWriters
 
@@ -162,6 +163,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
         offset = self._step_offset  # the cadence follows the optimizer (same steps on every worker)
         if (step - offset) // self.every > (self._last_logged_step - offset) // self.every:
             self._last_logged_step = step
+            self._sync_state()
             self._run_safely(self._log_step, step)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -195,11 +197,17 @@ class DiagnosticCallback(keras.callbacks.Callback):
         self.writers.end_fit()  # figures still drawing finish (and close the files) in the background
         self._taps.end(self)
 
+    def _sync_state(self) -> None:
+        """Make the model's variables hold the latest step's values before a read: on JAX
+        reading ``Callback.model`` syncs the whole training state (Keras keeps it apart from
+        the variables inside an epoch), so it happens only at the logging cadence."""
+        self.model  # noqa: B018  the property does the sync
+
     def _optimizer_step(self) -> int:
         """The step summaries are written at: ``optimizer.iterations`` plus the fit's step offset
         (`RunWriters.step_offset`: non-zero when the log already holds later steps)."""
         optimizer = getattr(self.model, "optimizer", None)
-        iterations = int(optimizer.iterations.numpy()) if optimizer is not None else 0
+        iterations = int(TapState.numpy(optimizer.iterations)) if optimizer is not None else 0
         return iterations + self._step_offset
 
     def _run_safely(self, function, *args) -> None:

@@ -22,8 +22,15 @@ aggregation point and leaves clipping where the user put it:
   tags and the clip fraction are not written and `clip_point` says "each replica's share";
 - no clipping: pre-clip = applied, exact.
 
-The statistics live in ``ON_READ`` variables under a strategy (every replica writes the same
-sum into its own copy; reading one costs no collective).
+The statistics are computed with `keras.ops` and stored in the variables of a
+`keras_bn.callbacks._tap_state.TapState`: ``ON_READ`` ``tf.Variable``s under a strategy, plain
+ones on one TensorFlow device, and on JAX ``keras.Variable``s that ride in the optimizer's own
+state through the pure, jitted step (``stateless_apply`` returns them).
+
+**Steps since the last read.** The sums of squares are those of the last step (a sample); the
+counts (clipped, non-finite, fired) run on, so the callback's difference between two reads
+covers every step in between, with ``steps_per_execution > 1`` too; ``peak_sumsq`` keeps the
+largest finite applied global sum of squares since the last read (`read` resets it).
 
 Every record also adds 1 to ``fired_steps``: the callbacks never write a number the tap did not
 measure.
@@ -32,9 +39,13 @@ measure.
 from __future__ import annotations
 
 
+import keras
+from keras import ops
+
 from keras_bn import _keras_internals as internals
 from keras_bn import _warnings
 from keras_bn import distribute as kb_distribute
+from keras_bn.callbacks._tap_state import TapState, is_jax
 from keras_bn.optimizers import clipping_of
 
 __all__ = ["GradientTap"]
@@ -42,19 +53,28 @@ __all__ = ["GradientTap"]
 _CLIP_SETTING = ("clipnorm", "global_clipnorm", "clipvalue")
 
 
+def _values(grad):
+    """The dense values of a gradient (a TensorFlow ``IndexedSlices``' rows)."""
+    return getattr(grad, "values", grad) if type(grad).__name__ == "IndexedSlices" else grad
+
+
+def _sumsq(values):
+    return ops.sum(ops.square(ops.cast(values, "float32")))
+
+
 class GradientTap:
     """Records, every step, each variable's gradient sum of squares before and after clipping.
 
     Read with `read` (host values): ``preclip_sumsq`` and ``applied_sumsq`` (one entry per
-    variable, in the order given), ``clipped_steps``, ``nonfinite_steps`` and ``fired_steps``
+    variable, in the order given), ``peak_sumsq`` (largest finite applied global sum of squares
+    since the previous read), ``clipped_steps``, ``nonfinite_steps`` and ``fired_steps``
     (running counts). `clipping` is `keras_bn.optimizers.clipping_of`'s name; `preclip_known`
-    says whether a pre-clip norm is measured.
+    says whether a pre-clip norm is measured. `state` holds the variables (`TapState`).
     """
 
-    def __init__(self, optimizer, variables):
-        import tensorflow as tf
+    backends = ("tensorflow", "jax")  # where StepTaps runs it
 
-        self._tf = tf
+    def __init__(self, optimizer, variables):
         self.optimizer = optimizer
         self._setting = self._current_setting()
         self.clipping = clipping_of(optimizer)
@@ -71,21 +91,18 @@ class GradientTap:
         self._position = {}
         for i, v in enumerate(variables):
             self._position[id(v)] = i
-            self._position.setdefault(id(getattr(v, "value", v)), i)  # the tf.Variable under a Keras one
+            if not is_jax():
+                self._position.setdefault(id(getattr(v, "value", v)), i)  # the tf.Variable under a Keras one
         size = self._size = len(variables)
-        options = {}
-        if self.strategy is not None:  # each replica writes its own copy; reads take the first
-            options = dict(synchronization=tf.VariableSynchronization.ON_READ,
-                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        with kb_distribute.scope(self.strategy):
-            self.preclip_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_preclip_sumsq", **options)
-            self.applied_sumsq = self.preclip_sumsq
-            if self.clipping != "none" and self.preclip_known:
-                self.applied_sumsq = tf.Variable(tf.zeros([size]), trainable=False, name="keras_bn_applied_sumsq", **options)
-            counter = dict(initial_value=tf.constant(0, tf.int64), trainable=False, **options)
-            self.clipped_steps = tf.Variable(**counter, name="keras_bn_clipped_steps")
-            self.nonfinite_steps = tf.Variable(**counter, name="keras_bn_nonfinite_steps")
-            self.fired_steps = tf.Variable(**counter, name="keras_bn_fired_steps")
+        self.state = state = TapState(self.strategy)
+        self.preclip_sumsq = state.floats("keras_bn_preclip_sumsq", [size])
+        self.applied_sumsq = self.preclip_sumsq
+        if self.clipping != "none" and self.preclip_known:
+            self.applied_sumsq = state.floats("keras_bn_applied_sumsq", [size])
+        self.peak_sumsq = state.floats("keras_bn_peak_sumsq", [])
+        self.clipped_steps = state.counter("keras_bn_clipped_steps")
+        self.nonfinite_steps = state.counter("keras_bn_nonfinite_steps")
+        self.fired_steps = state.counter("keras_bn_fired_steps")
         self._undo = None
         self.traced_records = 0
         if self.strategy is not None and hook is None and not internals.has_aggregation_point(optimizer):
@@ -146,72 +163,81 @@ class GradientTap:
         self.record(grads, variables, unscale=False, already_clipped=True)
 
     # --- what is recorded -------------------------------------------------------------------
-    def _half_sumsq(self, grad):
-        tf = self._tf
-        values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
-        return tf.nn.l2_loss(tf.cast(values, tf.float32))  # one op: sum(g**2) / 2
+    def _index(self, variable, order: int):
+        index = self._position.get(id(variable))
+        if index is None and not is_jax():
+            index = self._position.get(id(getattr(variable, "value", variable)))
+        if index is None and not isinstance(variable, keras.Variable) and order < self._size:
+            index = order  # a custom JAX loop passes the variables' values, in their order
+        return index
 
     def record(self, grads, variables, unscale: bool = True, already_clipped: bool = False) -> None:
         """Store this step's per-variable sums of squares (before and after clipping);
         `unscale` divides by the optimizer's ``loss_scale_factor`` (as ``apply`` does);
         `already_clipped`: the gradients are the applied ones (Keras' per-replica clipping)."""
-        tf = self._tf
         self.traced_records += 1  # Python runs this only while a step is traced
-        zero = tf.constant(0.0)
+        zero = ops.zeros((), "float32")
         sumsq = [zero] * self._size
         clip_values = []
-        for grad, variable in zip(grads, variables):
-            index = self._position.get(id(variable))
-            if index is None:
-                index = self._position.get(id(getattr(variable, "value", variable)))
+        for order, (grad, variable) in enumerate(zip(grads, variables)):
+            index = self._index(variable, order)
             if grad is None or index is None:
                 continue
-            sumsq[index] = self._half_sumsq(grad)
+            sumsq[index] = _sumsq(_values(grad))
             if self.clipping == "value":
                 clip_values.append((index, grad))
-        sumsq = 2.0 * tf.stack(sumsq)
+        sumsq = ops.stack(sumsq)
         scale = getattr(self.optimizer, "loss_scale_factor", None) if unscale else None
         if scale is not None:
             sumsq = sumsq / float(scale) ** 2
-        global_sumsq = tf.reduce_sum(sumsq)
+        global_sumsq = ops.sum(sumsq)
         self.preclip_sumsq.assign(sumsq)
+        applied_global = global_sumsq
         if self.clipping != "none" and not already_clipped:
             applied, clipped = self._applied(sumsq, global_sumsq, clip_values)
             self.applied_sumsq.assign(applied)
-            self.clipped_steps.assign_add(tf.cast(clipped, tf.int64))
-        self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(tf.math.is_finite(global_sumsq)), tf.int64))
-        self.fired_steps.assign_add(tf.constant(1, tf.int64))
+            applied_global = ops.sum(applied)
+            self.clipped_steps.assign_add(ops.cast(clipped, self.clipped_steps.dtype))
+        peak = ops.convert_to_tensor(self.peak_sumsq)
+        self.peak_sumsq.assign(ops.where(ops.isfinite(applied_global), ops.maximum(peak, applied_global), peak))
+        self.nonfinite_steps.assign_add(ops.cast(ops.logical_not(ops.isfinite(global_sumsq)), self.nonfinite_steps.dtype))
+        self.fired_steps.assign_add(ops.ones((), self.fired_steps.dtype))
 
     def _applied(self, preclip, global_sumsq, clip_values):
         """Sums of squares after Keras' clipping, and whether clipping engaged this step."""
-        tf = self._tf
         if self.clipping == "per_variable":
             limit = float(self.optimizer.clipnorm) ** 2
-            return tf.minimum(preclip, limit), tf.reduce_any(preclip > limit)
+            return ops.minimum(preclip, limit), ops.any(preclip > limit)
         if self.clipping == "global":
             limit = float(self.optimizer.global_clipnorm)
-            norm = tf.sqrt(global_sumsq)
-            factor = limit * tf.minimum(1.0 / norm, 1.0 / limit)
-            return preclip * tf.square(factor), norm > limit
+            norm = ops.sqrt(global_sumsq)
+            factor = limit * ops.minimum(1.0 / norm, 1.0 / limit)
+            return preclip * ops.square(factor), norm > limit
         if self.clipping == "value":
             limit = float(self.optimizer.clipvalue)
-            applied = tf.unstack(preclip) if clip_values else []
-            engaged = tf.constant(False)
+            applied = ops.unstack(preclip) if clip_values else []
+            engaged = ops.convert_to_tensor(False)
             for index, grad in clip_values:
-                values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
-                applied[index] = 2.0 * self._half_sumsq(tf.clip_by_value(values, -limit, limit))
-                engaged = tf.logical_or(engaged, tf.reduce_max(tf.abs(values)) > limit)
-            return (tf.stack(applied) if applied else preclip), engaged
+                values = _values(grad)
+                applied[index] = _sumsq(ops.clip(values, -limit, limit))
+                engaged = ops.logical_or(engaged, ops.max(ops.abs(values)) > limit)
+            return (ops.stack(applied) if applied else preclip), engaged
         raise ValueError(f"unknown clipping {self.clipping!r}")
 
     def read(self) -> dict:
-        """The current statistics as NumPy values (three small reads when nothing clips)."""
-        preclip = self.preclip_sumsq.numpy()
+        """The current statistics as NumPy values (a few small reads); resets ``peak_sumsq``.
+        On JAX, sync the model's state first (read ``Callback.model``)."""
+        numpy = self.state.numpy
+        preclip = numpy(self.preclip_sumsq)
         measured_clip = self.clipping != "none" and self.preclip_known
+        peak = float(numpy(self.peak_sumsq))
+        if peak != 0.0:
+            self.state.reset(self.peak_sumsq, 0.0)
         return {
             "preclip_sumsq": preclip,
-            "applied_sumsq": self.applied_sumsq.numpy() if measured_clip else preclip,
-            "clipped_steps": int(self.clipped_steps.numpy()) if measured_clip else 0,
-            "nonfinite_steps": int(self.nonfinite_steps.numpy()),
-            "fired_steps": int(self.fired_steps.numpy()),
+            "applied_sumsq": numpy(self.applied_sumsq) if measured_clip else preclip,
+            "peak_sumsq": peak,
+            "clipped_steps": int(numpy(self.clipped_steps)) if measured_clip else 0,
+            "nonfinite_steps": int(numpy(self.nonfinite_steps)),
+            "fired_steps": int(numpy(self.fired_steps)),
         }

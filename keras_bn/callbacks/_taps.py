@@ -19,6 +19,12 @@ themselves: each registers its taps with the model's `StepTaps` at train begin, 
   ``train_function`` call) and puts Keras' function back itself;
 - runs the callbacks' failure handlers when a step raises (anything but the end of the data).
 
+On JAX the same happens around Keras' jitted step (it looks ``train_function`` up at every
+step too, and ``stateless_apply`` calls the patched ``apply`` while the step is traced); a tap's
+variables join the optimizer state from `register` until the fit's end
+(keras_bn.callbacks._tap_state), and a tap class that does not list ``"jax"`` in its
+``backends`` is left out of the step there, with one warning.
+
 Every tap counts, inside the traced step, how often it fired; a callback compares the count
 between two reads and never writes a statistic whose count did not move (a step traced before
 the tap was attached, a custom training loop that does not call `record_gradients`).
@@ -37,6 +43,9 @@ from __future__ import annotations
 import weakref
 
 from keras_bn import _warnings
+import keras
+
+from keras_bn.callbacks._tap_state import is_jax
 
 __all__ = ["StepTaps", "record_gradients"]
 
@@ -44,6 +53,8 @@ __all__ = ["StepTaps", "record_gradients"]
 def _is_end_of_data(error: BaseException) -> bool:
     if isinstance(error, StopIteration):
         return True
+    if is_jax():
+        return False
     import tensorflow as tf
 
     return isinstance(error, tf.errors.OutOfRangeError)
@@ -74,6 +85,7 @@ class StepTaps:
         self._starting = False
         self.calls = 0  # instrumented train-function calls so far (a tap that did not fire: why)
         self.failure_handlers: list = []  # run once when a step raises (other callbacks' needs)
+        self._attached: list = []  # taps whose state is in the optimizer's state now (JAX)
 
     # --- the fit's members ------------------------------------------------------------------
     def begin(self, callback) -> None:
@@ -111,9 +123,22 @@ class StepTaps:
             self.failure_handlers.remove(handler)
 
     def register(self, tap) -> None:
-        """Have `tap` in the instrumented step of this fit (call in ``on_train_begin``)."""
+        """Have `tap` in the instrumented step of this fit (call in ``on_train_begin``).
+
+        A tap runs on the backends its class lists in ``backends`` (TensorFlow only when it
+        lists none); elsewhere it is left out of the step, with one warning per tap kind, so
+        that it never breaks a training step (what it measures is then not written)."""
+        if keras.backend.backend() not in getattr(tap, "backends", ("tensorflow",)):
+            _warn_left_out(tap)
+            return
         if tap not in self.taps:
             self.taps.append(tap)
+        state = getattr(tap, "state", None)
+        if state is not None and is_jax() and not state.attached:
+            # Before the first step takes the state (and before the instrumented function is
+            # made, whose output shardings list the optimizer variables).
+            state.attach(tap.optimizer, [getattr(self._model(), "optimizer", None)])
+            self._attached.append(tap)
 
     def cached(self, kind: str, objects, make):
         """A compiled helper of this model (e.g. a traced reduction over `objects`, its
@@ -146,6 +171,15 @@ class StepTaps:
         key = ("gradients", id(optimizer), tuple(id(v) for v in variables))
         return self.shared(key, lambda: GradientTap(optimizer, variables),
                            lambda tap: tap.optimizer is optimizer and tap.same_setting())
+
+    def update_tap(self, optimizer):
+        """The update tap of `optimizer` on this model's trainable variables (JAX's UpdateRatio),
+        made once and shared like `gradient_tap`."""
+        from keras_bn.callbacks._update_tap import UpdateTap
+
+        variables = list(self._model().trainable_variables)
+        key = ("updates", id(optimizer), tuple(id(v) for v in variables))
+        return self.shared(key, lambda: UpdateTap(optimizer, variables), lambda tap: tap.optimizer is optimizer)
 
     def current_gradient_tap(self):
         """The gradient tap registered for the current fit, or None."""
@@ -184,6 +218,7 @@ class StepTaps:
     def _wrap(self, keras_function, instrumented, taps):
         def train_function(*args, **kwargs):
             if not self._armed:  # a fit without keras-bn callbacks: be Keras' function again
+                args = self._without_tap_state(args)
                 self._release()
                 return keras_function(*args, **kwargs)
             self._armed = False
@@ -210,6 +245,23 @@ class StepTaps:
             model.train_function = self._keras_function
         self._wrapper = None
         self._armed = False
+        attached, self._attached = self._attached, []
+        for tap in attached:
+            tap.state.detach()
+
+    def _without_tap_state(self, args):
+        """JAX: Keras' own step after a fit that a callback ended (its taps still attached):
+        the state this step got holds the taps' variables, which Keras' function does not
+        expect; drop them (they are the last optimizer variables)."""
+        model = self._model()
+        if not self._attached or model is None or not args or len(args[0]) != 4:
+            return args
+        positions = set()
+        for tap in self._attached:
+            positions.update(tap.state.state_positions(model.optimizer))
+        trainable, non_trainable, optimizer_values, metrics = args[0]
+        optimizer_values = [v for i, v in enumerate(optimizer_values) if i not in positions]
+        return ((trainable, non_trainable, optimizer_values, metrics), *args[1:])
 
     def _fail(self) -> None:
         """A training step raised: every member ends its fit now (Keras skips on_train_end)."""
@@ -227,18 +279,46 @@ class StepTaps:
         self._starting = False
 
 
-def record_gradients(model, grads, variables) -> None:
+_LEFT_OUT: set = set()
+
+
+def _warn_left_out(tap) -> None:
+    kind = f"{type(tap).__module__}.{type(tap).__qualname__}"
+    if kind in _LEFT_OUT:
+        return
+    _LEFT_OUT.add(kind)
+    _warnings.warn(
+        f"keras_bn: the training-step tap {kind} does not run on the {keras.backend.backend()} backend "
+        f"yet, so it is left out of the step and what it measures is not recorded (runs on: "
+        f"{', '.join(getattr(tap, 'backends', ('tensorflow',)))}).",
+        RuntimeWarning,
+    )
+
+
+def record_gradients(model, grads, variables, optimizer_variables=None):
     """Record this step's gradients for the diagnostics, from inside a custom training step.
 
     ``fit`` needs no call: its steps are tapped. A custom loop calls it inside its (traced) step
     with the gradients it applies; the callbacks must have begun (``on_train_begin``) before the
     step is traced. Without a `GradientNorms` attached it warns once and records nothing.
 
-    Usage::
+    On JAX the step is pure: pass the step's `optimizer_variables` (the values of
+    ``model.optimizer.variables``, taken after ``on_train_begin``, which adds the tap's) and use
+    the list it returns; `variables` may be the trainable values, in
+    ``model.trainable_variables`` order. Assign the state back to ``model.optimizer.variables``
+    before a callback reads it (a logging step's ``on_train_batch_begin``, the epoch end).
+
+    Usage (TensorFlow)::
 
         grads = tape.gradient(loss, model.trainable_variables)
         keras_bn.callbacks.record_gradients(model, grads, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
+
+    Usage (JAX, inside the jitted step)::
+
+        (loss, non_trainable), grads = grad_fn(trainable, non_trainable, x, y)
+        optimizer_values = keras_bn.callbacks.record_gradients(model, grads, trainable, optimizer_values)
+        trainable, optimizer_values = optimizer.stateless_apply(optimizer_values, grads, trainable)
     """
     tap = StepTaps.of(model).current_gradient_tap()
     if tap is None:
@@ -248,5 +328,24 @@ def record_gradients(model, grads, variables) -> None:
             "keras.callbacks.CallbackList(callbacks, model=model)) before your step is traced.",
             UserWarning,
         )
-        return
+        return optimizer_variables
+    if is_jax() and optimizer_variables is not None:
+        optimizer = model.optimizer
+        mapping = list(zip(optimizer.variables, optimizer_variables))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            tap.record(list(grads), list(variables))
+        return [scope.get_current_value(v) for v in optimizer.variables]
+    if is_jax() and any(_is_traced(g) for g in grads):
+        raise ValueError(
+            "keras_bn record_gradients: on JAX, inside a traced (jitted) step, pass the step's "
+            "optimizer state and use the one returned: `optimizer_values = record_gradients(model, "
+            "grads, trainable_values, optimizer_values)`. Received: optimizer_variables=None"
+        )
     tap.record(list(grads), list(variables))
+    return optimizer_variables
+
+
+def _is_traced(value) -> bool:
+    import jax
+
+    return isinstance(value, jax.core.Tracer)

@@ -13,7 +13,9 @@ where the static shape shows more than one value per channel, as after any conv 
 1x1). The host reads those variables every `every` steps and at each epoch end, as the other
 callbacks read theirs, and warns (``UserWarning`` starting with ``"keras_bn"``) once per
 layer when the count was 1. It writes nothing to TensorBoard. Under a tf.distribute strategy
-it does nothing.
+it does nothing. Where the traced shape fixes the count (always on JAX, whose jitted step is
+traced per input shape, e.g. again for a last batch of 1) it is recorded at trace time, with no
+op in the step at all.
 
 Usage::
 
@@ -30,6 +32,7 @@ import numpy as np
 from keras_bn import _warnings
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import iter_layers
+from keras_bn.callbacks._tap_state import is_jax
 from keras_bn.distribute import is_distributed
 
 __all__ = ["BatchNormCheck"]
@@ -41,14 +44,26 @@ class _BatchNormCountTap:
     """One int64 variable per trainable BatchNormalization layer: the smallest number of values
     a channel was normalised over in a training step (`NO_COUNT` before the first)."""
 
-    def __init__(self, layers: dict):
-        import tensorflow as tf
+    backends = ("tensorflow", "jax")  # where StepTaps runs it
 
+    def __init__(self, layers: dict):
         self.layers = layers  # path -> layer
-        self.counts = {path: tf.Variable(tf.constant(NO_COUNT, tf.int64), trainable=False, name="keras_bn_bn_count")
-                       for path in layers}
+        self.counts = {}  # path -> tf.Variable, for counts only the running step knows (TensorFlow)
+        if not is_jax():
+            import tensorflow as tf
+
+            self.counts = {path: tf.Variable(tf.constant(NO_COUNT, tf.int64), trainable=False, name="keras_bn_bn_count")
+                           for path in layers}
+        self.static: dict[str, int] = {}  # path -> count fixed by a traced (hence run) shape
         self.traced: set[str] = set()  # layers whose traced step records a count
         self._undo: list = []
+
+    def count(self, path: str) -> int:
+        """The fewest values a channel of layer `path` was normalised over (`NO_COUNT`: none seen)."""
+        value = self.static.get(path, NO_COUNT)
+        if path in self.counts:
+            value = min(value, int(self.counts[path].numpy()))
+        return value
 
     def patch(self) -> None:
         for path, layer in self.layers.items():
@@ -60,17 +75,21 @@ class _BatchNormCountTap:
             restore()
 
     def _wrap(self, path, layer):
-        import tensorflow as tf
+        if not is_jax():
+            import tensorflow as tf
 
         had_own = "call" in vars(layer)
         original = layer.call
-        count = self.counts[path]
+        count = self.counts.get(path)
 
         def call(inputs, *args, **kwargs):
             training = kwargs.get("training", args[0] if args else None)
             if training is True and layer.trainable:
                 values = _values_per_channel(inputs, _axes(layer))
-                if values is not None:
+                if isinstance(values, int):  # the traced shape fixes it: no op in the step
+                    self.traced.add(path)
+                    self.static[path] = min(self.static.get(path, NO_COUNT), values)
+                elif values is not None:
                     self.traced.add(path)  # at trace time: only these counts are worth reading
                     count.assign(tf.minimum(count, values))
             return original(inputs, *args, **kwargs)
@@ -123,13 +142,13 @@ class BatchNormCheck(DiagnosticCallback):
         step so far (`NO_COUNT` if none was recorded)."""
         if self._tap is None:
             return {}
-        return {path: int(count.numpy()) for path, count in self._tap.counts.items()}
+        return {path: self._tap.count(path) for path in self._tap.layers}
 
     def _log_step(self, step):
         if self._tap is None:
             return
         for path in sorted(self._tap.traced - self.warned):
-            if int(self._tap.counts[path].numpy()) == 1:
+            if self._tap.count(path) == 1:
                 self.warned.add(path)
                 _warnings.warn(
                     f"keras_bn: BatchNormalization layer {path!r} normalised each channel over 1 "
@@ -142,11 +161,9 @@ class BatchNormCheck(DiagnosticCallback):
 
 
 def _values_per_channel(inputs, channel_axes):
-    """How many values each channel is normalised over: a scalar tensor, or None when the
-    static shape already shows it is more than 1 (then the step needs no op at all, e.g. any
-    conv feature map larger than 1x1)."""
-    import tensorflow as tf
-
+    """How many values each channel is normalised over: an int when the static shape fixes it,
+    a scalar tensor, or None when the static shape already shows it is more than 1 (then the
+    step needs no op at all, e.g. any conv feature map larger than 1x1)."""
     rank = len(inputs.shape)
     channel_axes = {axis % rank for axis in channel_axes}
     reduced = [axis for axis in range(rank) if axis not in channel_axes]
@@ -154,6 +171,10 @@ def _values_per_channel(inputs, channel_axes):
     if int(np.prod(known)) > 1:
         return None
     unknown = [axis for axis in reduced if inputs.shape[axis] is None]
+    if not unknown:
+        return int(np.prod(known))
+    import tensorflow as tf  # only TensorFlow traces with unknown dimensions
+
     if unknown == [0]:  # the usual case: a Dense input, only the batch size is dynamic
         return tf.shape(inputs, out_type=tf.int64)[0]
     return tf.reduce_prod(tf.gather(tf.shape(inputs, out_type=tf.int64), reduced))

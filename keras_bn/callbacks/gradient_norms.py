@@ -43,8 +43,11 @@ class GradientNorms(DiagnosticCallback):
     when the optimizer clips also ``grad_norm_preclip/<layer>``, ``grad_global/norm_preclip``
     and ``grad_global/clip_fraction`` (share of the steps since the last log where clipping
     engaged); ``nonfinite/grad_steps`` (steps since the last log whose gradients held NaN or
-    Inf); at epoch end the image ``figures/grad_norms``. The logged value is that of the last
-    step before the log (a sample, not a mean).
+    Inf); ``grad_global/norm_max`` (the largest applied global norm of the finite steps since
+    the last log); at epoch end the image ``figures/grad_norms``. The per-layer and global
+    norms are those of the last step before the log (a sample, not a mean); the counts and
+    the maximum cover every step since the last log, with ``steps_per_execution > 1`` too.
+    Works on TensorFlow and JAX (same tags, same numbers).
 
     Args:
         log_dir: the TensorBoard run directory (``<log_dir>/train`` is written).
@@ -136,6 +139,9 @@ class GradientNorms(DiagnosticCallback):
         applied = group_norms(stats["applied_sumsq"], self._groups, count)
         scalars = {f"grad_norm/{name}": value for name, value in zip(self._layer_names, applied)}
         scalars[f"grad_{GLOBAL}/norm"] = float(np.sqrt(np.sum(stats["applied_sumsq"], dtype=np.float64)))
+        finite_steps = (stats["fired_steps"] - self._last["fired_steps"]) - (stats["nonfinite_steps"] - self._last["nonfinite_steps"])
+        if finite_steps > 0:  # else no finite step since the last log: no maximum exists
+            scalars[f"grad_{GLOBAL}/norm_max"] = float(np.sqrt(stats["peak_sumsq"]))
         window = max(step - self._last["step"], 1)
         if self._tap.clipping != "none" and self._tap.preclip_known:
             preclip = group_norms(stats["preclip_sumsq"], self._groups, count)
@@ -143,7 +149,8 @@ class GradientNorms(DiagnosticCallback):
             scalars[f"grad_{GLOBAL}/norm_preclip"] = float(np.sqrt(np.sum(stats["preclip_sumsq"], dtype=np.float64)))
             scalars[f"grad_{GLOBAL}/clip_fraction"] = (stats["clipped_steps"] - self._last["clipped_steps"]) / window
         scalars["nonfinite/grad_steps"] = stats["nonfinite_steps"] - self._last["nonfinite_steps"]
-        self._last = dict(stats, step=step)
+        self._last = {key: stats[key] for key in ("clipped_steps", "nonfinite_steps", "fired_steps")}
+        self._last["step"] = step
         self.latest_norms = dict(zip(self._layer_names, applied.tolist()))
         with self.writers.writing("train", step) as write:
             write.scalars(scalars)

@@ -13,6 +13,9 @@ Usage::
 
 from __future__ import annotations
 
+import keras
+import numpy as np
+
 from keras_bn.callbacks._base import DiagnosticCallback
 
 __all__ = ["MetricsLogger"]
@@ -34,6 +37,10 @@ class MetricsLogger(DiagnosticCallback):
     _needs_built_model = False  # reads only the metrics
 
     def _attach(self):
+        if keras.backend.backend() != "tensorflow":  # JAX: the metric results after the state sync
+            self._metrics_result = self.model.get_metrics_result
+            self._add_charts()
+            return
         import tensorflow as tf
 
         # One compiled call for all metric results (eagerly, each result is several ops),
@@ -41,6 +48,9 @@ class MetricsLogger(DiagnosticCallback):
         # epoch at a time); a recompile with new metrics gets a new one.
         self._metrics_result = self._taps.cached("metrics_result", self.model.metrics_variables,
                                                  lambda: tf.function(self.model.get_metrics_result))
+        self._add_charts()
+
+    def _add_charts(self):
         self.writers.add_charts({
             "loss (batch: running epoch mean; epoch: train and validation)": r"(batch|epoch)_loss",
             "metrics (batch and epoch)": r"(batch|epoch)_(?!loss$|learning_rate$).*",
@@ -78,7 +88,8 @@ class MetricsLogger(DiagnosticCallback):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and "learning_rate" not in train:
             try:
-                train["learning_rate"] = float(optimizer.learning_rate.numpy())
+                rate = optimizer.learning_rate  # a Variable, or a schedule's value (a tensor)
+                train["learning_rate"] = float(np.asarray(getattr(rate, "value", rate)))
             except (AttributeError, TypeError, ValueError):
                 pass
         for run, values in (("train", train), ("validation", validation)):

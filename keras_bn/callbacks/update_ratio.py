@@ -10,6 +10,11 @@ trainable weights; at the next batch (one ``train_function`` call later, i.e. on
 ``steps_per_execution`` steps) or at the epoch end it compares them with the current weights in
 one compiled reduction and logs only per-layer numbers. No other step is touched.
 
+On JAX the weights live in the jitted step's state between two reads, so the ratio is measured
+inside the step instead (`keras_bn.callbacks._update_tap`: two reductions per variable around
+``optimizer.apply``) and read at the cadence: the ratio of the last step before the log (with
+``steps_per_execution > 1``, of the last step of the execution). Same tags on both backends.
+
 Usage::
 
     cb = keras_bn.callbacks.UpdateRatio("logs/run1", every=100)
@@ -21,6 +26,7 @@ import numpy as np
 
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import group_norms, variable_groups
+from keras_bn.callbacks._tap_state import is_jax
 from keras_bn.callbacks._writer import RunWriters
 
 __all__ = ["UpdateRatio"]
@@ -45,39 +51,54 @@ class UpdateRatio(DiagnosticCallback):
         super().__init__(log_dir, every, writers=writers)
         self._before = None
         self._reduce = None
+        self._tap = None
+        self._last_fired = 0
 
     def _attach(self):
+        self._before = None
+        self._tap = None
+        self.writers.add_charts({"update / weight ratio per layer (guide line 1e-3)": r"update_ratio/.*"})
+        self._weights = list(self.model.trainable_variables)
+        self._layer_names, self._groups = variable_groups(self.model)
+        if is_jax():
+            optimizer = getattr(self.model, "optimizer", None)
+            if optimizer is None or not self._weights:
+                return
+            self._tap = self._taps.update_tap(getattr(optimizer, "inner_optimizer", None) or optimizer)
+            self._taps.register(self._tap)
+            self._last_fired = self._tap.read()["fired_steps"]
+            return
         import tensorflow as tf
 
-        self._before = None
-        self.writers.add_charts({"update / weight ratio per layer (guide line 1e-3)": r"update_ratio/.*"})
-        self._variables = list(self.model.trainable_variables)
-        self._layer_names, self._groups = variable_groups(self.model)
         def reduce(before, after):
             diff = [tf.reduce_sum(tf.square(tf.cast(a - b, tf.float32))) for a, b in zip(after, before)]
             base = [tf.reduce_sum(tf.square(tf.cast(b, tf.float32))) for b in before]
             return tf.stack(diff), tf.stack(base)
 
         # One traced reduction per model and variable list, kept across fits and callbacks.
-        self._reduce = self._taps.cached("update_ratio", self._variables, lambda: tf.function(reduce))
+        self._reduce = self._taps.cached("update_ratio", self._weights, lambda: tf.function(reduce))
 
     def _detach(self):
         self._before = None
+        self._tap = None
 
     def _snapshot(self):
         import tensorflow as tf
 
-        return [tf.identity(v.value) for v in self._variables]
+        return [tf.identity(v.value) for v in self._weights]
 
     def _finish(self, step):
         """Log the ratio of the step since the snapshot, if one is pending."""
         if self._before is None:
             return
-        diff, base = self._reduce(self._before, [v.value for v in self._variables])
+        diff, base = self._reduce(self._before, [v.value for v in self._weights])
         self._before = None
+        self._write(step, diff.numpy(), base.numpy())
+
+    def _write(self, step, diff, base):
         count = len(self._layer_names)
-        update = group_norms(diff.numpy(), self._groups, count)
-        weight = group_norms(base.numpy(), self._groups, count)
+        update = group_norms(diff, self._groups, count)
+        weight = group_norms(base, self._groups, count)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = update / weight
         with self.writers.writing("train", step) as write:
@@ -95,5 +116,11 @@ class UpdateRatio(DiagnosticCallback):
         self._before = None  # a snapshot taken at the epoch end would span the next epoch's start
 
     def _log_step(self, step):
+        if self._tap is not None:  # JAX: the tap measured the last step
+            stats = self._tap.read()
+            if stats["fired_steps"] != self._last_fired:  # else no step ran through apply since
+                self._last_fired = stats["fired_steps"]
+                self._write(step, stats["update_sumsq"], stats["weight_sumsq"])
+            return
         if self._reduce is not None:
             self._before = self._snapshot()

@@ -1,0 +1,340 @@
+"""The training-step taps on JAX (keras_bn.callbacks._tap_state): numbers against jax.grad.
+
+Run with ``KERAS_BACKEND=jax``; under any other backend the whole file skips. Every number a
+callback writes is compared with an independent computation: ``jax.grad`` of the loss through
+``model.stateless_call`` on the same weights, and a hand-written SGD loop for the steps of an
+execution.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
+                                reason="JAX taps: run with KERAS_BACKEND=jax (this run is "
+                                       f"KERAS_BACKEND={keras.backend.backend()})")
+
+import keras_bn  # noqa: E402
+from keras_bn import callbacks as kbc  # noqa: E402
+from tests._events import scalar_series, tag_step_counts  # noqa: E402
+
+LOSS = keras.losses.SparseCategoricalCrossentropy()
+LAYERS = ["block1_dense", "block2_dense", "logits"]
+
+
+def mlp(optimizer, seed=3, **compile_kwargs):
+    keras.utils.set_random_seed(seed)
+    model = keras_bn.build_dense((6,), [8, 8], 3, norm=None)
+    model.compile(optimizer, LOSS, **compile_kwargs)
+    return model
+
+
+def data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6)).astype("float32"), (np.arange(n) % 3).astype("int32")
+
+
+def jax_grads(model, weights, x, y):
+    """Per-variable gradients of the mean loss at `weights`, by jax.grad (float64 on the host)."""
+    import jax
+
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def loss(trainable):
+        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, y_pred))
+
+    return [np.asarray(g, np.float64) for g in jax.grad(loss)([keras.ops.convert_to_tensor(w) for w in weights])]
+
+
+def layer_norms(model, grads):
+    norms = {}
+    for variable, grad in zip(model.trainable_variables, grads):
+        layer = variable.path.split("/")[0]
+        norms[layer] = norms.get(layer, 0.0) + float(np.sum(grad ** 2))
+    return {layer: np.sqrt(value) for layer, value in norms.items()}
+
+
+def weights_of(model):
+    return [np.array(v.numpy()) for v in model.trainable_variables]
+
+
+def test_gradient_norms_equal_jax_grad_before_and_after_clipping(tmp_path):
+    x, y = data()
+    model = mlp(keras.optimizers.SGD(0.1, global_clipnorm=0.05))
+    expected = jax_grads(model, weights_of(model), x, y)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
+              callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False)])
+    run = str(tmp_path / "train")
+    preclip = layer_norms(model, expected)
+    global_norm = float(np.sqrt(sum(np.sum(g ** 2) for g in expected)))
+    assert global_norm > 0.05  # the clip engaged, so applied and pre-clip norms differ
+    for layer in LAYERS:
+        assert scalar_series(run, f"grad_norm_preclip/{layer}")[1] == pytest.approx(preclip[layer], rel=1e-5)
+        assert scalar_series(run, f"grad_norm/{layer}")[1] == pytest.approx(preclip[layer] * 0.05 / global_norm, rel=1e-5)
+    assert scalar_series(run, "grad_global/norm_preclip")[1] == pytest.approx(global_norm, rel=1e-5)
+    assert scalar_series(run, "grad_global/norm")[1] == pytest.approx(0.05, rel=1e-5)
+    assert scalar_series(run, "grad_global/norm_max")[1] == pytest.approx(0.05, rel=1e-5)
+    assert scalar_series(run, "grad_global/clip_fraction")[1] == 1.0
+    assert scalar_series(run, "nonfinite/grad_steps")[1] == 0
+    # The taps' variables are optimizer state only during the fit: afterwards Keras' own list.
+    assert not any(v.name.startswith("keras_bn") for v in model.optimizer.variables)
+
+
+def sgd_steps(model, x, y, batch, lr, clip):
+    """A hand-written SGD with global-norm clipping: each step's pre-clip global norm."""
+    weights = weights_of(model)
+    norms = []
+    for start in range(0, len(x), batch):
+        grads = jax_grads(model, weights, x[start:start + batch], y[start:start + batch])
+        norm = float(np.sqrt(sum(np.sum(g ** 2) for g in grads)))
+        norms.append(norm)
+        scale = min(1.0, clip / norm)
+        weights = [w - lr * scale * g for w, g in zip(weights, grads)]
+    return norms, weights
+
+
+def test_steps_per_execution_4_summarizes_every_step_since_the_last_read(tmp_path):
+    x, y = data(16)
+    probe = mlp(keras.optimizers.SGD(0.5))
+    unclipped, _ = sgd_steps(probe, x, y, 4, 0.5, np.inf)
+    clip = float(np.median(unclipped))  # some steps clip, some do not
+    model = mlp(keras.optimizers.SGD(0.5, global_clipnorm=clip), steps_per_execution=4)
+    norms, final = sgd_steps(model, x, y, 4, 0.5, clip)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0,
+              callbacks=[kbc.GradientNorms(str(tmp_path), every=4, figures=False)])
+    run = str(tmp_path / "train")
+    assert tag_step_counts(run)[("grad_global/norm", 4)] == 1  # one read, after the 4 steps
+    clipped = sum(n > clip for n in norms)
+    assert 0 < clipped < 4
+    assert scalar_series(run, "grad_global/clip_fraction")[4] == clipped / 4
+    assert scalar_series(run, "grad_global/norm_max")[4] == pytest.approx(max(min(n, clip) for n in norms), rel=1e-5)
+    assert scalar_series(run, "grad_global/norm_preclip")[4] == pytest.approx(norms[-1], rel=1e-5)  # the last step's
+    for got, want in zip(weights_of(model), final):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_train_step_that_never_calls_apply_writes_no_gradient_number_and_says_so(tmp_path):
+    class ManualSGD(keras.Model):
+        def train_step(self, state, data):  # updates the weights itself: the tap cannot fire
+            trainable, non_trainable, optimizer_values, metrics = state
+            x, y = data
+            return {}, ([w * 0.999 for w in trainable], non_trainable, optimizer_values, metrics)
+
+    inputs = keras.Input((6,))
+    model = ManualSGD(inputs, keras.layers.Dense(3)(inputs))
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    x, y = data()
+    with pytest.warns(RuntimeWarning, match="no gradient was recorded in steps 1-"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False)])
+    assert not [t for t, _ in tag_step_counts(str(tmp_path / "train")) if t.startswith("grad_")]
+
+
+def test_a_fit_ended_by_a_callback_error_leaves_a_bare_fit_working(tmp_path):
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1:
+                raise RuntimeError("boom")
+
+    x, y = data()
+    model = mlp(keras.optimizers.Adam(1e-2))
+    with pytest.raises(RuntimeError, match="boom"):  # Keras skips on_train_end: the taps stay attached
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False), Boom()])
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # the first step finds and drops them
+    assert np.isfinite(history.history["loss"][0])
+    assert not any(v.name.startswith("keras_bn") for v in model.optimizer.variables)
+    assert int(np.asarray(model.optimizer.iterations.value)) == 1 + 2
+
+
+def saved_optimizer_variable_count(path) -> int:
+    import h5py
+
+    with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as handle:
+        with h5py.File(handle, "r") as weights:
+            group = weights["optimizer"]["vars"]
+            return len(group.keys())
+
+
+def test_keras_file_written_inside_a_fit_with_the_preset_loads_without_keras_bn(tmp_path):
+    x, y = data()
+    model = mlp(keras.optimizers.Adam(1e-2, global_clipnorm=1.0))
+    path = str(tmp_path / "model.keras")
+    callbacks = kbc.diagnostics(str(tmp_path / "logs"), every=1, figures=False)
+    callbacks.append(keras.callbacks.ModelCheckpoint(path))  # saved while the taps are attached
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=callbacks)
+    assert saved_optimizer_variable_count(path) == len(model.optimizer.variables)
+    code = ("import sys, warnings, keras, numpy\n"
+            "warnings.filterwarnings('error', message='.*variable loading')  # optimizer state must load\n"
+            "m = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
+            "assert 'keras_bn' not in sys.modules\n"
+            "print(int(numpy.asarray(m.optimizer.iterations.value)))\n")
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env,
+                            cwd=str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "4"
+    loaded = keras.saving.load_model(path)
+    for got, want in zip(loaded.trainable_variables, model.trainable_variables):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_loss_scale_optimizer_norms_are_of_the_unscaled_gradients(tmp_path):
+    x, y = data()
+    model = mlp(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)))
+    expected = layer_norms(model, jax_grads(model, weights_of(model), x, y))
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
+              callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False)])
+    for layer in LAYERS:
+        assert scalar_series(str(tmp_path / "train"), f"grad_norm/{layer}")[1] == pytest.approx(expected[layer], rel=1e-5)
+    assert int(model.optimizer.iterations.numpy()) == 1
+
+
+def test_observing_leaves_a_learning_rate_schedule_and_the_weights_unchanged(tmp_path):
+    x, y = data(32)
+
+    def trained(callbacks):
+        schedule = keras.optimizers.schedules.ExponentialDecay(0.2, decay_steps=1, decay_rate=0.5)
+        model = mlp(keras.optimizers.SGD(schedule))
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        return model
+
+    plain = trained([])
+    observed = trained(kbc.diagnostics(str(tmp_path), every=2, figures=False, doctor=False))
+    for got, want in zip(weights_of(observed), weights_of(plain)):
+        np.testing.assert_array_equal(got, want)
+    assert float(np.asarray(observed.optimizer.learning_rate)) == pytest.approx(0.2 * 0.5 ** 8)
+    run = str(tmp_path / "train")
+    assert sorted(scalar_series(run, "update_ratio/logits")) == [2, 4, 6, 8]
+    assert scalar_series(run, "epoch_learning_rate") == pytest.approx({0: 0.2 * 0.5 ** 4, 1: 0.2 * 0.5 ** 8})
+
+
+def test_update_ratio_is_the_last_steps_weight_change(tmp_path):
+    x, y = data(8)
+    model = mlp(keras.optimizers.SGD(0.3))
+    grads = jax_grads(model, weights_of(model), x, y)
+    before = weights_of(model)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[kbc.UpdateRatio(str(tmp_path), every=1)])
+    got = scalar_series(str(tmp_path / "train"), "update_ratio/logits")[1]
+    kernel, bias = [i for i, v in enumerate(model.trainable_variables) if v.path.startswith("logits")]
+    update = np.sqrt(sum(np.sum((0.3 * grads[i]) ** 2) for i in (kernel, bias)))
+    weight = np.sqrt(sum(np.sum(before[i].astype(np.float64) ** 2) for i in (kernel, bias)))
+    assert got == pytest.approx(update / weight, rel=1e-4)
+
+
+def test_record_gradients_in_a_jitted_jax_grad_loop(tmp_path):
+    import jax
+
+    x, y = data(16)
+    model = mlp(keras.optimizers.SGD(0.1))
+    _, after_first_step = sgd_steps(model, x[:8], y[:8], 8, 0.1, np.inf)
+    expected = layer_norms(model, jax_grads(model, after_first_step, x[8:], y[8:]))  # the logged step 2
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    callbacks = keras.callbacks.CallbackList([kbc.GradientNorms(str(tmp_path), every=2, figures=False)], model=model)
+    callbacks.on_train_begin()  # the tap's variables join optimizer.variables here
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def loss_fn(trainable, xb, yb):
+        y_pred, _ = model.stateless_call(trainable, non_trainable, xb, training=True)
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(yb, y_pred))
+
+    @jax.jit
+    def step(trainable, optimizer_values, xb, yb):
+        grads = jax.grad(loss_fn)(trainable, xb, yb)
+        optimizer_values = kbc.record_gradients(model, grads, trainable, optimizer_values)
+        return optimizer.stateless_apply(optimizer_values, grads, trainable)
+
+    trainable = [v.value for v in model.trainable_variables]
+    optimizer_values = [v.value for v in optimizer.variables]
+    callbacks.on_epoch_begin(0)
+    for i in range(2):
+        callbacks.on_train_batch_begin(i)
+        trainable, optimizer_values = step(trainable, optimizer_values, x[i * 8:(i + 1) * 8], y[i * 8:(i + 1) * 8])
+        for variable, value in zip(model.trainable_variables, trainable):
+            variable.assign(value)
+        for variable, value in zip(optimizer.variables, optimizer_values):
+            variable.assign(value)
+    callbacks.on_epoch_end(0, {})
+    callbacks.on_train_end()
+    got = scalar_series(str(tmp_path / "train"), "grad_norm/logits")
+    assert got[2] == pytest.approx(expected["logits"], rel=1e-5)
+    with pytest.raises(ValueError, match="optimizer_variables=None"):
+        callbacks.on_train_begin()
+        try:
+            jax.jit(lambda g: kbc.record_gradients(model, [g] * len(trainable), trainable))(trainable[0])
+        finally:
+            callbacks.on_train_end()
+
+
+def test_batchnorm_check_warns_for_a_last_batch_of_one_from_the_traced_shape(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras_bn.build_dense((6,), [8], 3, norm="batch")
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    x, y = data(17)
+    with pytest.warns(UserWarning, match="normalised each channel over 1 value"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[kbc.BatchNormCheck(str(tmp_path), every=1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 16 samples in batches of 8: nothing to say
+        other = keras_bn.build_dense((6,), [8], 3, norm="batch")
+        other.compile(keras.optimizers.SGD(0.1), LOSS)
+        other.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=0,
+                  callbacks=[kbc.BatchNormCheck(str(tmp_path / "b"), every=1)])
+
+
+def test_the_preset_writes_the_tensorflow_tags_on_jax(tmp_path):
+    x, y = data()
+    model = mlp(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, validation_data=(x, y),
+              callbacks=kbc.diagnostics(str(tmp_path), every=1))
+    tags = {t for t, _ in tag_step_counts(str(tmp_path / "train"))}
+    expected = {"batch_loss", "batch_accuracy", "epoch_loss", "epoch_accuracy", "epoch_learning_rate",
+                "grad_global/norm", "grad_global/norm_max", "nonfinite/grad_steps", "figures/grad_norms",
+                "custom_scalars__config__"}
+    expected |= {f"{q}/{layer}" for layer in LAYERS for q in ("grad_norm", "update_ratio")}
+    assert tags == expected
+    assert sorted(scalar_series(str(tmp_path / "train"), "grad_global/norm")) == [1, 2]
+
+
+DATA_PARALLEL_CHILD = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, keras, numpy as np
+sys.path.insert(0, sys.argv[2])
+from tests.test_backend_jax_taps import data, jax_grads, layer_norms, mlp, weights_of
+from tests._events import scalar_series
+import keras_bn.callbacks as kbc
+assert len(jax.devices()) == 2, jax.devices()
+keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+x, y = data(16)
+model = mlp(keras.optimizers.SGD(0.1))
+expected = layer_norms(model, jax_grads(model, weights_of(model), x, y))
+model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
+          callbacks=[kbc.GradientNorms(sys.argv[1], every=1, figures=False)])
+for layer, norm in expected.items():
+    got = scalar_series(sys.argv[1] + "/train", "grad_norm/" + layer)[1]
+    assert abs(got - norm) <= 1e-5 * norm, (layer, got, norm)
+print("global-batch norms ok")
+"""
+
+
+def test_data_parallel_on_two_host_devices_logs_the_global_batch_norms(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_CHILD, str(tmp_path), root], capture_output=True,
+                            text=True, env=env, cwd=root, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "global-batch norms ok" in result.stdout
