@@ -18,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "docs/builders.md", "docs/diagnostics.md", "docs/training_tools.md",
-         "docs/distribute.md"]
+         "docs/distribute.md", "docs/activations.md", "docs/EVENTS.md", "docs/recurrent.md", "docs/recipes.md",
+         "docs/jax.md"]
+PAGE_ENV = {"docs/jax.md": {"KERAS_BACKEND": "jax"}}  # a page written for another backend runs on it
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
@@ -49,7 +51,9 @@ def test_the_readme_is_short_and_links_its_guides():
 def test_python_blocks_run_in_order_in_a_fresh_process(page, tmp_path):
     blocks = python_blocks(page)
     assert blocks, f"{page} is listed as a tested page but has no python blocks"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    if PAGE_ENV.get(page, {}).get("KERAS_BACKEND") == "jax":
+        pytest.importorskip("jax", reason=f"{page} runs on the JAX backend: pip install -e '.[jax]'")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", **PAGE_ENV.get(page, {})}
     env.pop("KERAS_BN_DATA_DIR", None)
     done = subprocess.run([sys.executable, "-c", script(blocks)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=900)
