@@ -176,17 +176,22 @@ def lr_find(model_fn_or_model, data, min_lr: float = 1e-7, max_lr: float = 10.0,
 
 
 def _write_tensorboard(result: LRFindResult, log_dir) -> None:
-    import tensorflow as tf
+    """The curve as TensorBoard scalars and the suggestion as text (no TensorFlow needed)."""
+    import time
 
-    writer = tf.summary.create_file_writer(str(log_dir))
-    with writer.as_default():
+    from keras_bn import _keras_internals as internals
+    from keras_bn.events import EventFileWriter
+
+    writer = EventFileWriter(log_dir)
+    try:
         for step, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed)):
-            tf.summary.scalar("lr_find/learning_rate", lr, step=step)
-            tf.summary.scalar("lr_find/loss", loss, step=step)
-            tf.summary.scalar("lr_find/smoothed_loss", smooth, step=step)
-        tf.summary.text("lr_find/suggestion", f"{result.suggestion:.3g} (rule {result.rule}); all rules: "
-                        + ", ".join(f"{k} {v:.3g}" for k, v in result.suggestions.items()), step=0)
-    writer.close()
+            writer.add_scalars(step, {"lr_find/learning_rate": lr, "lr_find/loss": loss, "lr_find/smoothed_loss": smooth})
+        text = (f"{result.suggestion:.3g} (rule {result.rule}); all rules: "
+                + ", ".join(f"{k} {v:.3g}" for k, v in result.suggestions.items()))
+        summary = internals.tensorboard_text_summary("lr_find/suggestion", text)
+        writer.add(internals.tensorboard_event_class()(wall_time=time.time(), step=0, summary=summary))
+    finally:
+        writer.close()
 
 
 def plot(results, path, title: str = "learning-rate range test"):
