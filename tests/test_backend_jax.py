@@ -1,0 +1,74 @@
+"""keras-bn on the JAX backend without TensorFlow: build, fit with activation statistics, fold,
+lr_find to TensorBoard, and the refusals of TensorFlow-only features (docs/BACKENDS.md)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_bn
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+JAX_WITHOUT_TF = textwrap.dedent("""
+    import sys
+    sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError from here on
+    import json, os
+    os.environ["KERAS_BACKEND"] = "jax"
+    import numpy as np
+    import keras, keras_bn
+    from keras_bn import events, lr_find
+    from keras_bn.callbacks import ActivationStats
+
+    log_dir = sys.argv[1]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = rng.integers(0, 3, size=64)
+    model = keras_bn.build_dense((8,), [16, 16], 3, norm="batch")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+              callbacks=[ActivationStats(os.path.join(log_dir, "fit"), x[:16], every=2)])
+    relu = keras.Model(model.inputs, model.get_layer("block1_relu").output)(x[:16], training=False)
+    folded = keras_bn.fold_batchnorm(model)
+    result = lr_find.lr_find(model, (x, y), batch_size=16, steps=12, log_dir=os.path.join(log_dir, "lr"))
+    fit_run = events.read_run_details(os.path.join(log_dir, "fit"))
+    lr_run = events.read_run_details(os.path.join(log_dir, "lr"))
+    print(json.dumps({
+        "backend": keras.backend.backend(),
+        "fold_max_diff": float(np.abs(model.predict(x, verbose=0) - folded.predict(x, verbose=0)).max()),
+        "relu_mean": float(np.mean(keras.ops.convert_to_numpy(relu))),
+        "written_means": fit_run.scalars["activation_mean/block1_relu"].pairs(),
+        "problems": [str(p) for p in fit_run.problems + lr_run.problems],
+        "lr_points": len(result.lrs),
+        "lr_smoothed": lr_run.scalars["lr_find/smoothed_loss"].pairs(),
+        "smoothed": [float(v) for v in result.smoothed],
+        "tf_modules": sorted(m for m in sys.modules if m.startswith("tensorflow") and sys.modules[m] is not None),
+    }))
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install keras-bn[jax])")
+def test_a_jax_process_without_tensorflow_builds_fits_folds_and_writes_event_files(tmp_path):
+    result = subprocess.run([sys.executable, "-c", JAX_WITHOUT_TF, str(tmp_path)], capture_output=True, text=True,
+                            cwd=REPO, timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["backend"] == "jax" and out["tf_modules"] == [] and out["problems"] == []
+    assert out["fold_max_diff"] < 1e-5
+    # the last activation mean written (epoch 2's end) is the final model's, computed here by Keras
+    last_step, last_mean = max(out["written_means"])
+    assert last_step == 8 and last_mean == pytest.approx(out["relu_mean"], rel=1e-5)
+    assert [step for step, _ in out["lr_smoothed"]] == list(range(out["lr_points"]))
+    np.testing.assert_allclose([v for _, v in out["lr_smoothed"]], out["smoothed"], rtol=1e-6)
+
+
+@pytest.mark.backends("jax", "torch", reason="TensorFlow runs synchronized BatchNormalization")
+def test_sync_batch_norm_refuses_off_tensorflow_and_names_what_to_use():
+    with pytest.raises(ValueError, match=rf"needs the TensorFlow backend\. On {keras.backend.backend()}, use norm='batch'"):
+        keras_bn.build_dense((4,), [4], 2, norm="sync_batch")
