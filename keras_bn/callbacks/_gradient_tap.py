@@ -40,6 +40,8 @@ from keras_bn.optimizers import clipping_of
 __all__ = ["GradientTap"]
 
 _CLIP_SETTING = ("clipnorm", "global_clipnorm", "clipvalue")
+# The backends this tap records on (docs/BACKENDS.md); another refuses at the callback's first fit.
+BACKENDS = ("tensorflow",)
 
 
 class GradientTap:
@@ -52,6 +54,15 @@ class GradientTap:
     """
 
     def __init__(self, optimizer, variables):
+        import keras
+
+        if keras.backend.backend() not in BACKENDS:
+            raise NotImplementedError(
+                f"keras-bn's gradient tap (grad_norm/, update_ratio/ and clip/ statistics: GradientNorms, "
+                f"UpdateRatio, diagnostics() and the doctor preset) runs on the {' and '.join(BACKENDS)} backend "
+                f"only in this version; this process runs KERAS_BACKEND={keras.backend.backend()}. Run with "
+                f"KERAS_BACKEND=tensorflow, or on {keras.backend.backend()} use the callbacks that do not tap the "
+                f"step (ActivationStats). See docs/BACKENDS.md.")
         import tensorflow as tf
 
         self._tf = tf
