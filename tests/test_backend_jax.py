@@ -72,3 +72,36 @@ def test_a_jax_process_without_tensorflow_builds_fits_folds_and_writes_event_fil
 def test_sync_batch_norm_refuses_off_tensorflow_and_names_what_to_use():
     with pytest.raises(ValueError, match=rf"needs the TensorFlow backend\. On {keras.backend.backend()}, use norm='batch'"):
         keras_bn.build_dense((4,), [4], 2, norm="sync_batch")
+
+
+DATA_PARALLEL_BN = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # before JAX is imported
+    os.environ["KERAS_BACKEND"] = "jax"
+    import json
+    import jax, keras, numpy as np
+    import keras_bn.norms
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    x = np.concatenate([np.zeros((4, 3)), np.full((4, 3), 10.0)]).astype("float32")  # one half per device
+    inputs = keras.Input((3,))
+    bn = keras_bn.norms.make_norm("batch", channels=3, name="bn", norm_kwargs={"momentum": 0.0})
+    model = keras.Model(inputs, keras.layers.Dense(1)(bn(inputs)))
+    model.compile("sgd", "mse")
+    model.fit(x, np.zeros((8, 1), "float32"), batch_size=8, epochs=1, verbose=0, shuffle=False)
+    print(json.dumps({"devices": len(jax.devices()), "mean": keras.ops.convert_to_numpy(bn.moving_mean).tolist(),
+                      "var": keras.ops.convert_to_numpy(bn.moving_variance).tolist()}))
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install keras-bn[jax])")
+def test_batch_norm_under_jax_data_parallel_uses_the_global_batch(tmp_path):
+    """What the sync_batch refusal tells JAX users: norm='batch' under keras.distribution's
+    DataParallel already normalizes over the global batch (two host devices, one half each)."""
+    result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_BN], capture_output=True, text=True, cwd=REPO,
+                            timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    x = np.concatenate([np.zeros((4, 3)), np.full((4, 3), 10.0)])
+    assert out["devices"] == 2
+    np.testing.assert_allclose(out["mean"], x.mean(0), rtol=1e-6)  # each device's own mean would be 0 or 10
+    np.testing.assert_allclose(out["var"], x.var(0), rtol=1e-5)
