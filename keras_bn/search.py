@@ -77,30 +77,38 @@ class _HParamsLog:
         self.configured = False
 
     def _configure(self, trial: Trial) -> None:
-        import tensorflow as tf
-
         metrics = list(dict.fromkeys([trial.objective.name, *trial.metrics, "diverged"]))
-        writer = tf.summary.create_file_writer(str(self.root))
-        with writer.as_default():
-            self.hp.hparams_config(hparams=list(self.hparams.values()),
-                                   metrics=[self.hp.Metric(m, display_name=m) for m in metrics])
-        writer.close()
+        summary = self.hp.hparams_config_pb(hparams=list(self.hparams.values()),
+                                            metrics=[self.hp.Metric(m, display_name=m) for m in metrics])
+        _write_events(self.root, summary)
         self.configured = True
 
     def write(self, trial: Trial, history: dict) -> None:
-        import tensorflow as tf
-
         if not self.configured:
             self._configure(trial)
-        writer = tf.summary.create_file_writer(str(self.root / trial.trial_id))
-        with writer.as_default():
-            self.hp.hparams({self.hparams[k]: v for k, v in trial.hparams.items() if k in self.hparams},
-                            trial_id=trial.trial_id)
-            for epoch in range(trial.epochs):
-                for metric, values in history.items():
-                    if epoch < len(values):
-                        tf.summary.scalar(metric, float(values[epoch]), step=epoch + 1)
-                tf.summary.scalar("diverged", float(trial.diverged), step=epoch + 1)
+        summary = self.hp.hparams_pb({self.hparams[k]: v for k, v in trial.hparams.items() if k in self.hparams},
+                                     trial_id=trial.trial_id)
+        scalars = []
+        for epoch in range(trial.epochs):
+            values = {metric: float(v[epoch]) for metric, v in history.items() if epoch < len(v)}
+            scalars.append((epoch + 1, {**values, "diverged": float(trial.diverged)}))
+        _write_events(self.root / trial.trial_id, summary, scalars)
+
+
+def _write_events(run_dir, summary, scalars=()) -> None:
+    """One event file in `run_dir`: `summary` at step 0 (as ``tf.summary.hparams`` writes it),
+    then ``(step, {tag: value})`` scalars (TensorFlow-free: `keras_bn.events`)."""
+    import time
+
+    from keras_bn import _keras_internals as internals
+    from keras_bn.events import EventFileWriter
+
+    writer = EventFileWriter(run_dir)
+    try:
+        writer.add(internals.tensorboard_event_class()(wall_time=time.time(), step=0, summary=summary))
+        for step, values in scalars:
+            writer.add_scalars(step, values)
+    finally:
         writer.close()
 
 
