@@ -105,3 +105,26 @@ def test_batch_norm_under_jax_data_parallel_uses_the_global_batch(tmp_path):
     assert out["devices"] == 2
     np.testing.assert_allclose(out["mean"], x.mean(0), rtol=1e-6)  # each device's own mean would be 0 or 10
     np.testing.assert_allclose(out["var"], x.var(0), rtol=1e-5)
+
+
+@pytest.mark.backends("jax", "torch", reason="TensorFlow runs tf.distribute strategies")
+@pytest.mark.parametrize("name", ["mirrored", "multiworker"])
+def test_tf_distribute_strategies_refuse_off_tensorflow_and_name_keras_distribution(name):
+    from keras_bn import distribute
+
+    with pytest.raises(ValueError, match=rf"needs the TensorFlow backend.*keras\.distribution\.DataParallel.*strategy='{name}'"):
+        distribute.make_strategy(name)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install keras-bn[jax])")
+def test_the_backend_in_keras_json_is_respected_without_tensorflow(tmp_path):
+    """Keras reads the backend from KERAS_BACKEND, else keras.json: so does keras-bn's install check."""
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    code = ("import sys; sys.modules['tensorflow'] = None\n"
+            "import keras_bn, keras; print(keras.backend.backend(), keras_bn.build_dense((4,), [4], 2).count_params())")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env={**env, "KERAS_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the dense kernel (no bias: BN follows), BN's gamma, beta, mean and variance, the logits
+    assert result.stdout.split() == ["jax", str(4 * 4 + 4 * 4 + (4 * 2 + 2))]
