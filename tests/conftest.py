@@ -46,6 +46,7 @@ def fashion_mnist_dir():
 BACKEND_ONLY_FILES = {
     "test_distribute.py": (("tensorflow",), "tf.distribute strategies"),
     "test_keras_internals.py": (("tensorflow",), "checks the TensorFlow trainer's private names"),
+    "test_time_gradients.py": (("tensorflow",), "the recurrent time-gradient tap and its tf.GradientTape references"),
     "test_zoo.py": (("tensorflow",), "reference gradients from tf.GradientTape in a tf.function"),
 }
 
