@@ -26,6 +26,13 @@ JAX_WITHOUT_TF = textwrap.dedent("""
     from keras_bn import events, lr_find
     from keras_bn.callbacks import ActivationStats
 
+    import importlib, pkgutil  # every module of the package imports without TensorFlow
+    unimportable = {}
+    for module in pkgutil.walk_packages(keras_bn.__path__, "keras_bn."):
+        try:
+            importlib.import_module(module.name)
+        except Exception as error:  # noqa: BLE001  reported by the test
+            unimportable[module.name] = repr(error)
     log_dir = sys.argv[1]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype("float32")
@@ -41,6 +48,7 @@ JAX_WITHOUT_TF = textwrap.dedent("""
     lr_run = events.read_run_details(os.path.join(log_dir, "lr"))
     print(json.dumps({
         "backend": keras.backend.backend(),
+        "unimportable": unimportable,
         "fold_max_diff": float(np.abs(model.predict(x, verbose=0) - folded.predict(x, verbose=0)).max()),
         "relu_mean": float(np.mean(keras.ops.convert_to_numpy(relu))),
         "written_means": fit_run.scalars["activation_mean/block1_relu"].pairs(),
@@ -55,11 +63,14 @@ JAX_WITHOUT_TF = textwrap.dedent("""
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install keras-bn[jax])")
 def test_a_jax_process_without_tensorflow_builds_fits_folds_and_writes_event_files(tmp_path):
+    """Every keras_bn module imports, and the features docs/BACKENDS.md marks yes for JAX run,
+    where `import tensorflow` fails."""
     result = subprocess.run([sys.executable, "-c", JAX_WITHOUT_TF, str(tmp_path)], capture_output=True, text=True,
                             cwd=REPO, timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["backend"] == "jax" and out["tf_modules"] == [] and out["problems"] == []
+    assert out["unimportable"] == {}
     assert out["fold_max_diff"] < 1e-5
     # the last activation mean written (epoch 2's end) is the final model's, computed here by Keras
     last_step, last_mean = max(out["written_means"])
