@@ -9,11 +9,30 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" and importlib.util.find_spec("tensorflow") is None:
+
+
+def configured_backend() -> str:
+    """The Keras backend this process will use, as Keras picks it (``KERAS_BACKEND``, else the
+    ``backend`` of ``$KERAS_HOME/keras.json`` or ``~/.keras/keras.json``, else tensorflow),
+    without importing Keras."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    import json
+
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as file:
+            return str(json.load(file).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+if configured_backend() == "tensorflow" and importlib.util.find_spec("tensorflow") is None:
     raise ImportError(
-        "keras-bn runs Keras 3 on TensorFlow, which is not installed. "
+        "keras-bn runs Keras 3 on TensorFlow (the default backend), which is not installed. "
         "Install it with `pip install keras-bn[cpu]` (CPU, small download) or "
-        "`pip install keras-bn[gpu]` (NVIDIA GPU, tensorflow[and-cuda])."
+        "`pip install keras-bn[gpu]` (NVIDIA GPU, tensorflow[and-cuda]), or choose another backend: "
+        "KERAS_BACKEND=jax with `pip install keras-bn[jax]` (docs/BACKENDS.md)."
     )
 
 _NCHW_ON_CPU: dict = {}

@@ -70,6 +70,14 @@ def make_strategy(name: str | None):
     check_choice("strategy", name, STRATEGIES)
     if name == "none":
         return None
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"`strategy={name!r}` is a tf.distribute strategy: it needs the TensorFlow backend, and this "
+            f"process runs KERAS_BACKEND={keras.backend.backend()}. On {keras.backend.backend()}, spread the "
+            f"batch over devices with keras.distribution.set_distribution(keras.distribution.DataParallel()) "
+            f"before building the model (docs/BACKENDS.md). Received: strategy={name!r}")
     import tensorflow as tf
 
     if name == "mirrored":

@@ -123,6 +123,11 @@ def make_norm(
         return None
     if gamma_initializer is not None:
         kwargs["gamma_initializer"] = gamma_initializer
+    if norm == "sync_batch" and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"`norm='sync_batch'` (BatchNormalization(synchronized=True)) is a tf.distribute feature: it needs "
+            f"the TensorFlow backend. On {keras.backend.backend()}, use norm='batch' (under keras.distribution "
+            f"the batch is one global array, so its statistics are the global batch's). Received: norm={norm!r}")
     if norm in ("batch", "sync_batch"):
         return keras.layers.BatchNormalization(
             axis=channel_axis, synchronized=norm == "sync_batch", name=name, **kwargs

@@ -89,21 +89,31 @@ class _Moments:
         return self.m2 / self.count
 
 
-def _input_batches(data, steps, batch_size):
-    """The model inputs of `data` as a re-iterable list of batches (at most `steps`)."""
+def _is_tf_dataset(data) -> bool:
+    """Whether `data` is a tf.data.Dataset (without importing TensorFlow for anything else)."""
+    if not type(data).__module__.startswith("tensorflow"):
+        return False
     import tensorflow as tf
 
+    return isinstance(data, tf.data.Dataset)
+
+
+def _input_batches(data, steps, batch_size):
+    """The model inputs of `data` as a re-iterable list of batches (at most `steps`)."""
     def features(element):
         return element[0] if isinstance(element, tuple) else element
 
     if isinstance(data, tuple):
         data = data[0]
-    if isinstance(data, (np.ndarray, list, dict)) or hasattr(data, "__array__") and not isinstance(data, tf.data.Dataset):
+    is_tf_dataset = _is_tf_dataset(data)
+    if isinstance(data, (np.ndarray, list, dict)) or hasattr(data, "__array__") and not is_tf_dataset:
         length = len(keras.tree.flatten(data)[0])
         count = math.ceil(length / batch_size)
         count = count if steps is None else min(count, steps)
         return [keras.tree.map_structure(lambda a: a[i * batch_size:(i + 1) * batch_size], data) for i in range(count)]
-    if isinstance(data, tf.data.Dataset):
+    if is_tf_dataset:
+        import tensorflow as tf
+
         if steps is None and data.cardinality() == tf.data.INFINITE_CARDINALITY:
             raise ValueError("`data` is an infinite tf.data.Dataset: pass `steps` (how many batches to use). "
                              "Received: steps=None")

@@ -37,3 +37,35 @@ def fashion_mnist_dir():
     if not SHARED_FASHION_MNIST.is_dir():
         pytest.skip(f"full Fashion-MNIST not found at {SHARED_FASHION_MNIST}")
     return SHARED_FASHION_MNIST
+
+
+# --- backends (owner: jaxrest) ---
+# Every test runs on every Keras backend (KERAS_BACKEND=tensorflow | jax | torch) unless it is
+# marked `@pytest.mark.backends("tensorflow", reason="tf.distribute")` or its whole file is
+# listed here; on another backend it skips with a reason naming the backend it needs.
+BACKEND_ONLY_FILES = {
+    "test_distribute.py": (("tensorflow",), "tf.distribute strategies"),
+    "test_keras_internals.py": (("tensorflow",), "checks the TensorFlow trainer's private names"),
+    "test_time_gradients.py": (("tensorflow",), "the recurrent time-gradient tap and its tf.GradientTape references"),
+    "test_zoo.py": (("tensorflow",), "reference gradients from tf.GradientTape in a tf.function"),
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "backends(*names, reason): runs only on these Keras backends, skips (naming them) on others")
+
+
+def pytest_collection_modifyitems(config, items):
+    backend = keras.backend.backend()
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        if marker is not None:
+            names, reason = marker.args, marker.kwargs.get("reason", "")
+        elif item.path.name in BACKEND_ONLY_FILES:
+            names, reason = BACKEND_ONLY_FILES[item.path.name]
+        else:
+            continue
+        if backend not in names:
+            item.add_marker(pytest.mark.skip(
+                reason=f"needs the {' or '.join(names)} backend ({reason}); this run is KERAS_BACKEND={backend}"))

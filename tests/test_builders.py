@@ -7,6 +7,8 @@ from tests._layer_spy import count_layers
 from keras_bn.activations import ACTIVATIONS
 from keras_bn.norms import NORMS
 
+SYNC_BN_TF_ONLY = pytest.mark.backends("tensorflow", reason="BatchNormalization(synchronized=True)")
+
 
 def layer_names(model):
     return [layer.name for layer in model.layers]
@@ -32,7 +34,7 @@ def test_reference_mlp_is_dense_bn_relu_twice_then_dense():
         ("layer", "before", ["block1_dense", "block1_ln", "block1_tanh"]),
         ("layer", "after", ["block1_dense", "block1_tanh", "block1_ln"]),
         ("group", "before", ["block1_dense", "block1_gn", "block1_tanh"]),
-        ("sync_batch", "after", ["block1_dense", "block1_tanh", "block1_syncbn"]),
+        pytest.param("sync_batch", "after", ["block1_dense", "block1_tanh", "block1_syncbn"], marks=SYNC_BN_TF_ONLY),
     ],
 )
 def test_layer_order_for_each_norm_and_position(norm, position, expected):
@@ -44,7 +46,7 @@ def test_layer_order_for_each_norm_and_position(norm, position, expected):
 
 @pytest.mark.parametrize(
     "norm, position, has_bias",
-    [("batch", "before", False), ("group", "before", False), ("sync_batch", "before", False),
+    [("batch", "before", False), ("group", "before", False), pytest.param("sync_batch", "before", False, marks=SYNC_BN_TF_ONLY),
      ("layer", "before", True), (None, "before", True), ("batch", "after", True)],
 )
 def test_bias_dropped_only_when_batch_or_group_norm_directly_follows(norm, position, has_bias):
@@ -208,6 +210,7 @@ def test_registries_fold_case_and_aliases():
     assert "block1_leaky_relu" in layer_names(model)
 
 
+@pytest.mark.backends("tensorflow", reason="TensorFlow's CPU kernels for channels_first")
 def test_channels_first_warns_at_build_exactly_when_tensorflow_cannot_run_it_here():
     """With oneDNN off (TF_ENABLE_ONEDNN_OPTS=0, or a CPU where TensorFlow leaves it off) NCHW
     convolutions do not run on the CPU outside XLA: the builder says so and names the ways out;

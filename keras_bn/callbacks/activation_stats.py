@@ -199,25 +199,31 @@ class ActivationStats(DiagnosticCallback):
         self._watches, self._probe_arrays = watches, probe
         self._chunk_rows = self._rows_per_chunk(model, watches, probe)
         options = dict(bins=self.bins, saturation_threshold=self.saturation_threshold, near_zero=self.near_zero)
-        import tensorflow as tf  # the traced read; the reductions themselves are keras.ops
-
-        # A partial, not a closure: TensorFlow counts retraces per code object, so a closure
-        # made for each new model or callback would warn about "retracing" it never did.
-        # One signature (any chunk size, a range per watched layer; NaN: the chunk's own), so
-        # one trace serves every chunk and pass.
-        signature = [
-            keras.tree.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), probe),
-            tf.TensorSpec((len(watches), 2), tf.float32),
-        ]
-        # Kept with the model (keras_bn.callbacks._taps): a new callback on the same model, layers,
-        # options and probe layout reuses the trace, so short repeated fits do not pay for it again.
         from keras_bn.callbacks._taps import StepTaps
 
+        read = functools.partial(_probe.probe_pass, model, tuple(watches), options)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf  # the traced read; the reductions themselves are keras.ops
+
+            # A partial, not a closure: TensorFlow counts retraces per code object, so a closure
+            # made for each new model or callback would warn about "retracing" it never did.
+            # One signature (any chunk size, a range per watched layer; NaN: the chunk's own), so
+            # one trace serves every chunk and pass.
+            signature = [
+                keras.tree.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), probe),
+                tf.TensorSpec((len(watches), 2), tf.float32),
+            ]
+            make = lambda: tf.function(read, input_signature=signature)  # noqa: E731
+        else:
+            # Eager on JAX and PyTorch: a jax.jit of the model call would bake the weights of its
+            # first trace into the compiled read (Keras variables are constants there).
+            signature = None
+            make = lambda: read  # noqa: E731
+        # Kept with the model (keras_bn.callbacks._taps): a new callback on the same model, layers,
+        # options and probe layout reuses the trace, so short repeated fits do not pay for it again.
         kind = "activation_probe " + repr(([(w.path, w.family, w.preactivation, w.feature_axis) for w in watches],
                                            sorted(options.items()), signature))
-        self._compute = StepTaps.of(model).cached(kind, [w.layer for w in watches], lambda: tf.function(
-            functools.partial(_probe.probe_pass, model, tuple(watches), options), input_signature=signature
-        ))
+        self._compute = StepTaps.of(model).cached(kind, [w.layer for w in watches], make)
         self._silent = set()
         self.writers.add_charts(self._charts())
         self._prepared_for = (model, self.probe)
