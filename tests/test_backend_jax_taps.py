@@ -295,6 +295,25 @@ def test_batchnorm_check_warns_for_a_last_batch_of_one_from_the_traced_shape(tmp
                   callbacks=[kbc.BatchNormCheck(str(tmp_path / "b"), every=1)])
 
 
+@pytest.mark.parametrize("batch_size", [2, 16])
+def test_the_doctor_sees_the_batch_bn_trains_on_from_the_traced_shape(tmp_path, batch_size):
+    """The Doctor's BN batch-size fact on JAX: the jitted step's static batch (the last batch of
+    the epoch is smaller, and traced too: the fact is the largest), and its rule fires at 2."""
+    from keras_bn import doctor
+
+    keras.utils.set_random_seed(0)
+    model = keras_bn.build_dense((6,), [8], 3, norm="batch")
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    x, y = data(34)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no tap left out of the JAX step
+        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0,
+                  callbacks=kbc.diagnostics(str(tmp_path), every=1, figures=False))
+    assert doctor.RunFacts.load(tmp_path).batch_size == batch_size
+    rules = {f.rule for f in doctor.diagnose(tmp_path)}
+    assert ("bn_small_batch" in rules) == (batch_size < 16)
+
+
 def test_the_preset_writes_the_tensorflow_tags_on_jax(tmp_path):
     x, y = data()
     model = mlp(keras.optimizers.Adam(1e-3), metrics=["accuracy"])

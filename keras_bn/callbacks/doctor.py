@@ -293,7 +293,7 @@ class Doctor(DiagnosticCallback):
 
     def _read_batch_size(self):
         if getattr(self, "_tap", None) is not None:
-            value = int(self._tap.batch_size.numpy())
+            value = self._tap.read()
             if value > 0:
                 self.facts.batch_size = value
 
@@ -315,25 +315,41 @@ def _batchnorm_layers(model):
 
 
 class _BatchSizeTap:
-    """The largest batch a BatchNormalization layer trained on: one ``assign`` per step."""
+    """The largest batch a BatchNormalization layer trained on: one ``assign`` per step on
+    TensorFlow; on JAX the jitted step's shapes are static, so the traced shape is the batch."""
+
+    backends = ("tensorflow", "jax")  # where StepTaps runs it
 
     def __init__(self, layer):
-        import tensorflow as tf
+        from keras_bn.callbacks._tap_state import is_jax
 
         self.layer = layer
-        self.batch_size = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="keras_bn_doctor_batch")
+        self.static = 0  # the largest batch of a traced (hence run) JAX step
+        self.batch_size = None
+        if not is_jax():
+            import tensorflow as tf
+
+            self.batch_size = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="keras_bn_doctor_batch")
         self._undo = None
 
-    def patch(self) -> None:
-        import tensorflow as tf
+    def read(self) -> int:
+        """The largest batch seen so far (0: none)."""
+        return max(self.static, int(self.batch_size.numpy()) if self.batch_size is not None else 0)
 
+    def patch(self) -> None:
         layer, counter = self.layer, self.batch_size
         had_own, original = "call" in vars(layer), layer.call
 
         def call(inputs, *args, **kwargs):
             training = kwargs.get("training", args[0] if args else None)
             if training is True:
-                counter.assign(tf.maximum(counter, tf.shape(inputs, out_type=tf.int64)[0]))
+                if counter is None:
+                    if isinstance(inputs.shape[0], int):  # None only while Keras builds symbolically
+                        self.static = max(self.static, inputs.shape[0])
+                else:
+                    import tensorflow as tf
+
+                    counter.assign(tf.maximum(counter, tf.shape(inputs, out_type=tf.int64)[0]))
             return original(inputs, *args, **kwargs)
 
         layer.call = call
