@@ -109,3 +109,12 @@ def write_scalar_events(folder, series: dict) -> str:
             writer.add_scalars(step, {tag: value})
     writer.close()
     return writer.path
+
+
+def texts(run_dir, tag) -> list[tuple[int, str]]:
+    """``[(step, text), ...]`` of text summary `tag`, the last one per step (as TensorBoard's
+    Text dashboard shows them: a later text at the same step replaces the earlier)."""
+    by_step = {}
+    for step, value in run_values(run_dir)[0].get(tag, []):
+        by_step[step] = value.item().decode()
+    return sorted(by_step.items())

@@ -10,6 +10,7 @@ import pytest
 import keras_bn
 from keras_bn import doctor
 from keras_bn.callbacks import Doctor
+from tests._events import texts
 
 
 def blobs(n=256, features=8, classes=3, seed=0):
@@ -28,13 +29,7 @@ def head_x100(features=8, classes=3):
 
 
 def text_summaries(folder):
-    from tensorboard.backend.event_processing import event_accumulator
-    from tensorboard.util import tensor_util
-
-    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"tensors": 0})
-    acc.Reload()
-    return [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode())
-            for e in acc.Tensors("doctor/findings")]
+    return texts(folder, "doctor/findings")
 
 
 def test_finding_printed_once_written_as_text_and_to_report_md(tmp_path, capsys):

@@ -3,10 +3,8 @@ that read layer outputs on any model style (values checked against manual layer 
 
 from __future__ import annotations
 
-import glob
 import os
 import warnings
-from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -14,12 +12,11 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-from tensorboard.backend.event_processing import event_file_loader  # noqa: E402
-from tensorboard.util import tensor_util  # noqa: E402
 
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 from keras_bn.callbacks import _probe  # noqa: E402
+from tests._events import run_values  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error:keras_bn:RuntimeWarning")
 
@@ -27,13 +24,8 @@ LOSS = "sparse_categorical_crossentropy"
 
 
 def read_run(run_dir):
-    """``{tag: [(step, ndarray), ...]}`` from every event file of a run."""
-    values = defaultdict(list)
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        for event in event_file_loader.EventFileLoader(path).Load():
-            for value in event.summary.value:
-                values[value.tag].append((event.step, tensor_util.make_ndarray(value.tensor)))
-    return dict(values)
+    """``{tag: [(step, ndarray), ...]}`` from every event file of a run (keras-bn's reader)."""
+    return run_values(run_dir)[0]
 
 
 def last(values, tag):
