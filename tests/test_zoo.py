@@ -271,7 +271,9 @@ def test_the_doctor_reads_the_initial_loss_of_every_model_style(tmp_path, name, 
               callbacks=kbc.diagnostics(str(tmp_path), every=1, figures=False))
     series = doctor.read_series(tmp_path)
     (step, logged), = series["doctor/initial_loss"]
-    assert step == 1 and logged == pytest.approx(expected, rel=1e-5)
+    # 1e-4: fit's graph step and this eager pass sum in different orders (oneDNN or Eigen kernels),
+    # and the x100 head's loss of ~45 carries that float32 roundoff
+    assert step == 1 and logged == pytest.approx(expected, rel=1e-4)
     fired = [f for f in doctor.diagnose(tmp_path) if f.rule == "initial_loss"]
     assert bool(fired) == (abs(expected - math.log(3)) > 0.5 * math.log(3))
     assert bool(fired) == (scale > 1)  # x100 is the fault, x0.01 its healthy twin
