@@ -133,11 +133,14 @@ def _noise_layers(model):
 
 
 def _flat_outputs(outputs) -> np.ndarray:
-    return np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in keras.tree.flatten(outputs)])
+    # convert_to_numpy: a torch output that requires grad has no __array__ without detach
+    return np.concatenate([np.asarray(keras.ops.convert_to_numpy(o), dtype=np.float64).ravel()
+                           for o in keras.tree.flatten(outputs)])
 
 
 def _moving_stats(bn):
-    return np.asarray(bn.moving_mean, np.float64), np.asarray(bn.moving_variance, np.float64)
+    return (np.asarray(keras.ops.convert_to_numpy(bn.moving_mean), np.float64),
+            np.asarray(keras.ops.convert_to_numpy(bn.moving_variance), np.float64))
 
 
 def _restore(variables, values) -> None:
@@ -192,7 +195,7 @@ def check_batchnorm(model, x, *, mean_tol: float = 0.5, var_tol: float = 2.0) ->
     bns = list(_batchnorm_layers(model))
     noise = list(_noise_layers(model))
     variables = list(model.variables)
-    saved_values = [np.array(v.numpy()) for v in variables]
+    saved_values = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
     saved_attrs = [(bn, bn.momentum, bn.trainable) for _, bn in bns]
     saved_noise = [(layer, dict((a, getattr(layer, a)) for a in ("rate", "stddev") if hasattr(layer, a)))
                    for layer in noise]
@@ -233,8 +236,7 @@ def check_batchnorm(model, x, *, mean_tol: float = 0.5, var_tol: float = 2.0) ->
     for name, bn in bns:
         b_mean, b_var = batch_stats[id(bn)]
         eps = float(bn.epsilon)
-        m_mean = np.asarray(bn.moving_mean, np.float64)
-        m_var = np.asarray(bn.moving_variance, np.float64)
+        m_mean, m_var = _moving_stats(bn)
         shift = float(np.sqrt(np.mean(((m_mean - b_mean) / np.sqrt(b_var + eps)) ** 2)))
         ratio = float(np.exp(np.mean(np.abs(np.log((m_var + eps) / (b_var + eps))))))
         status = "ok"

@@ -4,6 +4,7 @@ loaded once), the reference MLP and the forms of data ``fit`` takes."""
 import functools
 
 import numpy as np
+import pytest
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,7 +28,10 @@ def data_forms(x, y, batch) -> dict:
     """``{kind: () -> data}`` for the non-array forms ``fit`` takes, in batches of `batch`:
     "tf_dataset", "py_dataset" (a ``keras.utils.PyDataset``) and "generator" (read once)."""
     import keras
-    import tensorflow as tf
+
+    def tf_dataset():
+        tf = pytest.importorskip("tensorflow", reason="the tf.data form needs TensorFlow installed")
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):
@@ -37,7 +41,7 @@ def data_forms(x, y, batch) -> dict:
             return x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
 
     return {
-        "tf_dataset": lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch),
+        "tf_dataset": tf_dataset,
         "py_dataset": Batches,
         "generator": lambda: ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)),
     }

@@ -132,7 +132,7 @@ def test_subclassed_model_rows_match_numpy_statistics():
     assert [row.name for row in result.rows] == ["block/bn", "bn"]
     assert all(np.array_equal(a, b) for a, b in zip(before, _weights(model)))
     # each BN's input on this batch in training mode, computed layer by layer in NumPy
-    block_in = np.asarray(model.block.fc(x[:256]), np.float64)
+    block_in = np.asarray(keras.ops.convert_to_numpy(model.block.fc(x[:256])), np.float64)
     bn1 = model.block.bn
     normalized = (block_in - block_in.mean(0)) / np.sqrt(block_in.var(0) + bn1.epsilon)
     h = np.maximum(normalized * np.asarray(bn1.gamma) + np.asarray(bn1.beta), 0.0)

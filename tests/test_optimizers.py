@@ -11,7 +11,7 @@ from keras_bn import optimizers
 def test_preset_yields_documented_optimizer_and_clipping(name):
     preset = optimizers.get_preset(name)
     opt = optimizers.adam(name)
-    assert type(opt) is keras.optimizers.Adam
+    assert isinstance(opt, keras.optimizers.Adam)  # on torch, Keras' own torch subclass
     assert optimizers.clipping_of(opt) == preset.clipping
     assert float(opt.learning_rate) == pytest.approx(preset.kwargs["learning_rate"])
     for key in ("clipnorm", "global_clipnorm"):
@@ -44,7 +44,7 @@ def test_overrides_pass_through():
     assert swapped.clipnorm is None and swapped.global_clipnorm == 2.0
     assert float(swapped.learning_rate) == pytest.approx(1e-4)
     decayed = optimizers.adam("default", weight_decay=1e-4)
-    assert type(decayed) is keras.optimizers.AdamW and decayed.weight_decay == pytest.approx(1e-4)
+    assert isinstance(decayed, keras.optimizers.AdamW) and decayed.weight_decay == pytest.approx(1e-4)
     assert optimizers.adam("clipnorm").clipnorm == 1.0  # alias
 
 
