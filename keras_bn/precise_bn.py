@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from keras_bn._validation import check_positive_int
+from keras_bn.callbacks._patch import set_on_instance
 
 __all__ = ["batchnorm_gaps", "recompute_batchnorm_statistics"]
 
@@ -40,24 +41,18 @@ def _batchnorm_layers(model, trainable_only: bool = False) -> list[tuple[str, ke
 @contextlib.contextmanager
 def _capturing(layers, sink):
     """Within the block, each layer of `layers` calls ``sink(layer, inputs)`` when called."""
-    wrapped = []
+    undos = []
     for layer in layers:
-        had_own, original = "call" in vars(layer), layer.call
-
-        def call(inputs, *args, _layer=layer, _original=original, **kwargs):
+        def call(inputs, *args, _layer=layer, _original=layer.call, **kwargs):
             sink(_layer, inputs)
             return _original(inputs, *args, **kwargs)
 
-        layer.call = call
-        wrapped.append((layer, had_own, original))
+        undos.append(set_on_instance(layer, "call", call))
     try:
         yield
     finally:
-        for layer, had_own, original in wrapped:
-            if had_own:
-                layer.call = original
-            else:
-                vars(layer).pop("call", None)
+        for undo in reversed(undos):
+            undo()
 
 
 class _Moments:

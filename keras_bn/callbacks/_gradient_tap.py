@@ -47,6 +47,7 @@ from keras_bn import _warnings
 from keras_bn import distribute as kb_distribute
 from keras_bn.callbacks._tap_state import TapState, is_jax
 from keras_bn.optimizers import clipping_of
+from keras_bn.callbacks._patch import set_on_instance
 
 __all__ = ["GradientTap"]
 
@@ -134,22 +135,13 @@ class GradientTap:
             self._undo = internals.wrap_aggregation(optimizer, self._record_summed_applied, clip_after_sum=False)
             return
         original_apply = optimizer.apply
-        had_own = "apply" in vars(optimizer)
 
         def apply(grads, trainable_variables=None):
             variables = trainable_variables if trainable_variables is not None else internals.optimizer_variables_default(optimizer)
             self.record(list(grads), list(variables))
             return original_apply(grads, trainable_variables)
 
-        optimizer.apply = apply
-
-        def undo():
-            if had_own:
-                optimizer.apply = original_apply
-            else:
-                vars(optimizer).pop("apply", None)
-
-        self._undo = undo
+        self._undo = set_on_instance(optimizer, "apply", apply)
 
     def unpatch(self) -> None:
         if self._undo is not None:

@@ -114,14 +114,12 @@ class TapState:
             restore()
 
     def _hide_from_saving(self, optimizer, own):
-        mine = self.variables
-        originals = {}
-        for name in ("save_own_variables", "load_own_variables"):
-            had_own = name in vars(optimizer)
-            method = getattr(optimizer, name)
-            originals[name] = (had_own, method)
+        from keras_bn.callbacks._patch import set_on_instance
 
-            def without_taps(store, _method=method):
+        mine = self.variables
+        undos = []
+        for name in ("save_own_variables", "load_own_variables"):
+            def without_taps(store, _method=getattr(optimizer, name)):
                 kept = own[:]
                 own[:] = [v for v in kept if not any(v is t for t in mine)]
                 try:
@@ -129,14 +127,11 @@ class TapState:
                 finally:
                     own[:] = kept
 
-            setattr(optimizer, name, without_taps)
+            undos.append(set_on_instance(optimizer, name, without_taps))
 
         def restore():
-            for name, (had_own, method) in originals.items():
-                if had_own:
-                    setattr(optimizer, name, method)
-                else:
-                    vars(optimizer).pop(name, None)
+            for undo in reversed(undos):
+                undo()
 
         return restore
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from keras import ops
 
 from keras_bn.callbacks._tap_state import TapState
+from keras_bn.callbacks._patch import set_on_instance
 
 __all__ = ["UpdateTap"]
 
@@ -49,7 +50,6 @@ class UpdateTap:
             return
         optimizer = self.optimizer
         original_apply = optimizer.apply
-        had_own = "apply" in vars(optimizer)
 
         def apply(grads, trainable_variables=None):
             before = [v.value for v in self.variables]  # inside stateless_apply: this step's values
@@ -57,15 +57,7 @@ class UpdateTap:
             self.record(before, [v.value for v in self.variables])
             return result
 
-        optimizer.apply = apply
-
-        def undo():
-            if had_own:
-                optimizer.apply = original_apply
-            else:
-                vars(optimizer).pop("apply", None)
-
-        self._undo = undo
+        self._undo = set_on_instance(optimizer, "apply", apply)
 
     def unpatch(self) -> None:
         if self._undo is not None:

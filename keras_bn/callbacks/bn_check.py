@@ -34,6 +34,7 @@ from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import iter_layers
 from keras_bn.callbacks._tap_state import is_jax
 from keras_bn.distribute import is_distributed
+from keras_bn.callbacks._patch import set_on_instance
 
 __all__ = ["BatchNormCheck"]
 
@@ -78,7 +79,6 @@ class _BatchNormCountTap:
         if not is_jax():
             import tensorflow as tf
 
-        had_own = "call" in vars(layer)
         original = layer.call
         count = self.counts.get(path)
 
@@ -94,15 +94,7 @@ class _BatchNormCountTap:
                     count.assign(tf.minimum(count, values))
             return original(inputs, *args, **kwargs)
 
-        layer.call = call
-
-        def restore():
-            if had_own:
-                layer.call = original
-            else:
-                vars(layer).pop("call", None)
-
-        return restore
+        return set_on_instance(layer, "call", call)
 
 
 class BatchNormCheck(DiagnosticCallback):

@@ -46,6 +46,7 @@ from keras_bn import _warnings
 from keras_bn import doctor as kb_doctor
 from keras_bn._doctor_base import RULES
 from keras_bn.callbacks._base import DiagnosticCallback
+from keras_bn.callbacks._patch import set_on_instance
 
 __all__ = ["Doctor"]
 
@@ -338,7 +339,7 @@ class _BatchSizeTap:
 
     def patch(self) -> None:
         layer, counter = self.layer, self.batch_size
-        had_own, original = "call" in vars(layer), layer.call
+        original = layer.call
 
         def call(inputs, *args, **kwargs):
             training = kwargs.get("training", args[0] if args else None)
@@ -352,15 +353,7 @@ class _BatchSizeTap:
                     counter.assign(tf.maximum(counter, tf.shape(inputs, out_type=tf.int64)[0]))
             return original(inputs, *args, **kwargs)
 
-        layer.call = call
-
-        def undo():
-            if had_own:
-                layer.call = original
-            else:
-                vars(layer).pop("call", None)
-
-        self._undo = undo
+        self._undo = set_on_instance(layer, "call", call)
 
     def unpatch(self) -> None:
         if self._undo is not None:
