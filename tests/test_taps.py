@@ -211,3 +211,28 @@ def test_observing_does_not_move_keras_clipping_under_a_strategy(tmp_path):
     assert callback.clipping_in_effect == "per_variable (each replica's share (Keras' default under a strategy))"
     assert distribute.AggregationHook.of(optimizer, create=False) is None
     assert "_clip_gradients" not in optimizer.__dict__ and "_all_reduce_sum_gradients" not in optimizer.__dict__
+
+
+def test_norm_max_is_the_largest_step_norm_since_the_previous_read(tmp_path):
+    """``grad_global/norm_max`` at a read is the largest global norm of the steps since the
+    previous read (learning rate 0: each step's gradient is a tape pass on its own batch)."""
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.0), LOSS)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(64, 6)).astype("float32") * np.repeat([1.0, 4.0, 0.5, 2.0] * 2, 8)[:, None].astype("float32")
+    y = np.arange(64) % 3
+    loss_fn = keras.losses.get(LOSS)
+
+    @tf.function
+    def norm(xb, yb):
+        with tf.GradientTape() as tape:
+            value = keras.ops.mean(loss_fn(yb, model(xb, training=True)))
+        return tf.linalg.global_norm(tape.gradient(value, model.trainable_variables))
+
+    step_norms = [float(norm(x[i:i + 8], y[i:i + 8])) for i in range(0, 64, 8)]
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[kbc.GradientNorms(str(tmp_path), every=4, figures=False)])
+    logged = scalar_series(tmp_path / "train", "grad_global/norm_max")
+    assert sorted(logged) == [4, 8]
+    assert logged[4] == pytest.approx(max(step_norms[:4]), rel=1e-5)
+    assert logged[8] == pytest.approx(max(step_norms[4:]), rel=1e-5)
