@@ -226,11 +226,15 @@ class RunFacts:
             return self.loss.get("num_classes")
         return None
 
-    def save(self, log_dir) -> None:
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def save(self, log_dir, text: str | None = None) -> None:
+        """Write ``facts.json`` (`text`: this object's `to_json()`, when already made)."""
         path = os.path.join(os.fspath(log_dir), FACTS_FILE)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w", encoding="utf-8") as file:
-            json.dump(asdict(self), file, indent=1)
+            file.write(self.to_json() if text is None else text)
         os.replace(path + ".tmp", path)
 
     @classmethod

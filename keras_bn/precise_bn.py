@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import keras
@@ -181,7 +182,7 @@ def recompute_batchnorm_statistics(model, data, steps: int | None = None, batch_
     return used
 
 
-def batchnorm_gaps(model, x) -> dict[str, float]:
+def batchnorm_gaps(model, x, keep_traced: bool = False) -> dict[str, float]:
     """How far each trainable BN layer's inference output on `x` is from its training-mode
     output on the same inputs, as an RMS over channels in units of the output's std.
 
@@ -190,29 +191,65 @@ def batchnorm_gaps(model, x) -> dict[str, float]:
     over the batch is ``sqrt((s_b / s - 1)^2 + ((m_b - m) / s)^2)``. Inputs are those of an
     inference-mode pass (each layer is compared on the same inputs). 0 when the moving
     statistics are those of `x`; about ``sqrt(1.5 / n)`` from sampling noise for n values
-    per channel.
+    per channel. `keep_traced`: on TensorFlow, trace the pass once per model and keep it for
+    later calls (the doctor measures at the end of every fit).
 
     Usage: ``keras_bn.precise_bn.batchnorm_gaps(model, x_val[:256])``
     """
     layers = _batchnorm_layers(model, trainable_only=True)
     if not layers:
         return {}
-    moments = {}
+    watched = tuple(layer for _, layer in layers)
+    read = functools.partial(_input_moments, model, watched)
+    if keep_traced and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
-    def sink(layer, inputs):
-        moments.setdefault(id(layer), _Moments(layer)).add(inputs)
+        from keras_bn.callbacks._taps import StepTaps
 
-    with _capturing([layer for _, layer in layers], sink):
-        model(x, training=False)
+        # A partial of a module function, not a closure: TensorFlow counts retraces per code object.
+        read = StepTaps.of(model).cached("batchnorm_gaps", watched, lambda: tf.function(read, reduce_retracing=True))
+    calls = read(keras.tree.map_structure(keras.ops.convert_to_tensor, x))
     gaps = {}
-    for path, layer in layers:
-        m = moments.get(id(layer))
-        if m is None or m.count == 0:
+    for (path, layer), per_call in zip(layers, calls):
+        if not per_call:
+            continue  # not called on `x`: no gap, rather than a zero
+        count, mean, m2 = 0.0, 0.0, 0.0
+        for n, call_mean, call_m2 in per_call:  # merged as in `_Moments.add` (Chan et al.)
+            n = float(keras.ops.convert_to_numpy(n))
+            call_mean = np.asarray(keras.ops.convert_to_numpy(call_mean), np.float64)
+            call_m2 = np.asarray(keras.ops.convert_to_numpy(call_m2), np.float64)
+            total = count + n
+            delta = call_mean - mean
+            mean, m2 = mean + delta * n / total, m2 + call_m2 + np.square(delta) * count * n / total
+            count = total
+        if count == 0:
             continue
         eps = float(layer.epsilon)
-        moving_mean = np.asarray(layer.moving_mean.numpy(), np.float64)
-        moving_std = np.sqrt(np.asarray(layer.moving_variance.numpy(), np.float64) + eps)
-        scale = np.sqrt(m.variance + eps) / moving_std - 1.0
-        shift = (m.mean - moving_mean) / moving_std
+        moving_mean = np.asarray(keras.ops.convert_to_numpy(layer.moving_mean), np.float64)
+        moving_std = np.sqrt(np.asarray(keras.ops.convert_to_numpy(layer.moving_variance), np.float64) + eps)
+        scale = np.sqrt(m2 / count + eps) / moving_std - 1.0
+        shift = (mean - moving_mean) / moving_std
         gaps[path] = float(np.sqrt(np.mean(np.square(scale) + np.square(shift))))
     return gaps
+
+
+def _input_moments(model, layers, x):
+    """Per layer of `layers`, one ``(count, mean, sum of squared deviations)`` per call in an
+    inference pass of `model` on `x`, per channel, in float32 (`keras.ops`: traceable)."""
+    captured = {id(layer): [] for layer in layers}
+    with _capturing(layers, lambda layer, inputs: captured[id(layer)].append(inputs)):
+        model(x, training=False)
+    result = []
+    for layer in layers:
+        per_call = []
+        for inputs in captured[id(layer)]:
+            inputs = keras.ops.cast(inputs, "float32")
+            axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+            keep = {a % len(inputs.shape) for a in axis}
+            axes = tuple(a for a in range(len(inputs.shape)) if a not in keep)
+            mean = keras.ops.mean(inputs, axis=axes, keepdims=True)
+            m2 = keras.ops.sum(keras.ops.square(inputs - mean), axis=axes)
+            count = keras.ops.cast(keras.ops.size(inputs), "float32") / float(np.prod([inputs.shape[a] for a in keep]))
+            per_call.append((count, keras.ops.squeeze(mean, axis=axes), m2))
+        result.append(per_call)
+    return result

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_bn
+from keras_bn.callbacks._taps import StepTaps
 from keras_bn.precise_bn import batchnorm_gaps
 
 
@@ -132,3 +133,19 @@ def test_gap_measures_stale_statistics():
     z_inf = (inputs - bn1.moving_mean.numpy()) / std_m
     expected = np.sqrt(np.mean(np.square(z_inf - z_train)))  # RMS over samples and channels
     assert gaps["bn1"] == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.backends("tensorflow", reason="keep_traced keeps a tf.function; elsewhere the pass is eager")
+def test_traced_gap_equals_the_eager_one_and_is_traced_once_per_model():
+    x = np.random.default_rng(3).normal(1.0, 2.0, size=(96, 8)).astype("float32")
+    model = trained(bn_model(), x, steps=2)
+    eager = batchnorm_gaps(model, x)
+    traced = batchnorm_gaps(model, x, keep_traced=True)
+    assert set(traced) == set(eager) == {"bn1", "bn2"}
+    for name in eager:
+        assert traced[name] == pytest.approx(eager[name], rel=1e-5)
+    read = StepTaps.of(model).cached("batchnorm_gaps", [model.get_layer("bn1"), model.get_layer("bn2")], None)
+    model.get_layer("bn1").moving_mean.assign(np.full(16, 5.0, "float32"))  # the trace reads the variables anew
+    assert batchnorm_gaps(model, x, keep_traced=True)["bn1"] == pytest.approx(batchnorm_gaps(model, x)["bn1"], rel=1e-5)
+    assert batchnorm_gaps(model, x, keep_traced=True)["bn1"] > traced["bn1"]
+    assert read.experimental_get_tracing_count() == 1

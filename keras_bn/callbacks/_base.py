@@ -183,19 +183,27 @@ class DiagnosticCallback(keras.callbacks.Callback):
             self.writers.submit(self._draw, step)
 
     def on_train_end(self, logs=None):
-        self._submit_figure(self._last_logged_step)  # the final state, if not drawn yet
-        self._end_fit()
+        self._end_fit(final_figure=True)
 
     # --- helpers --------------------------------------------------------------------
-    def _end_fit(self) -> None:
+    def _end_fit(self, final_figure: bool = False) -> None:
         """Undo the fit's attachments once: at train end, when a step raised, or when the next
-        fit finds this callback left over from a fit that a callback ended with an error."""
+        fit finds this callback left over from a fit that a callback ended with an error.
+
+        The figure of the final state (if not drawn yet) starts once every keras-bn callback of
+        the fit has ended: drawn meanwhile, it would hold the GIL against their train-end work."""
         if not getattr(self, "_in_fit", False):
             return
         self._in_fit = False
         self._run_safely(self._detach)
-        self.writers.end_fit()  # figures still drawing finish (and close the files) in the background
-        self._taps.end(self)
+        step = self._last_logged_step
+
+        def finish():
+            if final_figure:
+                self._submit_figure(step)
+            self.writers.end_fit()  # figures still drawing finish (and close the files) in the background
+
+        self._taps.end(self, then=lambda: self._run_safely(finish))
 
     def _sync_state(self) -> None:
         """Make the model's variables hold the latest step's values before a read: on JAX

@@ -86,6 +86,7 @@ class StepTaps:
         self.calls = 0  # instrumented train-function calls so far (a tap that did not fire: why)
         self.failure_handlers: list = []  # run once when a step raises (other callbacks' needs)
         self._attached: list = []  # taps whose state is in the optimizer's state now (JAX)
+        self._after_fit: list = []  # run once every member of the fit has ended (`end`)
 
     # --- the fit's members ------------------------------------------------------------------
     def begin(self, callback) -> None:
@@ -96,14 +97,21 @@ class StepTaps:
         if callback not in self.members:
             self.members.append(callback)
 
-    def end(self, callback) -> None:
-        """`callback`'s fit is over; once every member has ended, Keras' train function is back."""
+    def end(self, callback, then=None) -> None:
+        """`callback`'s fit is over; once every member has ended, Keras' train function is back
+        and each member's `then()` runs (in end order): work that must not slow the other
+        members' train-end work, such as starting a figure on a background thread."""
         if callback in self.members:
             self.members.remove(callback)
+        if then is not None:
+            self._after_fit.append(then)
         if not self.members:
             self._release()
             self.taps = []
             self._starting = False
+            after, self._after_fit = self._after_fit, []
+            for function in after:
+                function()
 
     def _drop_stale_members(self) -> None:
         """Members of a fit that ended without ``on_train_end`` (a callback raised)."""

@@ -91,6 +91,7 @@ class Doctor(DiagnosticCallback):
         self.series: dict = defaultdict(list)
         self.facts = kb_doctor.RunFacts()
         self._found: dict = {}
+        self._saved: tuple | None = None  # the (facts.json, report.md) texts last written
         self._dirty = False
         self._listening = False
         self._text_writer = None
@@ -208,7 +209,7 @@ class Doctor(DiagnosticCallback):
         from keras_bn.precise_bn import batchnorm_gaps
 
         start = time.monotonic()
-        gaps = batchnorm_gaps(self.model, self.probe)
+        gaps = batchnorm_gaps(self.model, self.probe, keep_traced=True)
         self._busy += time.monotonic() - start
         self._own_scalars(step, {f"doctor/bn_gap/{name}": gap for name, gap in gaps.items()})
 
@@ -264,12 +265,17 @@ class Doctor(DiagnosticCallback):
             return
         try:
             self.facts.findings = [f.to_dict() for f in self._found.values()]
-            self.facts.save(self.log_dir)
+            facts = self.facts.to_json()
+            report = kb_doctor.markdown_report(self._found.values(), title=f"keras-bn doctor: {self.log_dir}",
+                                               step=step if step is not None else self._optimizer_step())
             path = os.path.join(self.log_dir, REPORT_FILE)
+            if (facts, report) == self._saved and os.path.exists(path):
+                return  # unchanged since the last save (e.g. an epoch end followed by train end)
+            self.facts.save(self.log_dir, facts)
             with open(path + ".tmp", "w", encoding="utf-8") as file:
-                file.write(kb_doctor.markdown_report(self._found.values(), title=f"keras-bn doctor: {self.log_dir}",
-                                                     step=step if step is not None else self._optimizer_step()))
+                file.write(report)
             os.replace(path + ".tmp", path)
+            self._saved = (facts, report)
         except OSError as error:
             if not getattr(self, "_warned_save", False):
                 self._warned_save = True
