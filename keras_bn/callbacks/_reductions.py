@@ -50,8 +50,12 @@ def chunk_sums(y, family, *, bins: int, hist_range=None, saturation_threshold=SA
     all_finite = ops.equal(count, ops.size(flat))
 
     def filled(value):
-        """`flat` with non-finite entries replaced by `value` (no copy when all are finite,
-        the usual case); each statistic fills with a value that does not change it."""
+        """`flat` with non-finite entries replaced by `value`; each statistic fills with a value
+        that does not change it. On TensorFlow (traced) no copy when all are finite, the usual
+        case; elsewhere always the copy: an eager `ops.cond` on JAX compiles its two branches
+        again at every call (new lambdas), seconds per probe read."""
+        if keras.backend.backend() != "tensorflow":
+            return ops.where(finite, flat, value)
         return ops.cond(all_finite, lambda: flat, lambda: ops.where(finite, flat, value))
 
     total = ops.sum(filled(0.0))

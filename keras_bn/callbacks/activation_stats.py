@@ -163,6 +163,7 @@ class ActivationStats(DiagnosticCallback):
         self._compute = None
         self._chunk_rows = None  # probe rows per chunk (None: not prepared)
         self._prepared_for = None  # (model, probe) the traced probe function was made for
+        self._unprepared = False  # the fit's model was not built at train begin: prepare at the first batch
         self._silent: set[str] = set()  # watched layers the model did not call (warned once)
 
     # --- set-up -------------------------------------------------------------------------
@@ -173,12 +174,15 @@ class ActivationStats(DiagnosticCallback):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        if self.model.built:
+        self._unprepared = not self.model.built  # a model built only by its first batch
+        if not self._unprepared:
             self._prepare()
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._prepared_for is None or self._prepared_for[0] is not self.model:
-            self._prepare()  # a model built only by its first batch
+        # No `self.model` here: on JAX each read of it syncs the whole training state.
+        if self._unprepared:
+            self._unprepared = False
+            self._prepare()
         super().on_train_batch_begin(batch, logs)
 
     def _prepare(self) -> None:
