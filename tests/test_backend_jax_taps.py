@@ -357,3 +357,43 @@ def test_data_parallel_on_two_host_devices_logs_the_global_batch_norms(tmp_path)
                             text=True, env=env, cwd=root, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "global-batch norms ok" in result.stdout
+
+
+def test_the_preset_syncs_the_training_state_per_hook_not_per_step_and_reads_the_probe_without_compiling(tmp_path):
+    """On JAX every read of `Callback.model` syncs the whole training state into the variables,
+    and an eager `ops.cond` compiles anew at each call: neither may happen per step or per read."""
+    import logging
+
+    import jax
+
+    x, y = data(n=64)
+    model = mlp(keras.optimizers.SGD(0.05))
+    syncs = []
+    original = model.jax_state_sync
+    model.jax_state_sync = lambda *a, **k: (syncs.append(1), original(*a, **k))[1]
+    callbacks = kbc.diagnostics(str(tmp_path / "run"), probe=x[:16], every=100, figures=False)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=callbacks)  # traces and compiles
+    compiles = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            if "compil" in record.getMessage().lower():
+                compiles.append(record.getMessage())
+
+    per_fit = {}
+    handler = Count()
+    logging.getLogger("jax").addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        for batch_size in (4, 4, 2):  # 16, 16 and 32 steps (the last one compiles a new step)
+            before, compiled = len(syncs), len(compiles)
+            model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks)
+            per_fit.setdefault(batch_size, []).append((len(syncs) - before, len(compiles) - compiled))
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logging.getLogger("jax").removeHandler(handler)
+    assert per_fit[4][1][1] == 0, compiles[:3]  # the same shapes again: the probe read compiles nothing
+    assert per_fit[4][0][0] == per_fit[4][1][0] == per_fit[2][0][0]  # twice the steps, no more syncs
+    scalars = keras_bn.events.read_run_details(str(tmp_path / "run" / "train")).scalars
+    means = [tag for tag in scalars if tag.startswith("activation_mean/")]
+    assert means and sorted(dict(scalars[means[0]].pairs())) == [16, 32, 48, 80]  # the probe read in every fit
