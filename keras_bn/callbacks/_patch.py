@@ -18,11 +18,13 @@ def set_on_instance(obj, name: str, value):
     """Set ``obj.<name> = value`` on the instance; returns the undo, which restores what the
     instance held (a user's own patch) or removes ours so the class attribute shows again."""
     had_own, original = name in vars(obj), getattr(obj, name)
-    setattr(obj, name, value)
+    # Straight into the instance's dict: a Keras layer's or optimizer's own __setattr__ runs its
+    # object tracking on every assignment, and the taps patch at every training step.
+    vars(obj)[name] = value
 
     def undo():
         if had_own:
-            setattr(obj, name, original)
+            vars(obj)[name] = original
         else:
             vars(obj).pop(name, None)
 
