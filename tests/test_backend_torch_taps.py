@@ -138,6 +138,19 @@ def test_a_read_every_4_steps_summarizes_every_step_since_the_previous_read(tmp_
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_a_torch_compiled_step_is_tapped_with_the_same_numbers(tmp_path):
+    """``jit_compile=True``: Keras' torch trainer runs the step through ``torch.compile``."""
+    x, y = data(16)
+    model = mlp(keras.optimizers.SGD(0.5, global_clipnorm=0.5), jit_compile=True)
+    norms, history = sgd_steps(weights_of(model), x, y, 8, 0.5, 0.5)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False)])
+    preclip = scalar_series(str(tmp_path / "train"), "grad_global/norm_preclip")
+    assert preclip == pytest.approx({1: norms[0], 2: norms[1]}, rel=1e-5)
+    for got, want in zip(weights_of(model), history[-1]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_keras_refuses_steps_per_execution_above_1_on_torch(tmp_path):
     x, y = data(8)
     model = mlp(keras.optimizers.SGD(0.1), steps_per_execution=4)

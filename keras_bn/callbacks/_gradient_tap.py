@@ -170,7 +170,8 @@ class GradientTap:
         """Store this step's per-variable sums of squares (before and after clipping);
         `unscale` divides by the optimizer's ``loss_scale_factor`` (as ``apply`` does);
         `already_clipped`: the gradients are the applied ones (Keras' per-replica clipping)."""
-        self.traced_records += 1  # Python runs this only while a step is traced (every step on torch)
+        if keras.backend.backend() != "torch":  # torch.compile would guard on (and recompile for) it
+            self.traced_records += 1  # Python runs this only while a step is traced
         zero = ops.zeros((), "float32")
         sumsq = [zero] * self._size
         clip_values = []
