@@ -179,13 +179,13 @@ def check_regularization_raises_loss(model_fn: Callable, x, y, l2: float = 1e-3,
     model = compiled(make_model(model_fn), loss=loss)
     xs, ys = x[:samples], y[:samples]
     y_pred = model(xs, training=False)
-    loss = float(model.compute_loss(xs, ys, y_pred, training=False))
+    loss = float(keras.ops.convert_to_numpy(model.compute_loss(xs, ys, y_pred, training=False)))
     kernels = [v for v in model.trainable_variables if v.path.endswith("kernel") and v.regularizer is None]
     penalty = l2 * sum(float(np.sum(np.square(v.numpy()))) for v in kernels)
     for variable in kernels:
         variable.regularizer = keras.regularizers.L2(l2)
     try:
-        regularized = float(model.compute_loss(xs, ys, y_pred, training=False))
+        regularized = float(keras.ops.convert_to_numpy(model.compute_loss(xs, ys, y_pred, training=False)))
     finally:
         for variable in kernels:
             variable.regularizer = None

@@ -227,6 +227,7 @@ def test_unknown_options_are_refused_by_name(tmp_path):
 
 
 # --- no retracing warnings ----------------------------------------------------------------------
+@pytest.mark.backends("tensorflow", reason="tf.function retracing warnings: the probe is traced only on TensorFlow")
 def test_new_models_and_callbacks_trigger_no_retracing_warning(tmp_path):
     import tensorflow as tf
 

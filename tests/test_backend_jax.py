@@ -1,5 +1,8 @@
 """keras-bn on the JAX backend without TensorFlow: build, fit with activation statistics, fold,
-lr_find to TensorBoard, and the refusals of TensorFlow-only features (docs/BACKENDS.md)."""
+lr_find to TensorBoard, and the refusals of TensorFlow-only features (docs/BACKENDS.md).
+
+`check_process_without_tensorflow` and `check_backend_from_keras_json` take the backend's name:
+tests/test_backend_torch.py runs the same checks on PyTorch."""
 
 import importlib.util
 import json
@@ -16,11 +19,11 @@ import keras_bn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-JAX_WITHOUT_TF = textwrap.dedent("""
+WITHOUT_TF = textwrap.dedent("""
     import sys
     sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError from here on
     import json, os
-    os.environ["KERAS_BACKEND"] = "jax"
+    os.environ["KERAS_BACKEND"] = sys.argv[2]
     import numpy as np
     import keras, keras_bn
     from keras_bn import events, lr_find
@@ -61,15 +64,14 @@ JAX_WITHOUT_TF = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install keras-bn[jax])")
-def test_a_jax_process_without_tensorflow_builds_fits_folds_and_writes_event_files(tmp_path):
-    """Every keras_bn module imports, and the features docs/BACKENDS.md marks yes for JAX run,
-    where `import tensorflow` fails."""
-    result = subprocess.run([sys.executable, "-c", JAX_WITHOUT_TF, str(tmp_path)], capture_output=True, text=True,
-                            cwd=REPO, timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
+def check_process_without_tensorflow(tmp_path, backend: str) -> None:
+    """Every keras_bn module imports, and the features docs/BACKENDS.md marks yes for `backend`
+    run, in a process where `import tensorflow` fails."""
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TF, str(tmp_path), backend], capture_output=True,
+                            text=True, cwd=REPO, timeout=600, env={**os.environ, "KERAS_BACKEND": backend})
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["backend"] == "jax" and out["tf_modules"] == [] and out["problems"] == []
+    assert out["backend"] == backend and out["tf_modules"] == [] and out["problems"] == []
     assert out["unimportable"] == {}
     assert out["fold_max_diff"] < 1e-5
     # the last activation mean written (epoch 2's end) is the final model's, computed here by Keras
@@ -77,6 +79,11 @@ def test_a_jax_process_without_tensorflow_builds_fits_folds_and_writes_event_fil
     assert last_step == 8 and last_mean == pytest.approx(out["relu_mean"], rel=1e-5)
     assert [step for step, _ in out["lr_smoothed"]] == list(range(out["lr_points"]))
     np.testing.assert_allclose([v for _, v in out["lr_smoothed"]], out["smoothed"], rtol=1e-6)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install keras-bn[jax])")
+def test_a_jax_process_without_tensorflow_builds_fits_folds_and_writes_event_files(tmp_path):
+    check_process_without_tensorflow(tmp_path, "jax")
 
 
 @pytest.mark.backends("jax", "torch", reason="TensorFlow runs synchronized BatchNormalization")
@@ -127,10 +134,9 @@ def test_tf_distribute_strategies_refuse_off_tensorflow_and_name_keras_distribut
         distribute.make_strategy(name)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install keras-bn[jax])")
-def test_the_backend_in_keras_json_is_respected_without_tensorflow(tmp_path):
+def check_backend_from_keras_json(tmp_path, backend: str) -> None:
     """Keras reads the backend from KERAS_BACKEND, else keras.json: so does keras-bn's install check."""
-    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": backend}))
     code = ("import sys; sys.modules['tensorflow'] = None\n"
             "import keras_bn, keras; print(keras.backend.backend(), keras_bn.build_dense((4,), [4], 2).count_params())")
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
@@ -138,4 +144,9 @@ def test_the_backend_in_keras_json_is_respected_without_tensorflow(tmp_path):
                             env={**env, "KERAS_HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     # the dense kernel (no bias: BN follows), BN's gamma, beta, mean and variance, the logits
-    assert result.stdout.split() == ["jax", str(4 * 4 + 4 * 4 + (4 * 2 + 2))]
+    assert result.stdout.split() == [backend, str(4 * 4 + 4 * 4 + (4 * 2 + 2))]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install keras-bn[jax])")
+def test_the_backend_in_keras_json_is_respected_without_tensorflow(tmp_path):
+    check_backend_from_keras_json(tmp_path, "jax")

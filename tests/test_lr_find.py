@@ -1,5 +1,6 @@
 """keras_bn.lr_find: the range test leaves the model alone and suggests a sane learning rate."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -116,7 +117,7 @@ def test_plot_takes_a_list_of_results(tmp_path):
 
 
 def sparse_ce(probabilities, y):
-    p = np.asarray(probabilities, np.float64)
+    p = np.asarray(keras.ops.convert_to_numpy(probabilities), np.float64)
     return float(-np.mean(np.log(p[np.arange(len(y)), y])))
 
 

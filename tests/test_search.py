@@ -217,7 +217,7 @@ def test_search_takes_the_data_forms_fit_takes(kind):
 
 
 def test_a_dataset_without_validation_data_is_refused_for_a_val_objective():
-    import tensorflow as tf
+    tf = pytest.importorskip("tensorflow", reason="the tf.data form needs TensorFlow installed")
 
     x, y = regression_data(100)
     with pytest.raises(ValueError, match="`validation_data` is needed for objective='val_loss'"):

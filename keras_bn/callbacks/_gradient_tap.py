@@ -24,8 +24,11 @@ aggregation point and leaves clipping where the user put it:
 
 The statistics are computed with `keras.ops` and stored in the variables of a
 `keras_bn.callbacks._tap_state.TapState`: ``ON_READ`` ``tf.Variable``s under a strategy, plain
-ones on one TensorFlow device, and on JAX ``keras.Variable``s that ride in the optimizer's own
-state through the pure, jitted step (``stateless_apply`` returns them).
+ones on one TensorFlow device, on JAX ``keras.Variable``s that ride in the optimizer's own
+state through the pure, jitted step (``stateless_apply`` returns them), and on PyTorch
+``keras.Variable``s assigned in place by the eager ``apply`` of every step (Keras' torch
+trainer calls it with ``v.value.grad`` under ``torch.no_grad``; ``steps_per_execution`` must be
+1 there).
 
 **Steps since the last read.** The sums of squares are those of the last step (a sample); the
 counts (clipped, non-finite, fired) run on, so the callback's difference between two reads
@@ -73,7 +76,7 @@ class GradientTap:
     says whether a pre-clip norm is measured. `state` holds the variables (`TapState`).
     """
 
-    backends = ("tensorflow", "jax")  # where StepTaps runs it
+    backends = ("tensorflow", "jax", "torch")  # where StepTaps runs it
 
     def __init__(self, optimizer, variables):
         self.optimizer = optimizer
@@ -167,7 +170,8 @@ class GradientTap:
         """Store this step's per-variable sums of squares (before and after clipping);
         `unscale` divides by the optimizer's ``loss_scale_factor`` (as ``apply`` does);
         `already_clipped`: the gradients are the applied ones (Keras' per-replica clipping)."""
-        self.traced_records += 1  # Python runs this only while a step is traced
+        if keras.backend.backend() != "torch":  # torch.compile would guard on (and recompile for) it
+            self.traced_records += 1  # Python runs this only while a step is traced
         zero = ops.zeros((), "float32")
         sumsq = [zero] * self._size
         clip_values = []
@@ -207,7 +211,7 @@ class GradientTap:
             return preclip * ops.square(factor), norm > limit
         if self.clipping == "value":
             limit = float(self.optimizer.clipvalue)
-            applied = ops.unstack(preclip) if clip_values else []
+            applied = list(ops.unstack(preclip)) if clip_values else []  # a tuple on torch
             engaged = ops.convert_to_tensor(False)
             for index, grad in clip_values:
                 values = _values(grad)

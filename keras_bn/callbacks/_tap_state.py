@@ -15,6 +15,11 @@ keras_bn.callbacks._gradient_tap); only the variables it writes differ by backen
   the fit included) has exactly the optimizer variables Keras made and loads without keras-bn.
   On JAX the variables hold the step's values only after a state sync (reading
   ``Callback.model`` does one): the callbacks read at their logging cadence only.
+- **PyTorch**: the trainer calls ``optimizer.apply`` eagerly (under ``torch.no_grad``), so
+  the tap's statistics are plain ``keras.Variable``s (torch tensors on the model's device),
+  assigned in place at every step; nothing joins the optimizer state, so saving never sees
+  them. A read converts on the host (``keras.ops.convert_to_numpy``): one device sync, at the
+  logging cadence only.
 
 Usage (inside a tap)::
 
@@ -32,12 +37,17 @@ import numpy as np
 from keras_bn import _keras_internals as internals
 from keras_bn import distribute as kb_distribute
 
-__all__ = ["TapState", "is_jax"]
+__all__ = ["TapState", "is_jax", "is_tensorflow"]
 
 
 def is_jax() -> bool:
     """Whether Keras runs on JAX (taps keep their state in optimizer variables there)."""
     return keras.backend.backend() == "jax"
+
+
+def is_tensorflow() -> bool:
+    """Whether Keras runs on TensorFlow (taps keep their state in ``tf.Variable``s there)."""
+    return keras.backend.backend() == "tensorflow"
 
 
 class TapState:
@@ -54,11 +64,11 @@ class TapState:
         return self._make(name, np.zeros(shape, np.float32))
 
     def counter(self, name: str):
-        """An integer counter at 0 (int64 on TensorFlow, int32 on JAX: no x64 there by default)."""
+        """An integer counter at 0 (int32 on JAX: no x64 there by default; int64 elsewhere)."""
         return self._make(name, np.array(0, np.int32 if is_jax() else np.int64))
 
     def _make(self, name, initial):
-        if is_jax():
+        if not is_tensorflow():
             variable = keras.Variable(initial, dtype=str(initial.dtype), trainable=False, name=name)
         else:
             import tensorflow as tf
@@ -75,7 +85,9 @@ class TapState:
     # --- reading and resetting from the host ----------------------------------------------
     @staticmethod
     def numpy(variable):
-        return np.asarray(variable.value if is_jax() else variable.numpy())
+        if is_tensorflow():
+            return np.asarray(variable.numpy())
+        return np.asarray(keras.ops.convert_to_numpy(variable.value))  # a torch tensor: off its device
 
     @classmethod
     def reset(cls, variable, value) -> None:

@@ -53,7 +53,7 @@ __all__ = ["StepTaps", "record_gradients"]
 def _is_end_of_data(error: BaseException) -> bool:
     if isinstance(error, StopIteration):
         return True
-    if is_jax():
+    if keras.backend.backend() != "tensorflow":
         return False
     import tensorflow as tf
 

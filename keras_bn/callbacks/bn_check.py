@@ -14,8 +14,8 @@ where the static shape shows more than one value per channel, as after any conv 
 callbacks read theirs, and warns (``UserWarning`` starting with ``"keras_bn"``) once per
 layer when the count was 1. It writes nothing to TensorBoard. Under a tf.distribute strategy
 it does nothing. Where the traced shape fixes the count (always on JAX, whose jitted step is
-traced per input shape, e.g. again for a last batch of 1) it is recorded at trace time, with no
-op in the step at all.
+traced per input shape, e.g. again for a last batch of 1; and on PyTorch, whose eager step has
+concrete shapes) it is recorded from the shape, with no op in the step at all.
 
 Usage::
 
@@ -32,7 +32,7 @@ import numpy as np
 from keras_bn import _warnings
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import iter_layers
-from keras_bn.callbacks._tap_state import is_jax
+from keras_bn.callbacks._tap_state import is_tensorflow
 from keras_bn.distribute import is_distributed
 from keras_bn.callbacks._patch import set_on_instance
 
@@ -45,12 +45,12 @@ class _BatchNormCountTap:
     """One int64 variable per trainable BatchNormalization layer: the smallest number of values
     a channel was normalised over in a training step (`NO_COUNT` before the first)."""
 
-    backends = ("tensorflow", "jax")  # where StepTaps runs it
+    backends = ("tensorflow", "jax", "torch")  # where StepTaps runs it
 
     def __init__(self, layers: dict):
         self.layers = layers  # path -> layer
         self.counts = {}  # path -> tf.Variable, for counts only the running step knows (TensorFlow)
-        if not is_jax():
+        if is_tensorflow():
             import tensorflow as tf
 
             self.counts = {path: tf.Variable(tf.constant(NO_COUNT, tf.int64), trainable=False, name="keras_bn_bn_count")
@@ -76,7 +76,7 @@ class _BatchNormCountTap:
             restore()
 
     def _wrap(self, path, layer):
-        if not is_jax():
+        if is_tensorflow():
             import tensorflow as tf
 
         original = layer.call

@@ -323,17 +323,18 @@ def _batchnorm_layers(model):
 
 class _BatchSizeTap:
     """The largest batch a BatchNormalization layer trained on: one ``assign`` per step on
-    TensorFlow; on JAX the jitted step's shapes are static, so the traced shape is the batch."""
+    TensorFlow; on JAX the jitted step's shapes are static, so the traced shape is the batch
+    (on PyTorch the eager step's shape is)."""
 
-    backends = ("tensorflow", "jax")  # where StepTaps runs it
+    backends = ("tensorflow", "jax", "torch")  # where StepTaps runs it
 
     def __init__(self, layer):
-        from keras_bn.callbacks._tap_state import is_jax
+        from keras_bn.callbacks._tap_state import is_tensorflow
 
         self.layer = layer
-        self.static = 0  # the largest batch of a traced (hence run) JAX step
+        self.static = 0  # the largest batch of a traced (hence run) JAX step, or a torch step
         self.batch_size = None
-        if not is_jax():
+        if is_tensorflow():
             import tensorflow as tf
 
             self.batch_size = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="keras_bn_doctor_batch")

@@ -47,7 +47,7 @@ class GradientNorms(DiagnosticCallback):
     the last log); at epoch end the image ``figures/grad_norms``. The per-layer and global
     norms are those of the last step before the log (a sample, not a mean); the counts and
     the maximum cover every step since the last log, with ``steps_per_execution > 1`` too.
-    Works on TensorFlow and JAX (same tags, same numbers).
+    Works on TensorFlow, JAX and PyTorch (same tags, same numbers).
 
     Args:
         log_dir: the TensorBoard run directory (``<log_dir>/train`` is written).

@@ -13,7 +13,9 @@ one compiled reduction and logs only per-layer numbers. No other step is touched
 On JAX the weights live in the jitted step's state between two reads, so the ratio is measured
 inside the step instead (`keras_bn.callbacks._update_tap`: two reductions per variable around
 ``optimizer.apply``) and read at the cadence: the ratio of the last step before the log (with
-``steps_per_execution > 1``, of the last step of the execution). Same tags on both backends.
+``steps_per_execution > 1``, of the last step of the execution). On PyTorch the step is eager
+and the weights are in the variables between steps, so the snapshot works as on TensorFlow
+(a copy: torch's optimizers update in place). Same tags on every backend.
 
 Usage::
 
@@ -23,15 +25,24 @@ Usage::
 from __future__ import annotations
 
 import numpy as np
+from keras import ops
 
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import group_norms, variable_groups
-from keras_bn.callbacks._tap_state import is_jax
+from keras_bn.callbacks._tap_state import is_jax, is_tensorflow
 from keras_bn.callbacks._writer import RunWriters
 
 __all__ = ["UpdateRatio"]
 
 GUIDE_LINE = 1e-3  # CS231n: update / weight magnitude should be around this
+
+
+def _update_sumsq(before, after):
+    """Per variable ``sum((after - before)**2)`` and ``sum(before**2)`` (float32)."""
+    after = [ops.stop_gradient(a) for a in after]  # PyTorch: no autograd graph for a read
+    diff = [ops.sum(ops.square(ops.cast(a - b, "float32"))) for a, b in zip(after, before)]
+    base = [ops.sum(ops.square(ops.cast(b, "float32"))) for b in before]
+    return ops.stack(diff), ops.stack(base)
 
 
 class UpdateRatio(DiagnosticCallback):
@@ -68,21 +79,21 @@ class UpdateRatio(DiagnosticCallback):
             self._taps.register(self._tap)
             self._last_fired = self._tap.read()["fired_steps"]
             return
+        if not is_tensorflow():  # PyTorch: eager steps, the weights are in the variables
+            self._reduce = _update_sumsq
+            return
         import tensorflow as tf
 
-        def reduce(before, after):
-            diff = [tf.reduce_sum(tf.square(tf.cast(a - b, tf.float32))) for a, b in zip(after, before)]
-            base = [tf.reduce_sum(tf.square(tf.cast(b, tf.float32))) for b in before]
-            return tf.stack(diff), tf.stack(base)
-
         # One traced reduction per model and variable list, kept across fits and callbacks.
-        self._reduce = self._taps.cached("update_ratio", self._weights, lambda: tf.function(reduce))
+        self._reduce = self._taps.cached("update_ratio", self._weights, lambda: tf.function(_update_sumsq))
 
     def _detach(self):
         self._before = None
         self._tap = None
 
     def _snapshot(self):
+        if not is_tensorflow():  # a copy: torch's optimizers update the weights in place
+            return [ops.copy(ops.stop_gradient(v.value)) for v in self._weights]
         import tensorflow as tf
 
         return [tf.identity(v.value) for v in self._weights]
@@ -93,7 +104,7 @@ class UpdateRatio(DiagnosticCallback):
             return
         diff, base = self._reduce(self._before, [v.value for v in self._weights])
         self._before = None
-        self._write(step, diff.numpy(), base.numpy())
+        self._write(step, ops.convert_to_numpy(diff), ops.convert_to_numpy(base))
 
     def _write(self, step, diff, base):
         count = len(self._layer_names)
