@@ -136,6 +136,42 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+class EagerValidation(keras.callbacks.Callback):
+    """Adds ``val_loss`` and ``val_accuracy`` to each epoch's logs, the numbers
+    ``fit(validation_data=(x, y))`` gives a model compiled with sparse categorical
+    cross-entropy on probabilities and ``metrics=["accuracy"]`` (inference mode, the mean over
+    every sample, plus the model's regularization losses), from direct model calls in
+    chunks of `batch_size`: a short fit then does not trace a test step (about 1 s of CPU
+    per conv net). Put it first in the callbacks, so the others see the values.
+
+    Example::
+
+        model.fit(x, y, epochs=2, callbacks=[EagerValidation(x_test, y_test), *callbacks])
+    """
+
+    def __init__(self, x, y, batch_size: int = 500):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, np.asarray(y), batch_size
+
+    @staticmethod
+    def applies_to(model: keras.Model) -> bool:
+        """Whether `model` was compiled with the loss this callback computes."""
+        loss = model.loss
+        if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+            return not loss.get_config().get("from_logits", False)
+        return loss == "sparse_categorical_crossentropy"
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        probs = np.concatenate([keras.ops.convert_to_numpy(self.model(self.x[i:i + self.batch_size], training=False))
+                                for i in range(0, len(self.x), self.batch_size)])
+        loss = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(self.y, probs))
+        regularization = sum(float(keras.ops.convert_to_numpy(v)) for v in self.model.losses)
+        logs["val_loss"] = float(np.mean(loss)) + regularization
+        logs["val_accuracy"] = float(np.mean(np.argmax(probs, axis=-1) == self.y))
+
+
 def initial_state(model: keras.Model) -> list:
     """A copy of every variable of `model` (weights and BN's moving statistics), for `restart`."""
     return [keras.ops.convert_to_numpy(v) for v in model.variables]
@@ -185,6 +221,35 @@ def compiled_like(cache: dict, key, model: keras.Model, compile: Callable) -> ke
     return restart(target, initial_state(model))
 
 
+def ready_to_fit(model: keras.Model, x, y) -> keras.Model:
+    """Create now, from one batch `x`, `y`, every variable the first ``fit`` step of the
+    compiled `model` would create (compiled metrics, loss trackers, optimizer slots): Keras
+    otherwise makes them inside the first traced train step, and TensorFlow then traces that
+    step twice (1-2 s of CPU per model). The training is the same. Returns `model`.
+
+    Example::
+
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        _common.ready_to_fit(model, x_train[:64], y_train[:64]).fit(x_train, y_train)
+    """
+    from keras_bn import _keras_internals
+
+    _keras_internals.build_for_fit(model, x, y)
+    return model
+
+
+def full_mode_probe(args: argparse.Namespace, data, samples: int = 256):
+    """The activation-statistics probe of a run no claim or doctor rule of quick mode reads:
+    ``data.x_test[:samples]``, or None with ``--quick`` (tracing the probe's read costs about
+    1.5 s of CPU per model, a fit of a quick mode about as much).
+
+    Example::
+
+        cbs = _common.training_callbacks(path, probe=_common.full_mode_probe(args, data), fit_steps=31)
+    """
+    return None if args.quick else data.x_test[:samples]
+
+
 def training_callbacks(path: Path, probe=None, every: int | None = None, *, fit_steps: int | None = None) -> list:
     """The TensorBoard logging of every recipe's training runs, chosen in this one place:
     ``keras_bn.callbacks.diagnostics`` (loss/metrics, gradient norms, update ratios and,
@@ -227,10 +292,16 @@ def train_for_steps(model: keras.Model, data, *, steps: int, batch_size: int, ev
     dataset = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
                .shuffle(len(data.x_train), seed=seed).repeat().batch(batch_size, drop_remainder=True))
     eval_every = min(eval_every, steps)
+    ready_to_fit(model, data.x_train[:batch_size], data.y_train[:batch_size])
+    if EagerValidation.applies_to(model):  # the same numbers, without tracing a test step
+        validation = {"callbacks": [EagerValidation(data.x_test, data.y_test), keras.callbacks.TerminateOnNaN(),
+                                    *callbacks]}
+    else:
+        validation = {"validation_data": (data.x_test, data.y_test), "validation_batch_size": 500,
+                      "callbacks": [keras.callbacks.TerminateOnNaN(), *callbacks]}
     start = time.perf_counter()
     fit = model.fit(dataset, steps_per_epoch=eval_every, epochs=steps // eval_every, verbose=0, shuffle=False,
-                    validation_data=(data.x_test, data.y_test), validation_batch_size=500,
-                    callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks])
+                    **validation)
     losses = [float(v) for v in fit.history["loss"]]
     history = {
         "step": [eval_every * (i + 1) for i in range(len(losses))],
