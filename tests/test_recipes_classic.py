@@ -229,9 +229,9 @@ def test_ready_to_fit_traces_the_train_step_once_and_trains_the_same():
     def counting(model, key):
         step = model.train_step
 
-        def train_step(data):
+        def train_step(*args):  # (data) on TensorFlow, (state, data) on JAX
             traces[key] = traces.get(key, 0) + 1  # Python side effect: runs once per trace
-            return step(data)
+            return step(*args)
 
         model.train_step = train_step
         return model
