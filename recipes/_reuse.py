@@ -49,8 +49,9 @@ class EagerValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        probs = np.concatenate([keras.ops.convert_to_numpy(self.model(self.x[i:i + self.batch_size], training=False))
-                                for i in range(0, len(self.x), self.batch_size)])
+        probs = np.concatenate([  # float32, as Keras' losses and metrics compute under mixed precision
+            keras.ops.convert_to_numpy(self.model(self.x[i:i + self.batch_size], training=False)).astype("float32")
+            for i in range(0, len(self.x), self.batch_size)])
         loss = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(self.y, probs))
         regularization = sum(float(keras.ops.convert_to_numpy(v)) for v in self.model.losses)
         logs["val_loss"] = float(np.mean(loss)) + regularization
