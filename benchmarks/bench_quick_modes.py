@@ -1,4 +1,4 @@
-"""Wall time of every classic recipe's ``--quick`` mode and of ``keras-bn --help`` / ``list``.
+"""Wall time of every recipe's ``--quick`` mode and of ``keras-bn --help`` / ``list``.
 
 Each command runs in a fresh process (start-up included, as a user sees it) on the embedded
 ``fashion_mnist_small``, logging to a temporary folder. Baseline, measured in the same run: a
@@ -10,7 +10,7 @@ load while CPU time barely does, so it is the figure that says what a quiet 2-co
 
 Usage::
 
-    nice python benchmarks/bench_quick_modes.py                 # every classic recipe
+    nice python benchmarks/bench_quick_modes.py                 # every recipe
     python benchmarks/bench_quick_modes.py bn_vs_no_bn init_study --repeats 3
     python benchmarks/bench_quick_modes.py --cli-only --repeats 5
 """
@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 
-CLASSIC = ("bn_vs_no_bn", "init_study", "bn_paper_mnist", "activation_comparison", "bn_learning_rate",
-           "batch_size_norms", "sanity_checks", "lr_finder", "hparam_search")
+from keras_bn.recipes import RECIPES  # names only: imports no TensorFlow
+
 TARGET_SECONDS = 15.0
 CLI_TARGET_SECONDS = 1.0
 
@@ -60,7 +60,7 @@ def wall(argv: list[str]) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipes", nargs="*", default=list(CLASSIC), help="recipes to time (default: the classic ones)")
+    parser.add_argument("recipes", nargs="*", default=list(RECIPES), help="recipes to time (default: every recipe)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per command; the median is printed (default 1)")
     parser.add_argument("--cli-only", action="store_true", help="only `keras-bn --help` and `list`")
     args = parser.parse_args(argv)

@@ -24,7 +24,7 @@ import urllib.request
 
 from keras_bn import _arg_types as types
 
-__all__ = ["build_parser", "free_port", "main", "tensorboard_argv", "tensorboard_server"]
+__all__ = ["build_parser", "free_port", "main", "tensorboard_argv", "tensorboard_server", "tensorflow_without_jax"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,9 +91,36 @@ def _list(args) -> int:
 def _run(args) -> int:
     from keras_bn.recipes import get_recipe
 
-    recipe = get_recipe(args.recipe)  # a ValueError listing the recipes for an unknown name
+    with tensorflow_without_jax():
+        recipe = get_recipe(args.recipe)  # a ValueError listing the recipes for an unknown name
     recipe.main([a for a in args.recipe_args if a != "--debug"])
     return 0
+
+
+@contextlib.contextmanager
+def tensorflow_without_jax():
+    """Within the block, on the TensorFlow backend, ``import jax`` fails (ImportError), so that
+    importing TensorFlow does not import JAX: its TFLite converter imports JAX when installed,
+    about 1 s of CPU of a recipe's start-up, and no recipe on TensorFlow uses it. After the
+    block ``import jax`` works as usual. A no-op on other backends, or once TensorFlow or JAX is
+    imported.
+
+    Example::
+
+        with tensorflow_without_jax():
+            import keras
+    """
+    from keras_bn._backend import configured_backend
+
+    if configured_backend() != "tensorflow" or "jax" in sys.modules or "tensorflow" in sys.modules:
+        yield
+        return
+    sys.modules["jax"] = None  # the import system's "not importable" marker
+    try:
+        yield
+    finally:
+        if "jax" in sys.modules and sys.modules["jax"] is None:
+            del sys.modules["jax"]
 
 
 def _tensorboard(args) -> int:

@@ -25,6 +25,13 @@ import numpy as np
 from keras_bn import _arg_types as types
 from keras_bn._run_folders import new_invocation_dir
 from keras_bn._tables import format_table  # noqa: F401  (recipes call _common.format_table)
+from keras_bn.recipes._reuse import (  # noqa: F401  (recipes call _common.restart, ...)
+    EagerValidation,
+    compiled_like,
+    initial_state,
+    ready_to_fit,
+    restart,
+)
 
 QUICK_TRAIN_SAMPLES = 2000
 QUICK_TEST_SAMPLES = 500
@@ -136,53 +143,16 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def initial_state(model: keras.Model) -> list:
-    """A copy of every variable of `model` (weights and BN's moving statistics), for `restart`."""
-    return [keras.ops.convert_to_numpy(v) for v in model.variables]
-
-
-def restart(model: keras.Model, state: list, learning_rate: float | None = None) -> keras.Model:
-    """Put a compiled `model` back to `state` (see `initial_state`) with a fresh optimizer: its
-    slots and step count zeroed, its learning rate `learning_rate` (default: unchanged).
-
-    The next ``fit`` then trains as a freshly built and compiled copy would, but reuses the
-    train, test and probe functions Keras and the diagnostics traced for this model (the
-    fixed cost of a new model, about 2 s of CPU each): how a quick mode runs several
-    settings of one architecture.
+def full_mode_probe(args: argparse.Namespace, data, samples: int = 256):
+    """The activation-statistics probe of a run no claim or doctor rule of quick mode reads:
+    ``data.x_test[:samples]``, or None with ``--quick`` (tracing the probe's read costs about
+    1.5 s of CPU per model, a fit of a quick mode about as much).
 
     Example::
 
-        state = initial_state(model)
-        for lr in (0.1, 1.0):
-            restart(model, state, learning_rate=lr).fit(x, y)
+        cbs = _common.training_callbacks(path, probe=_common.full_mode_probe(args, data), fit_steps=31)
     """
-    for variable, value in zip(model.variables, state):
-        variable.assign(value)
-    optimizer = model.optimizer
-    rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) if learning_rate is None else learning_rate
-    for variable in optimizer.variables:
-        variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
-    optimizer.learning_rate = rate
-    return model
-
-
-def compiled_like(cache: dict, key, model: keras.Model, compile: Callable) -> keras.Model:
-    """A compiled model starting from `model`'s initial state: `model` itself, compiled by
-    ``compile(model)``, the first time `key` is seen; later the model cached under `key` (the
-    same architecture and compile), `restart`-ed from `model`'s state, so nothing is traced again.
-
-    Example::
-
-        cache = {}
-        for init in ("glorot_uniform", "he_normal"):
-            model = compiled_like(cache, "relu", build(init), lambda m: m.compile("sgd", "mse"))
-    """
-    target = cache.get(key)
-    if target is None:
-        compile(model)
-        cache[key] = model
-        return model
-    return restart(target, initial_state(model))
+    return None if args.quick else data.x_test[:samples]
 
 
 def training_callbacks(path: Path, probe=None, every: int | None = None, *, fit_steps: int | None = None) -> list:
@@ -227,10 +197,16 @@ def train_for_steps(model: keras.Model, data, *, steps: int, batch_size: int, ev
     dataset = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
                .shuffle(len(data.x_train), seed=seed).repeat().batch(batch_size, drop_remainder=True))
     eval_every = min(eval_every, steps)
+    ready_to_fit(model, data.x_train[:batch_size], data.y_train[:batch_size])
+    if EagerValidation.applies_to(model):  # the same numbers, without tracing a test step
+        validation = {"callbacks": [EagerValidation(data.x_test, data.y_test), keras.callbacks.TerminateOnNaN(),
+                                    *callbacks]}
+    else:
+        validation = {"validation_data": (data.x_test, data.y_test), "validation_batch_size": 500,
+                      "callbacks": [keras.callbacks.TerminateOnNaN(), *callbacks]}
     start = time.perf_counter()
     fit = model.fit(dataset, steps_per_epoch=eval_every, epochs=steps // eval_every, verbose=0, shuffle=False,
-                    validation_data=(data.x_test, data.y_test), validation_batch_size=500,
-                    callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks])
+                    **validation)
     losses = [float(v) for v in fit.history["loss"]]
     history = {
         "step": [eval_every * (i + 1) for i in range(len(losses))],

@@ -49,6 +49,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=types.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
 
 
+def _train_mode_call(model):
+    """``model(x, training=True)``; on TensorFlow one traced function for every batch (the
+    128 calls at batch 2 cost 10x more eagerly than the trace)."""
+    import functools
+
+    import keras
+
+    call = functools.partial(model.__call__, training=True)
+    if keras.backend.backend() != "tensorflow":
+        return call
+    import tensorflow as tf
+
+    return tf.function(call)  # a partial: TensorFlow's retracing warning counts code objects
+
+
 def bn_mode_gap(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict:
     """Accuracy with batch statistics vs moving averages on batches of `batch_size`, and the
     share of predictions that differ; BN's moving statistics are left unchanged."""
@@ -56,11 +71,13 @@ def bn_mode_gap(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict:
 
     usable = len(x) // batch_size * batch_size
     x, y = x[:usable], y[:usable]
-    infer = np.argmax(keras.ops.convert_to_numpy(model.predict(x, batch_size=500, verbose=0)), axis=-1)
+    infer = np.concatenate([  # direct calls: a predict function would be traced for two calls
+        np.argmax(keras.ops.convert_to_numpy(model(x[i:i + 500], training=False)), axis=-1)
+        for i in range(0, usable, 500)])
+    call = _train_mode_call(model)
     with _common.kept_state(model):
-        train = np.concatenate([
-            np.argmax(keras.ops.convert_to_numpy(model(x[i:i + batch_size], training=True)), axis=-1)
-            for i in range(0, usable, batch_size)])
+        train = np.concatenate([np.argmax(keras.ops.convert_to_numpy(call(x[i:i + batch_size])), axis=-1)
+                                for i in range(0, usable, batch_size)])
     return {"train_mode_accuracy": float(np.mean(train == y)), "inference_accuracy": float(np.mean(infer == y)),
             "disagreement": float(np.mean(train != infer))}
 
@@ -91,8 +108,8 @@ def run(args: argparse.Namespace) -> dict:
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
             run_name = f"{norm}_batch{batch_size}"
             steps = max(1, examples // batch_size)
-            callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name), probe=data.x_test[:256],
-                                                   fit_steps=steps)
+            callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name),
+                                                   probe=_common.full_mode_probe(args, data), fit_steps=steps)
             history = _common.train_for_steps(model, data, steps=steps, batch_size=batch_size, eval_every=steps,
                                               seed=args.seed, callbacks=callbacks, label=run_name)
             result = {"test_accuracy": history["test_accuracy"][-1], "steps": steps, "seconds": history["seconds"]}

@@ -114,8 +114,7 @@ def run(args: argparse.Namespace) -> dict:
                         augment=args.augment)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    # Slot variables now, not inside the first traced step (which TensorFlow then traces twice).
-    model.optimizer.build(model.trainable_variables)
+    _common.ready_to_fit(model, data.x_train[:args.batch_size], data.y_train[:args.batch_size])
     timer, budget = _common.EpochTimer(), TimeBudget(args.budget_minutes * 60, peak_lr=args.learning_rate)
     steps_per_epoch = math.ceil(len(data.x_train) / args.batch_size)
     diagnostics = _common.training_callbacks(_common.run_dir(args, NAME, RUN), fit_steps=steps_per_epoch)

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> dict:
             for lr in grid:
                 _common.restart(model, start, learning_rate=lr)  # same initial weights at every rate, one trace
                 run_name = f"{kind}_{norm_key}_lr{lr:g}"
-                callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name), probe=data.x_test[:256],
+                callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name),
+                                                       probe=_common.full_mode_probe(args, data),
                                                        fit_steps=min(eval_every, steps))
                 history = _common.train_for_steps(model, data, steps=steps, batch_size=args.batch_size,
                                                   eval_every=eval_every, seed=args.seed, callbacks=callbacks,

@@ -89,8 +89,10 @@ def run(args: argparse.Namespace) -> dict:
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         layer = "block3_bn" if RUNS[run] else "block3_dense"
         percentiles: list = []
+        # quick mode: the activation probe (TensorBoard's Figure 1 percentiles) on the BN run only
+        stats_probe = probe[:256] if RUNS[run] or not args.quick else None
         callbacks = [InputPercentiles(layer, args.unit, probe, percentiles),
-                     *_common.training_callbacks(_common.run_dir(args, NAME, run), probe=probe[:256],
+                     *_common.training_callbacks(_common.run_dir(args, NAME, run), probe=stats_probe,
                                                  fit_steps=min(eval_every, steps))]
         history = _common.train_for_steps(model, data, steps=steps, batch_size=args.batch_size,
                                           eval_every=eval_every, seed=args.seed, callbacks=callbacks, label=run)

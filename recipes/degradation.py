@@ -114,8 +114,6 @@ def run(args: argparse.Namespace) -> dict:
                                       residual=residual, norm_kwargs={"momentum": BN_MOMENTUM}, name=run_name)
         model.compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        # Slot variables now, not inside the first traced step (which TensorFlow then traces twice).
-        model.optimizer.build(model.trainable_variables)
         grads_start = _common.kernel_gradient_norms(model, x_grad, y_grad)
         train_error = TrainError(x_sub, y_sub)
         callbacks = [train_error, *_common.training_callbacks(_common.run_dir(args, NAME, run_name))]

@@ -57,19 +57,20 @@ def run(args: argparse.Namespace) -> dict:
     every = 10 if args.quick else 50
     units = args.units or (64 if args.quick else 128)
     results = {"epochs": epochs, "runs": {}}
+    compiled = {}  # the two runs differ only in initial weights: one traced model trains both
     for name in RUNS:
         banner = ("the broken network: N(0, 0.01^2) init" if name == "tiny_init"
                   else "the doctor's remedy applied: Glorot init (initializer='auto')")
         print(f"\n== {name}: {banner}; the doctor speaks when it finds something")
-        model = build_model(name, data.x_train.shape[1], args.depth, units, data.num_classes)
-        model.compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        # Slot variables now, not inside the first traced step (which TensorFlow then traces twice).
-        model.optimizer.build(model.trainable_variables)
+        model = _common.compiled_like(
+            compiled, "tanh_mlp", build_model(name, data.x_train.shape[1], args.depth, units, data.num_classes),
+            lambda m: m.compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
+                                loss="sparse_categorical_crossentropy", metrics=["accuracy"]))
+        _common.ready_to_fit(model, data.x_train[:args.batch_size], data.y_train[:args.batch_size])
         path = _common.run_dir(args, NAME, name)
         fit = model.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=epochs, verbose=0,
-                        validation_data=(data.x_test, data.y_test),
-                        callbacks=_common.training_callbacks(path, probe=data.x_test[:256], every=every))
+                        callbacks=[_common.EagerValidation(data.x_test, data.y_test),  # validation_data's numbers
+                                   *_common.training_callbacks(path, probe=data.x_test[:256], every=every)])
         findings = doctor.diagnose(path)
         causes = [f for rule in FAULTS.get(name, ()) for f in findings if f.rule == rule]  # FAULTS' order
         if causes:

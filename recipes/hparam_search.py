@@ -110,12 +110,14 @@ def retrain_best(args: argparse.Namespace, model_fn, hparams: dict, data, epochs
     x, y, x_val, y_val = data
     model = model_fn(hparams)
     model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])  # traced: the diagnostics' taps
+    _common.ready_to_fit(model, x[:args.batch_size], y[:args.batch_size])
     steps = -(-len(x) // args.batch_size)
     print(f"retraining the best trial ({', '.join(f'{k}={v:.3g}' for k, v in hparams.items())}) "
           f"with the diagnostics on: run {CHECK_RUN}")
-    model.fit(x, y, batch_size=args.batch_size, epochs=epochs, verbose=0, validation_data=(x_val, y_val),
-              callbacks=_common.training_callbacks(_common.run_dir(args, NAME, CHECK_RUN), probe=x_val[:256],
-                                                   fit_steps=steps))
+    model.fit(x, y, batch_size=args.batch_size, epochs=epochs, verbose=0,
+              callbacks=[_common.EagerValidation(x_val, y_val),  # validation_data's numbers, no traced test step
+                         *_common.training_callbacks(_common.run_dir(args, NAME, CHECK_RUN),
+                                                     probe=None if args.quick else x_val[:256], fit_steps=steps)])
 
 
 def explain(results: dict, c2f) -> list:

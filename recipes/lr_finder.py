@@ -93,7 +93,8 @@ def train_at(args: argparse.Namespace, data, learning_rate: float) -> dict:
     return _common.train_for_steps(model, data, steps=2 * half, batch_size=args.batch_size, eval_every=half,
                                    seed=args.seed, label=f"{CHECK_RUN} (lr {learning_rate:.3g})",
                                    callbacks=_common.training_callbacks(_common.run_dir(args, NAME, CHECK_RUN),
-                                                                        probe=data.x_test[:256], fit_steps=half))
+                                                                        probe=_common.full_mode_probe(args, data),
+                                                                        fit_steps=half))
 
 
 def explain(suggestion: dict, steps: int, repeats: int, check: dict | None = None) -> list:

@@ -34,6 +34,7 @@ DESCRIPTION = "A deep ResNet without norm: default init vs zero-init residuals v
 HEALTHY = ("bn", "zero_init", "fixup")
 FAULTS = {"default": ("initial_loss", "diverging", "nonfinite_loss")}
 QUICK_DEPTH = 20  # 9 blocks: the default net starts at 7-14 (ln 10 = 2.3); at 14 it was 4-8, near the rule's 3.45
+SAME_NET = {"zero_init": "default"}  # variant -> the variant with the same layers (only the initial weights differ)
 VARIANTS = {
     "bn": dict(norm="batch", norm_kwargs={"momentum": BN_MOMENTUM}),
     "default": dict(norm=None),
@@ -85,14 +86,14 @@ def run(args: argparse.Namespace) -> dict:
     x_batch, y_batch = data.x_train[:args.batch_size], data.y_train[:args.batch_size]
     print(f"training ResNet-{depth} (widths {widths}) {', '.join(VARIANTS)} for {steps} steps each "
           f"on {len(data.x_train)} images")
-    results = {}
+    results, compiled = {}, {}
     for variant, options in VARIANTS.items():
         model = keras_bn.build_resnet(data.x_train.shape[1:], depth, data.num_classes, widths=widths,
                                       name=f"resnet{depth}_{variant}", **options)
-        model.compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        # Slot variables now, not inside the first traced step (which TensorFlow then traces twice).
-        model.optimizer.build(model.trainable_variables)
+        # default and zero_init differ only in initial weights: one traced model trains both
+        model = _common.compiled_like(compiled, SAME_NET.get(variant, variant), model, lambda m: m.compile(
+            optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
+            loss="sparse_categorical_crossentropy", metrics=["accuracy"]))
         start = at_init(model, x_batch, y_batch)
         train_error = TrainError(x_sub, y_sub)
         callbacks = [train_error, *_common.training_callbacks(_common.run_dir(args, NAME, variant))]

@@ -105,7 +105,8 @@ def doctor_runs(args, data, fns: dict) -> None:
         _common.train_for_steps(model, data, steps=DOCTOR_STEPS, batch_size=64, eval_every=DOCTOR_STEPS // 2,
                                 seed=args.seed, label=f"diagnostics run {setup}",
                                 callbacks=_common.training_callbacks(_common.run_dir(args, NAME, setup),
-                                                                     probe=data.x_test[:256], every=5))
+                                                                     probe=_common.full_mode_probe(args, data),
+                                                                     every=5))
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -49,6 +49,41 @@ def test_help_and_list_leave_tensorflow_and_keras_unimported(argv):
     assert result["code"] == (2 if "/nonexistent" in argv else 0)
 
 
+_WITHOUT_JAX = """
+import json, sys
+from keras_bn import cli
+with cli.tensorflow_without_jax():
+    try:
+        import jax
+        inside = "imported"
+    except ImportError:
+        inside = "blocked"
+try:
+    import jax
+    after = "imported"
+except ImportError:
+    after = "not installed"
+print(json.dumps([inside, after]))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_run_imports_tensorflow_without_jax_and_leaves_jax_importable(backend):
+    """`keras-bn run` imports Keras on TensorFlow with ``import jax`` failing (TensorFlow's
+    TFLite converter would import JAX, about 1 s of start-up); after that JAX imports as usual,
+    and on the JAX backend nothing is blocked."""
+    import importlib.util
+    import os
+
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_JAX], capture_output=True, text=True, timeout=120, env=env)
+    inside, after = json.loads(done.stdout.strip().splitlines()[-1])
+    if importlib.util.find_spec("jax") is None:
+        assert (inside, after) == ("blocked", "not installed")
+    else:
+        assert (inside, after) == ("blocked" if backend == "tensorflow" else "imported", "imported")
+
+
 def test_lazy_package_keeps_every_public_name():
     code = ("import sys, keras_bn; assert 'keras' not in sys.modules; "
             "missing = [n for n in keras_bn.__all__ if getattr(keras_bn, n, None) is None]; "

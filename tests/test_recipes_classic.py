@@ -201,3 +201,70 @@ def test_restart_trains_as_a_fresh_model_would():
     for got, want in zip(reused.variables, fresh.variables):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want),
                                    rtol=1e-5, atol=1e-6, err_msg=got.path)
+
+
+def _small_classifier(seed=1):
+    import keras
+
+    import keras_bn
+
+    keras.utils.set_random_seed(seed)
+    model = keras_bn.build_dense((6,), [5], 3, norm="batch")
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_ready_to_fit_traces_the_train_step_once_and_trains_the_same():
+    """`_common.ready_to_fit` creates the optimizer's, metrics' and loss trackers' variables
+    before ``fit``, so TensorFlow traces the train step once instead of twice; the weights
+    after training are those of a fit without it."""
+    import keras
+
+    from keras_bn.recipes import _common
+
+    x = np.random.default_rng(0).standard_normal((64, 6)).astype("float32")
+    y = (np.arange(64) % 3).astype("int32")
+    traces = {}
+
+    def counting(model, key):
+        step = model.train_step
+
+        def train_step(*args):  # (data) on TensorFlow, (state, data) on JAX
+            traces[key] = traces.get(key, 0) + 1  # Python side effect: runs once per trace
+            return step(*args)
+
+        model.train_step = train_step
+        return model
+
+    plain = counting(_small_classifier(), "plain")
+    ready = counting(_small_classifier(), "ready")
+    assert _common.ready_to_fit(ready, x[:16], y[:16]) is ready
+    for model in (plain, ready):
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    if keras.backend.backend() == "tensorflow":
+        assert traces == {"plain": 2, "ready": 1}
+    for got, want in zip(ready.variables, plain.variables):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want),
+                                   rtol=1e-6, atol=1e-7, err_msg=got.path)
+
+
+def test_eager_validation_gives_the_numbers_of_validation_data():
+    """`_common.EagerValidation`'s ``val_loss`` / ``val_accuracy`` (direct model calls, in
+    chunks) against Keras' own ``validation_data`` evaluation of the same weights."""
+    import keras
+
+    from keras_bn.recipes import _common
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 6)).astype("float32"), (np.arange(64) % 3).astype("int32")
+    x_val, y_val = rng.standard_normal((45, 6)).astype("float32"), rng.integers(0, 3, 45).astype("int32")
+    keras_way, eager_way = _small_classifier(), _small_classifier()
+    want = keras_way.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+                         validation_data=(x_val, y_val), validation_batch_size=20).history
+    got = eager_way.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+                        callbacks=[_common.EagerValidation(x_val, y_val, batch_size=20)]).history
+    assert _common.EagerValidation.applies_to(eager_way)
+    np.testing.assert_allclose(got["val_loss"], want["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(got["val_accuracy"], want["val_accuracy"], rtol=0, atol=1e-7)
+    eager_way.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert not _common.EagerValidation.applies_to(eager_way)  # logits: train_for_steps uses validation_data

@@ -362,3 +362,16 @@ from keras_bn._keras_internals._tensorboard import (  # noqa: E402  (after `requ
     tensorboard_tensor_proto,
     tensorboard_text_summary,
 )
+
+
+# --- build before the first traced step (owner: keras_bn.recipes._common, quick modes) ---
+require("keras.src.trainers.trainer", "Trainer._symbolic_build")
+
+
+def build_for_fit(model, x, y) -> None:
+    """Create every variable a compiled `model`'s first ``fit`` step would (its layers, the
+    compiled metrics and loss trackers, the optimizer's slots) from one batch `x`, `y`, as Keras
+    does itself under a distribution strategy. Without a strategy Keras creates them inside the
+    first traced train step, and TensorFlow then traces that step twice (about 1-2 s of CPU per
+    model on 2 cores); the values are the same either way (zeros, or the layers' initializers)."""
+    model._symbolic_build(data_batch=(x, y, None))
