@@ -70,10 +70,11 @@ class _ProjectedRNN(keras.layers.RNN):
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
-        projected = self.cell.project_inputs(sequences, training=training)  # every step at once
+        constants = self.cell.loop_constants()
+        projected = self.cell.loop_inputs(sequences, constants, training=training)  # every step at once
 
         def step(inputs, states):
-            return self.cell.recurrent_step(inputs, states, training=training)
+            return self.cell.loop_step(constants, inputs, states, training=training)
 
         return internals.backend_rnn(
             step, projected, initial_state, go_backwards=self.go_backwards, mask=mask, unroll=self.unroll,

@@ -47,6 +47,7 @@ import keras
 from keras import ops
 
 from keras_bn import _keras_internals as internals
+from keras_bn._lstm_step import fused_lstm_step, fused_step_applies, gate_scale
 from keras_bn._validation import check_float, check_positive_int
 
 __all__ = ["LayerNormGRUCell", "LayerNormLSTMCell", "LayerNormSimpleRNNCell", "layer_norm"]
@@ -147,6 +148,20 @@ class _LayerNormCell(keras.layers.Layer, _DropoutRNNCell):
     def _norm(self, x, gain, shift=None):
         return layer_norm(x, gain, shift, self.epsilon)
 
+    # What a time loop runs (`keras_bn.LayerNormLSTM` & co.): constants computed once per
+    # sequence, the inputs of every step at once, then one step per time step.
+    def loop_constants(self):
+        """Tensors every step needs, computed once per sequence (before the time loop)."""
+        return None
+
+    def loop_inputs(self, inputs, constants, training=False):
+        """What the loop reads at each step, for one step or a whole sequence."""
+        return self.project_inputs(inputs, training=training)
+
+    def loop_step(self, constants, projected, states, training=False):
+        """One step from `loop_inputs` of x_t: ``output, new_states``."""
+        return self.recurrent_step(projected, states, training=training)
+
     def _normed_projection(self, inputs, gain):
         """``LN(inputs @ kernel; gain)``, for one step or, faster, for a whole sequence.
 
@@ -229,14 +244,50 @@ class LayerNormLSTMCell(_LayerNormCell):
 
     def project_inputs(self, inputs, training=False):
         """``LN(W_x x; g_x) + b`` of one step or of every step of a sequence (last axis 4u)."""
-        z = self._normed_projection(self._dropped_inputs(inputs, training), self.input_gain)
-        return z + self.bias if self.use_bias else z
+        return self._projection(inputs, None, training)
+
+    def _projection(self, inputs, scale, training):
+        gain, bias = self.input_gain, self.bias
+        if scale is not None:
+            gain, bias = gain * scale, None if bias is None else bias * scale
+        z = self._normed_projection(self._dropped_inputs(inputs, training), gain)
+        return z if bias is None else z + bias
 
     def recurrent_step(self, projected, states, training=False):
         """The step from ``project_inputs`` of x_t and ``[h_{t-1}, c_{t-1}]``: ``h_t, [h_t, c_t]``."""
+        constants = self.loop_constants()
+        if constants["scale"] is not None:
+            projected = projected * constants["scale"]
+        return self.loop_step(constants, projected, states, training=training)
+
+    def call(self, inputs, states, training=False):
+        constants = self.loop_constants()
+        return self.loop_step(constants, self.loop_inputs(inputs, constants, training=training), states,
+                              training=training)
+
+    def loop_constants(self):
+        """The row-centred recurrent kernel (``h U'`` is centred, so its LN needs no mean) and,
+        for the fused step (`keras_bn._lstm_step`), the gains with the g gate doubled."""
+        kernel = ops.convert_to_tensor(self.recurrent_kernel)
+        constants = {"kernel": kernel - ops.mean(kernel, axis=1, keepdims=True), "scale": None}
+        if fused_step_applies(self):
+            scale = gate_scale(self.units)
+            constants.update(scale=scale, gain=self.recurrent_gain * scale, cell_gain=ops.copy(self.cell_gain),  # read once, not per step
+                             cell_shift=ops.copy(self.cell_shift), step=fused_lstm_step(self.epsilon))
+        return constants
+
+    def loop_inputs(self, inputs, constants, training=False):
+        """``project_inputs``, with the g gate's columns doubled for the fused step."""
+        return self._projection(inputs, constants["scale"], training)
+
+    def loop_step(self, constants, projected, states, training=False):
         h_tm1, c_tm1 = states[0], states[1]
-        h_in = self._dropped_state(h_tm1, training)
-        z = projected + self._norm(ops.matmul(h_in, self.recurrent_kernel), self.recurrent_gain)
+        a = ops.matmul(self._dropped_state(h_tm1, training), constants["kernel"])
+        if constants["scale"] is not None:
+            h, c = constants["step"](projected, a, c_tm1, constants["gain"], constants["cell_gain"],
+                                     constants["cell_shift"])
+            return h, [h, c]
+        z = projected + self._norm(a, self.recurrent_gain)
         i, f, g, o = ops.split(z, 4, axis=-1)
         c = self.recurrent_activation(f) * c_tm1 + self.recurrent_activation(i) * self.activation(g)
         h = self.recurrent_activation(o) * self.activation(self._norm(c, self.cell_gain, self.cell_shift))
