@@ -178,9 +178,8 @@ class _LayerNormCell(keras.layers.Layer, _DropoutRNNCell):
         width = self.kernel.shape[-1]
         centred = self.kernel - ops.mean(self.kernel, axis=1, keepdims=True)
         quadratic_form = ops.matmul(centred, ops.transpose(centred)) / width
-        scaled, quadratic = ops.split(ops.matmul(flat, ops.concatenate([centred * gain, quadratic_form], axis=1)),
-                                      [width], axis=-1)
-        variance = ops.maximum(ops.sum(flat * quadratic, axis=-1, keepdims=True), 0.0)
+        scaled = ops.matmul(flat, centred * gain)  # two matmuls: one of both and a split copies more
+        variance = ops.maximum(ops.sum(flat * ops.matmul(flat, quadratic_form), axis=-1, keepdims=True), 0.0)
         return ops.reshape(scaled * ops.rsqrt(variance + self.epsilon), (batch, steps, width))
 
     def get_config(self):

@@ -266,7 +266,7 @@ def test_fast_layer_projects_the_whole_sequence_once(monkeypatch):
     original = layer.cell._normed_projection
     monkeypatch.setattr(layer.cell, "_normed_projection", lambda inputs, gain: shapes.append(tuple(inputs.shape)) or original(inputs, gain))
     layer(x)
-    assert shapes == [(BATCH, STEPS, FEATURES)]
+    assert shapes == [(STEPS, BATCH, FEATURES)]  # once, time-major (the loop reads it so)
 
 
 @pytest.mark.parametrize("cell_cls", [c for c, _ in CELLS], ids=["lstm", "gru", "simple"])
