@@ -80,16 +80,22 @@ class _ProjectedRNN(keras.layers.RNN):
             sequences = ops.transpose(sequences, (1, 0, 2))
             mask = None if mask is None else ops.transpose(mask, (1, 0))
         constants = self.cell.loop_constants()
-        projected = self.cell.loop_inputs(sequences, constants)  # every step at once
+        result = None
+        if time_major and mask is None and not self.unroll:
+            result = self.cell.run_sequence(constants, sequences, initial_state, go_backwards=self.go_backwards,
+                                            return_sequences=self.return_sequences, training=training)
+        if result is None:
+            projected = self.cell.loop_inputs(sequences, constants)  # every step at once
 
-        def step(inputs, states):
-            return self.cell.loop_step(constants, inputs, states, training=training)
+            def step(inputs, states):
+                return self.cell.loop_step(constants, inputs, states, training=training)
 
-        last, outputs, states = internals.backend_rnn(
-            step, projected, initial_state, go_backwards=self.go_backwards, mask=mask, unroll=self.unroll,
-            input_length=steps, time_major=time_major, zero_output_for_mask=self.zero_output_for_mask,
-            return_all_outputs=self.return_sequences,
-        )
+            result = internals.backend_rnn(
+                step, projected, initial_state, go_backwards=self.go_backwards, mask=mask, unroll=self.unroll,
+                input_length=steps, time_major=time_major, zero_output_for_mask=self.zero_output_for_mask,
+                return_all_outputs=self.return_sequences,
+            )
+        last, outputs, states = result
         return last, ops.transpose(outputs, (1, 0, 2)) if time_major else outputs, states
 
     def get_config(self):

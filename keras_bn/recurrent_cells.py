@@ -47,7 +47,7 @@ import keras
 from keras import ops
 
 from keras_bn import _keras_internals as internals
-from keras_bn._lstm_step import fused_lstm_step, fused_step_applies, gate_scale
+from keras_bn._lstm_step import fused_lstm_sequence, fused_lstm_step, fused_step_applies, gate_scale
 from keras_bn._validation import check_float, check_positive_int
 
 __all__ = ["LayerNormGRUCell", "LayerNormLSTMCell", "LayerNormSimpleRNNCell", "layer_norm"]
@@ -161,6 +161,11 @@ class _LayerNormCell(keras.layers.Layer, _DropoutRNNCell):
     def loop_step(self, constants, projected, states, training=False):
         """One step from `loop_inputs` of x_t: ``output, new_states``."""
         return self.recurrent_step(projected, states, training=training)
+
+    def run_sequence(self, constants, sequences, initial_state, *, go_backwards, return_sequences, training=False):
+        """The whole loop over time-major `sequences` (input dropout applied) in one op group:
+        ``last, outputs, states`` as the backend's ``rnn``; None where the cell has none."""
+        return None
 
     def _normed_projection(self, inputs, gain):
         """``LN(inputs @ kernel; gain)``, for one step or, faster, for a whole sequence.
@@ -278,6 +283,18 @@ class LayerNormLSTMCell(_LayerNormCell):
     def loop_inputs(self, inputs, constants, training=False):
         """``project_inputs``, with the g gate's columns doubled for the fused step."""
         return self._projection(inputs, constants["scale"], training)
+
+    def run_sequence(self, constants, sequences, initial_state, *, go_backwards, return_sequences, training=False):
+        """`keras_bn._lstm_step.fused_lstm_sequence` where the fused step applies, on TensorFlow."""
+        if constants["scale"] is None or keras.backend.backend() != "tensorflow":
+            return None
+        projected = self.loop_inputs(ops.flip(sequences, axis=0) if go_backwards else sequences, constants)
+        h0, c0 = initial_state[0], initial_state[1]
+        mask = self.get_recurrent_dropout_mask(h0) if training and self.recurrent_dropout > 0 else None
+        outputs = fused_lstm_sequence(self.epsilon, return_sequences, mask)(
+            projected, h0, c0, constants["kernel"], constants["gain"], constants["cell_gain"], constants["cell_shift"])
+        h, c = outputs[-2], outputs[-1]
+        return h, outputs[0] if return_sequences else ops.expand_dims(h, 0), [h, c]
 
     def loop_step(self, constants, projected, states, training=False):
         h_tm1, c_tm1 = states[0], states[1]

@@ -155,11 +155,41 @@ def test_fast_layer_equals_rnn_of_its_cell(cell_cls):
     fast(x), plain(x)
     _randomized(fast, rng)
     plain.set_weights(fast.get_weights())
-    for training in (False, True):
-        got = fast(x, mask=mask, training=training)
-        expected = plain(x, mask=mask, training=training)
+    for training, step_mask in ((False, mask), (True, mask), (False, None), (True, None)):  # unmasked: the fused loop
+        got = fast(x, mask=step_mask, training=training)
+        expected = plain(x, mask=step_mask, training=training)
         for a, b in zip(got, expected):
             np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5)
+
+
+@pytest.mark.backends("tensorflow", reason="tf.GradientTape")
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_lstm_sequence_loop_gradients_with_dropout_equal_rnn_of_its_cell(graph):
+    """`LayerNormLSTM`'s fused sequence loop (hand-written backward loop) in training, with
+    input and recurrent dropout (the same seed: the same masks), backwards, returning every
+    step and the final states: its gradients are those of RNN(cell) (the per-step path)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(10)
+    options = dict(dropout=0.3, recurrent_dropout=0.2, seed=7)
+    layer_options = dict(return_sequences=True, return_state=True, go_backwards=True)
+    fast = LayerNormLSTM(UNITS, **options, **layer_options)
+    plain = keras.layers.RNN(LayerNormLSTMCell(UNITS, **options), **layer_options)
+    x = tf.constant(rng.normal(size=(BATCH, STEPS, FEATURES)).astype("float32"))
+    fast(x), plain(x)
+    _randomized(fast, rng)
+    plain.set_weights(fast.get_weights())
+    weights = [rng.normal(size=(BATCH, STEPS, UNITS)), rng.normal(size=(BATCH, UNITS)), rng.normal(size=(BATCH, UNITS))]
+
+    def gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = sum(tf.reduce_sum(out * w) for out, w in zip(layer(x, training=True), weights))
+        return tape.gradient(loss, [x, *layer.trainable_weights])
+
+    run = tf.function(gradients) if graph else gradients
+    for a, b in zip(run(fast), run(plain)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.backends("tensorflow", reason="tf.GradientTape")
