@@ -1,10 +1,13 @@
-"""The LayerNorm LSTM's recurrent step as one op group with a hand-written gradient.
+"""The LayerNorm LSTM's recurrent half with hand-written gradients: one step, or the whole loop.
 
 In a time loop of small tensors (batch 32 x 128 units) every op costs about the same fixed
-overhead, whatever its size, and so does every forward tensor the backward pass keeps (one
-push per step, one pop). Autodiff of the step's two LayerNorms and four gates keeps ~23
-tensors and runs ~110 ops per step in TensorFlow's backward loop; `fused_lstm_step` keeps 9
-and runs ~35, with the same equations:
+overhead, whatever its size, and so does every forward tensor the backward pass keeps (a
+push and a pop per step). Autodiff of the step's two LayerNorms and four gates runs ~64
+forward and ~110 backward ops per step in TensorFlow's loop; `fused_lstm_step` (one step,
+``keras.ops.custom_gradient``: TensorFlow and JAX) ~45 and ~60, and `fused_lstm_sequence`
+(TensorFlow: the whole loop, its backward a second loop written by hand) ~38 and ~45,
+against ~31 and ~36 for Keras' LSTM. The equations are the paper's; two rewrites make them
+cheaper:
 
 - the recurrent projection comes from the row-centred kernel ``U' = U - rowmean(U)``, so
   ``a = h U'`` is centred already and its LN is ``a * rsqrt(mean(a^2) + eps)`` (the centring
@@ -13,9 +16,8 @@ and runs ~35, with the same equations:
   columns doubled beforehand (in the gains and the projected input), because
   ``tanh(x) = 2 sigmoid(2x) - 1``; its gradient is one elementwise product.
 
-Written with ``keras.ops`` and ``keras.ops.custom_gradient`` (TensorFlow and JAX); the
-cell falls back to autodiff of the plain equations on other backends, other activations and
-non-float32 compute dtypes (`fused_step_applies`).
+The cell uses them where `fused_step_applies` (tanh and sigmoid, float32, TensorFlow or JAX)
+and autodiff of the plain equations elsewhere.
 
 Usage::
 
