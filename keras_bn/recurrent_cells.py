@@ -276,8 +276,8 @@ class LayerNormLSTMCell(_LayerNormCell):
         constants = {"kernel": kernel - ops.mean(kernel, axis=1, keepdims=True), "scale": None}
         if fused_step_applies(self):
             scale = gate_scale(self.units)
-            constants.update(scale=scale, gain=self.recurrent_gain * scale, cell_gain=ops.copy(self.cell_gain),  # read once, not per step
-                             cell_shift=ops.copy(self.cell_shift), step=fused_lstm_step(self.epsilon))
+            constants.update(scale=scale, gain=self.recurrent_gain * scale, step=fused_lstm_step(self.epsilon),
+                             cell_gain=ops.copy(self.cell_gain), cell_shift=ops.copy(self.cell_shift))  # read once
         return constants
 
     def loop_inputs(self, inputs, constants, training=False):
