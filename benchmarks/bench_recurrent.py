@@ -16,10 +16,18 @@ and each ratio against its baseline measured in the same run:
 - ``lstm_preset`` / ``lstm``: ``keras_bn.callbacks.diagnostics`` with a 64-sample probe, every 100;
 - ``lstm_preset_timegrad`` / ``lstm``: the same plus `TimeGradients` on the probe, every 100.
 
+``--layer-only`` times the recurrent layer alone instead: forward and backward
+(``tf.GradientTape`` in a ``tf.function``, loss = sum of squares of the last state) of Keras'
+``LSTM``, ``LayerNormLSTM`` and ``RNN(LayerNormLSTMCell)`` on one (32, 28, 28) batch; the
+configurations take turns, each repeat times 15 calls, and the printed figure is the
+**minimum** over repeats of the wall time per call (on a shared machine the minimum is the
+least disturbed measure of a fixed amount of work), with ratios against ``LSTM``.
+
 Usage::
 
     python benchmarks/bench_recurrent.py              # 3 repeats x 150 steps: about 8 minutes on a loaded CPU
     python benchmarks/bench_recurrent.py --quick      # smoke run
+    python benchmarks/bench_recurrent.py --layer-only --repeats 9   # about a minute
 """
 
 from __future__ import annotations
@@ -68,6 +76,45 @@ def measure(config: str, args, x, y, log_dir: str) -> tuple[float, float]:
     return wall / args.steps, cpu / args.steps
 
 
+def layer_only(args) -> dict:
+    """Min over `args.repeats` of the wall ms per forward+backward call of each layer alone."""
+    import tensorflow as tf
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(args.batch, 28, 28)).astype("float32"))
+    makers = {"lstm": lambda: keras.layers.LSTM(args.units), "ln_lstm": lambda: keras_bn.LayerNormLSTM(args.units),
+              "ln_lstm_cell": lambda: keras.layers.RNN(keras_bn.LayerNormLSTMCell(args.units))}
+    calls = {}
+    for config, make in makers.items():
+        layer = make()
+        layer.build(x.shape)
+
+        @tf.function
+        def call(inputs, layer=layer):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(layer(inputs, training=True)))
+            return tape.gradient(loss, layer.trainable_variables)
+
+        call(x)  # tracing
+        calls[config] = call
+    times = {config: [] for config in calls}
+    for repeat in range(args.repeats):
+        for config in (list(calls) if repeat % 2 == 0 else list(calls)[::-1]):
+            start = time.perf_counter()
+            for _ in range(15):
+                calls[config](x)
+            times[config].append((time.perf_counter() - start) / 15)
+    print(f"\nlayer alone, forward + backward, batch {args.batch}, 28 steps x 28 features, {args.units} units: "
+          f"min over {args.repeats} repeats of 15 calls")
+    print("| layer | baseline | wall ms/call (min) | wall ms/call (median) | ratio (min) |")
+    print("|---|---|---|---|---|")
+    result = {}
+    for config, values in times.items():
+        best, base = min(values), min(times["lstm"])
+        result[config] = {"min": best, "ratio": best / base}
+        print(f"| {config} | lstm | {best * 1e3:.2f} | {statistics.median(values) * 1e3:.2f} | {best / base:.2f}x |")
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--units", type=int, default=128)
@@ -75,7 +122,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=150, help="timed steps per configuration and repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--layer-only", action="store_true", help="time the recurrent layers alone (see the docstring)")
     args = parser.parse_args(argv)
+    if args.layer_only:
+        return layer_only(args)
     if args.quick:
         args.steps, args.repeats = 20, 1
     rng = np.random.default_rng(0)

@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 from keras_bn import _keras_internals as internals
 from keras_bn._validation import check_choice, check_float, check_int_list, check_positive_int
@@ -70,16 +71,32 @@ class _ProjectedRNN(keras.layers.RNN):
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
-        projected = self.cell.project_inputs(sequences, training=training)  # every step at once
+        steps = sequences.shape[1]
+        # Time-major before the projection (a transpose of the narrow inputs, not of the
+        # 4u-wide projection); a sequence of unknown length keeps the backend's batch-major loop.
+        time_major = steps is not None
+        sequences = self.cell._dropped_inputs(sequences, training)  # one mask per sequence
+        if time_major:
+            sequences = ops.transpose(sequences, (1, 0, 2))
+            mask = None if mask is None else ops.transpose(mask, (1, 0))
+        constants = self.cell.loop_constants()
+        result = None
+        if time_major and mask is None and not self.unroll:
+            result = self.cell.run_sequence(constants, sequences, initial_state, go_backwards=self.go_backwards,
+                                            return_sequences=self.return_sequences, training=training)
+        if result is None:
+            projected = self.cell.loop_inputs(sequences, constants)  # every step at once
 
-        def step(inputs, states):
-            return self.cell.recurrent_step(inputs, states, training=training)
+            def step(inputs, states):
+                return self.cell.loop_step(constants, inputs, states, training=training)
 
-        return internals.backend_rnn(
-            step, projected, initial_state, go_backwards=self.go_backwards, mask=mask, unroll=self.unroll,
-            input_length=sequences.shape[1], zero_output_for_mask=self.zero_output_for_mask,
-            return_all_outputs=self.return_sequences,
-        )
+            result = internals.backend_rnn(
+                step, projected, initial_state, go_backwards=self.go_backwards, mask=mask, unroll=self.unroll,
+                input_length=steps, time_major=time_major, zero_output_for_mask=self.zero_output_for_mask,
+                return_all_outputs=self.return_sequences,
+            )
+        last, outputs, states = result
+        return last, ops.transpose(outputs, (1, 0, 2)) if time_major else outputs, states
 
     def get_config(self):
         config = super().get_config()

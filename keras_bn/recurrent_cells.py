@@ -47,6 +47,7 @@ import keras
 from keras import ops
 
 from keras_bn import _keras_internals as internals
+from keras_bn._lstm_step import fused_lstm_sequence, fused_lstm_step, fused_step_applies, gate_scale
 from keras_bn._validation import check_float, check_positive_int
 
 __all__ = ["LayerNormGRUCell", "LayerNormLSTMCell", "LayerNormSimpleRNNCell", "layer_norm"]
@@ -147,6 +148,25 @@ class _LayerNormCell(keras.layers.Layer, _DropoutRNNCell):
     def _norm(self, x, gain, shift=None):
         return layer_norm(x, gain, shift, self.epsilon)
 
+    # What a time loop runs (`keras_bn.LayerNormLSTM` & co.): constants computed once per
+    # sequence, the inputs of every step at once, then one step per time step.
+    def loop_constants(self):
+        """Tensors every step needs, computed once per sequence (before the time loop)."""
+        return None
+
+    def loop_inputs(self, inputs, constants, training=False):
+        """What the loop reads at each step, for one step or a whole sequence."""
+        return self.project_inputs(inputs, training=training)
+
+    def loop_step(self, constants, projected, states, training=False):
+        """One step from `loop_inputs` of x_t: ``output, new_states``."""
+        return self.recurrent_step(projected, states, training=training)
+
+    def run_sequence(self, constants, sequences, initial_state, *, go_backwards, return_sequences, training=False):
+        """The whole loop over time-major `sequences` (input dropout applied) in one op group:
+        ``last, outputs, states`` as the backend's ``rnn``; None where the cell has none."""
+        return None
+
     def _normed_projection(self, inputs, gain):
         """``LN(inputs @ kernel; gain)``, for one step or, faster, for a whole sequence.
 
@@ -163,9 +183,8 @@ class _LayerNormCell(keras.layers.Layer, _DropoutRNNCell):
         width = self.kernel.shape[-1]
         centred = self.kernel - ops.mean(self.kernel, axis=1, keepdims=True)
         quadratic_form = ops.matmul(centred, ops.transpose(centred)) / width
-        scaled, quadratic = ops.split(ops.matmul(flat, ops.concatenate([centred * gain, quadratic_form], axis=1)),
-                                      [width], axis=-1)
-        variance = ops.maximum(ops.sum(flat * quadratic, axis=-1, keepdims=True), 0.0)
+        scaled = ops.matmul(flat, centred * gain)  # two matmuls: one of both and a split copies more
+        variance = ops.maximum(ops.sum(flat * ops.matmul(flat, quadratic_form), axis=-1, keepdims=True), 0.0)
         return ops.reshape(scaled * ops.rsqrt(variance + self.epsilon), (batch, steps, width))
 
     def get_config(self):
@@ -229,14 +248,62 @@ class LayerNormLSTMCell(_LayerNormCell):
 
     def project_inputs(self, inputs, training=False):
         """``LN(W_x x; g_x) + b`` of one step or of every step of a sequence (last axis 4u)."""
-        z = self._normed_projection(self._dropped_inputs(inputs, training), self.input_gain)
-        return z + self.bias if self.use_bias else z
+        return self._projection(inputs, None, training)
+
+    def _projection(self, inputs, scale, training):
+        gain, bias = self.input_gain, self.bias
+        if scale is not None:
+            gain, bias = gain * scale, None if bias is None else bias * scale
+        z = self._normed_projection(self._dropped_inputs(inputs, training), gain)
+        return z if bias is None else z + bias
 
     def recurrent_step(self, projected, states, training=False):
         """The step from ``project_inputs`` of x_t and ``[h_{t-1}, c_{t-1}]``: ``h_t, [h_t, c_t]``."""
+        constants = self.loop_constants()
+        if constants["scale"] is not None:
+            projected = projected * constants["scale"]
+        return self.loop_step(constants, projected, states, training=training)
+
+    def call(self, inputs, states, training=False):
+        constants = self.loop_constants()
+        return self.loop_step(constants, self.loop_inputs(inputs, constants, training=training), states,
+                              training=training)
+
+    def loop_constants(self):
+        """The row-centred recurrent kernel (``h U'`` is centred, so its LN needs no mean) and,
+        for the fused step (`keras_bn._lstm_step`), the gains with the g gate doubled."""
+        kernel = ops.convert_to_tensor(self.recurrent_kernel)
+        constants = {"kernel": kernel - ops.mean(kernel, axis=1, keepdims=True), "scale": None}
+        if fused_step_applies(self):
+            scale = gate_scale(self.units)
+            constants.update(scale=scale, gain=self.recurrent_gain * scale, step=fused_lstm_step(self.epsilon),
+                             cell_gain=ops.copy(self.cell_gain), cell_shift=ops.copy(self.cell_shift))  # read once
+        return constants
+
+    def loop_inputs(self, inputs, constants, training=False):
+        """``project_inputs``, with the g gate's columns doubled for the fused step."""
+        return self._projection(inputs, constants["scale"], training)
+
+    def run_sequence(self, constants, sequences, initial_state, *, go_backwards, return_sequences, training=False):
+        """`keras_bn._lstm_step.fused_lstm_sequence` where the fused step applies, on TensorFlow."""
+        if constants["scale"] is None or keras.backend.backend() != "tensorflow":
+            return None
+        projected = self.loop_inputs(ops.flip(sequences, axis=0) if go_backwards else sequences, constants)
+        h0, c0 = initial_state[0], initial_state[1]
+        mask = self.get_recurrent_dropout_mask(h0) if training and self.recurrent_dropout > 0 else None
+        outputs = fused_lstm_sequence(self.epsilon, return_sequences, mask)(
+            projected, h0, c0, constants["kernel"], constants["gain"], constants["cell_gain"], constants["cell_shift"])
+        h, c = outputs[-2], outputs[-1]
+        return h, outputs[0] if return_sequences else ops.expand_dims(h, 0), [h, c]
+
+    def loop_step(self, constants, projected, states, training=False):
         h_tm1, c_tm1 = states[0], states[1]
-        h_in = self._dropped_state(h_tm1, training)
-        z = projected + self._norm(ops.matmul(h_in, self.recurrent_kernel), self.recurrent_gain)
+        a = ops.matmul(self._dropped_state(h_tm1, training), constants["kernel"])
+        if constants["scale"] is not None:
+            h, c = constants["step"](projected, a, c_tm1, constants["gain"], constants["cell_gain"],
+                                     constants["cell_shift"])
+            return h, [h, c]
+        z = projected + self._norm(a, self.recurrent_gain)
         i, f, g, o = ops.split(z, 4, axis=-1)
         c = self.recurrent_activation(f) * c_tm1 + self.recurrent_activation(i) * self.activation(g)
         h = self.recurrent_activation(o) * self.activation(self._norm(c, self.cell_gain, self.cell_shift))

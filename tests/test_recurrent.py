@@ -155,13 +155,44 @@ def test_fast_layer_equals_rnn_of_its_cell(cell_cls):
     fast(x), plain(x)
     _randomized(fast, rng)
     plain.set_weights(fast.get_weights())
-    for training in (False, True):
-        got = fast(x, mask=mask, training=training)
-        expected = plain(x, mask=mask, training=training)
+    for training, step_mask in ((False, mask), (True, mask), (False, None), (True, None)):  # unmasked: the fused loop
+        got = fast(x, mask=step_mask, training=training)
+        expected = plain(x, mask=step_mask, training=training)
         for a, b in zip(got, expected):
             np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5)
 
 
+@pytest.mark.backends("tensorflow", reason="tf.GradientTape")
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_lstm_sequence_loop_gradients_with_dropout_equal_rnn_of_its_cell(graph):
+    """`LayerNormLSTM`'s fused sequence loop (hand-written backward loop) in training, with
+    input and recurrent dropout (the same seed: the same masks), backwards, returning every
+    step and the final states: its gradients are those of RNN(cell) (the per-step path)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(10)
+    options = dict(dropout=0.3, recurrent_dropout=0.2, seed=7)
+    layer_options = dict(return_sequences=True, return_state=True, go_backwards=True)
+    fast = LayerNormLSTM(UNITS, **options, **layer_options)
+    plain = keras.layers.RNN(LayerNormLSTMCell(UNITS, **options), **layer_options)
+    x = tf.constant(rng.normal(size=(BATCH, STEPS, FEATURES)).astype("float32"))
+    fast(x), plain(x)
+    _randomized(fast, rng)
+    plain.set_weights(fast.get_weights())
+    weights = [rng.normal(size=(BATCH, STEPS, UNITS)), rng.normal(size=(BATCH, UNITS)), rng.normal(size=(BATCH, UNITS))]
+
+    def gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = sum(tf.reduce_sum(out * w) for out, w in zip(layer(x, training=True), weights))
+        return tape.gradient(loss, [x, *layer.trainable_weights])
+
+    run = tf.function(gradients) if graph else gradients
+    for a, b in zip(run(fast), run(plain)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.backends("tensorflow", reason="tf.GradientTape")
 @pytest.mark.parametrize("cell_cls", [LayerNormLSTMCell, LayerNormGRUCell], ids=["lstm", "gru"])
 def test_fast_layer_gradients_equal_rnn_of_its_cell(cell_cls):
     """The sequence projection's LN (centred kernel, variance as a quadratic form) has the
@@ -184,15 +215,88 @@ def test_fast_layer_gradients_equal_rnn_of_its_cell(cell_cls):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
 
 
+def _tf_lstm_unroll(x, w, go_backwards=False):
+    """The paper's equations with plain TensorFlow ops, step by step (autodiff's gradients)."""
+    import tensorflow as tf
+
+    def ln(a, gain, shift=0.0):
+        mean, var = tf.nn.moments(a, axes=[-1], keepdims=True)
+        return gain * (a - mean) / tf.sqrt(var + EPS) + shift
+
+    h = c = tf.zeros((x.shape[0], UNITS))
+    outs = []
+    for t in (range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])):
+        z = ln(x[:, t] @ w["kernel"], w["input_gain"]) + ln(h @ w["recurrent_kernel"], w["recurrent_gain"]) + w["bias"]
+        i, f, g, o = tf.split(z, 4, axis=-1)
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(ln(c, w["cell_gain"], w["cell_shift"]))
+        outs.append(h)
+    return tf.stack(outs, 1)
+
+
+@pytest.mark.backends("tensorflow", reason="tf.GradientTape")
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autodiff"])
+@pytest.mark.parametrize("fast", [False, True], ids=["cell", "fast_layer"])
+def test_lstm_gradients_equal_autodiff_of_the_equations(fast, fused, monkeypatch):
+    """The fused step's hand-written gradient (and the autodiff fallback) against a GradientTape
+    over a manual unroll of the paper's equations, for the inputs and every weight."""
+    import tensorflow as tf
+
+    import keras_bn.recurrent_cells
+
+    if not fused:
+        monkeypatch.setattr(keras_bn.recurrent_cells, "fused_step_applies", lambda cell: False)
+    rng = np.random.default_rng(8)
+    layer = LayerNormLSTM(UNITS, return_sequences=True) if fast else keras.layers.RNN(LayerNormLSTMCell(UNITS), return_sequences=True)
+    x = tf.constant(rng.normal(size=(BATCH, STEPS, FEATURES)).astype("float32"))
+    layer(x)
+    _randomized(layer, rng)
+    weights = {v.name: v for v in layer.trainable_weights}
+    upstream = tf.constant(rng.normal(size=(BATCH, STEPS, UNITS)).astype("float32"))
+    grads = []
+    for run in (lambda: layer(x), lambda: _tf_lstm_unroll(x, {n: tf.convert_to_tensor(v) for n, v in weights.items()})):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(run() * upstream)
+        grads.append(tape.gradient(loss, [x, *weights.values()]))
+    for name, a, b in zip(["inputs", *weights], *grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.backends("jax", reason="jax.grad")
+def test_lstm_fused_gradients_on_jax_equal_autodiff(monkeypatch):
+    """On JAX the fused step's custom gradient equals jax.grad of the autodiff fallback."""
+    import jax
+
+    import keras_bn.recurrent_cells
+
+    rng = np.random.default_rng(9)
+    layer = LayerNormLSTM(UNITS, return_sequences=True, go_backwards=True)
+    x = rng.normal(size=(BATCH, STEPS, FEATURES)).astype("float32")
+    layer(x)
+    _randomized(layer, rng)
+    trainable = [v.value for v in layer.trainable_variables]
+
+    def loss(values, inputs):
+        outputs, _ = layer.stateless_call(values, [v.value for v in layer.non_trainable_variables], inputs)
+        return (outputs * np.linspace(-1, 1, UNITS, dtype="float32")).sum()
+
+    fused = jax.grad(loss, argnums=(0, 1))(trainable, x)
+    monkeypatch.setattr(keras_bn.recurrent_cells, "fused_step_applies", lambda cell: False)
+    plain = jax.grad(loss, argnums=(0, 1))(trainable, x)
+    for a, b in zip(jax.tree_util.tree_leaves(fused), jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
+
+
 def test_fast_layer_projects_the_whole_sequence_once(monkeypatch):
     layer = LayerNormLSTM(UNITS, return_sequences=True)
     x = np.zeros((BATCH, STEPS, FEATURES), "float32")
     layer(x)
     shapes = []
-    original = layer.cell.project_inputs
-    monkeypatch.setattr(layer.cell, "project_inputs", lambda inputs, **kw: shapes.append(tuple(inputs.shape)) or original(inputs, **kw))
+    original = layer.cell._normed_projection
+    monkeypatch.setattr(layer.cell, "_normed_projection", lambda inputs, gain: shapes.append(tuple(inputs.shape)) or original(inputs, gain))
     layer(x)
-    assert shapes == [(BATCH, STEPS, FEATURES)]
+    assert shapes == [(STEPS, BATCH, FEATURES)]  # once, time-major (the loop reads it so)
 
 
 @pytest.mark.parametrize("cell_cls", [c for c, _ in CELLS], ids=["lstm", "gru", "simple"])
