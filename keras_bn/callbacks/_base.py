@@ -196,6 +196,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
             return
         self._in_fit = False
         self._run_safely(self._detach)
+        self.writers.flush()  # now: once a figure draws, its thread holds the GIL against the disk writes
         step = self._last_logged_step
 
         def finish():
