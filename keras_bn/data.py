@@ -275,10 +275,12 @@ def load(
 def standardize(x_train: np.ndarray, *others: np.ndarray, flatten: bool = False, per_channel: bool = False):
     """Zero-centre and scale to unit variance with the training set's statistics (SEEDS §3).
 
-    A ``keras.layers.Normalization`` adapted on `x_train` does the work (the same layer can
-    go inside a model instead). `per_channel` keeps one mean/std per last-axis channel; by
-    default one scalar mean/std, the usual choice for grey images. `flatten` reshapes
-    images to (N, H*W*C) first.
+    The arithmetic of a ``keras.layers.Normalization`` adapted on `x_train` (population
+    variance, ``std`` floored at Keras' epsilon), in NumPy: adapting the layer builds a
+    tf.data pipeline, about 0.3 s for what NumPy does in milliseconds. The same layer can go
+    inside a model instead. `per_channel` keeps one mean/std per last-axis channel; by default
+    one scalar mean/std, the usual choice for grey images. `flatten` reshapes images to
+    (N, H*W*C) first.
 
     Returns:
         A tuple of float32 arrays, `x_train` first, then `others` in order.
@@ -287,11 +289,11 @@ def standardize(x_train: np.ndarray, *others: np.ndarray, flatten: bool = False,
 
         x_train, x_test = standardize(data.x_train, data.x_test, flatten=True)
     """
-    import keras
-
     arrays = [np.asarray(x, dtype=np.float32) for x in (x_train, *others)]
     if flatten:
         arrays = [a.reshape(len(a), -1) for a in arrays]
-    layer = keras.layers.Normalization(axis=-1 if per_channel else None)
-    layer.adapt(arrays[0])
-    return tuple(np.asarray(layer(a), dtype=np.float32) for a in arrays)
+    axes = tuple(range(arrays[0].ndim - 1)) if per_channel else None
+    train = arrays[0].astype(np.float64)
+    mean = train.mean(axis=axes)
+    std = np.maximum(np.sqrt(train.var(axis=axes)), 1e-7)  # keras.config.epsilon(), as Normalization
+    return tuple(((a - mean) / std).astype(np.float32) for a in arrays)

@@ -107,6 +107,22 @@ def test_standardize_uses_training_statistics():
     np.testing.assert_allclose(test, expected.reshape(100, 16), atol=1e-3)
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_standardize_is_what_an_adapted_keras_normalization_gives(per_channel):
+    import keras
+
+    rng = np.random.default_rng(1)
+    x_train = rng.normal(3.0, [1.0, 5.0, 0.5], size=(300, 6, 3)).astype("float32")
+    x_test = rng.normal(1.0, 2.0, size=(40, 6, 3)).astype("float32")
+    layer = keras.layers.Normalization(axis=-1 if per_channel else None)
+    layer.adapt(x_train)
+    train, test = data.standardize(x_train, x_test, per_channel=per_channel)
+    np.testing.assert_allclose(train, keras.ops.convert_to_numpy(layer(x_train)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(test, keras.ops.convert_to_numpy(layer(x_test)), rtol=1e-4, atol=1e-5)
+    constant = data.standardize(np.ones((10, 2), "float32"))[0]
+    assert np.all(np.isfinite(constant)) and np.all(constant == 0)  # std floored, as Keras does
+
+
 def _write_idx(path, array, *, dtype_code=0x08):
     header = struct.pack(f">BBBB{array.ndim}I", 0, 0, dtype_code, array.ndim, *array.shape)
     with gzip.open(path, "wb") as f:
