@@ -24,7 +24,8 @@ import urllib.request
 
 from keras_bn import _arg_types as types
 
-__all__ = ["build_parser", "free_port", "main", "tensorboard_argv", "tensorboard_server", "tensorflow_without_jax"]
+__all__ = ["build_parser", "free_port", "main", "tensorboard_argv", "tensorboard_server", "tensorflow_without_jax",
+           "without_tensorflow_start_notes"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,10 +92,57 @@ def _list(args) -> int:
 def _run(args) -> int:
     from keras_bn.recipes import get_recipe
 
-    with tensorflow_without_jax():
+    with without_tensorflow_start_notes(), tensorflow_without_jax():
         recipe = get_recipe(args.recipe)  # a ValueError listing the recipes for an unknown name
     recipe.main([a for a in args.recipe_args if a != "--debug"])
     return 0
+
+
+# TensorFlow's C++ start-up notes (INFO lines that TF_CPP_MIN_LOG_LEVEL no longer silences in
+# TF 2.21, and absl's preamble before them): facts about the build, not about the user's run.
+TENSORFLOW_START_NOTES = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions:",
+)
+
+
+@contextlib.contextmanager
+def without_tensorflow_start_notes():
+    """Within the block, what the process writes to its stderr (file descriptor 2, where
+    TensorFlow's C++ logging goes) is held back, then written out without the lines naming one
+    of `TENSORFLOW_START_NOTES`: every other line (a warning, an error) is kept, in order.
+
+    Example::
+
+        with without_tensorflow_start_notes():
+            import tensorflow
+    """
+    import os
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2 (an embedding host): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError, OSError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True)
+                    if not any(note.encode() in line for note in TENSORFLOW_START_NOTES)]
+            if kept:
+                sys.stderr.flush()
+                os.write(2, b"".join(kept))
 
 
 @contextlib.contextmanager

@@ -155,3 +155,38 @@ def test_tensorboard_server_serves_on_loopback_and_stops(tmp_path):
             assert response.status == 200
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "data/runs", timeout=2)
+
+
+def test_tensorflow_start_notes_are_dropped_and_every_other_stderr_line_kept(capfd):
+    import os
+
+    from keras_bn import cli
+
+    with cli.without_tensorflow_start_notes():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:17 port.cc:153] oneDNN custom operations are on. You may see ...\n")
+        os.write(2, b"E0000 a real error from C++\n")
+        os.write(2, b"a warning\n")
+    assert capfd.readouterr().err == "E0000 a real error from C++\na warning\n"
+    with pytest.raises(ZeroDivisionError), cli.without_tensorflow_start_notes():
+        os.write(2, b"written before the error\n")
+        1 / 0
+    assert capfd.readouterr().err == "written before the error\n"  # replayed when the block raises too
+
+
+_SILENT_START = """
+from keras_bn import cli
+with cli.without_tensorflow_start_notes(), cli.tensorflow_without_jax():
+    import keras
+    keras.ops.convert_to_numpy(keras.ops.ones(2) + 1)
+"""
+
+
+def test_a_recipe_start_on_tensorflow_prints_nothing_to_stderr():
+    """What `keras-bn run` does before a recipe: TensorFlow's C++ start-up notes (absl's preamble,
+    the oneDNN line) are not shown; nothing else is written."""
+    import os
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run([sys.executable, "-c", _SILENT_START], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
