@@ -162,7 +162,8 @@ def test_fast_layer_equals_rnn_of_its_cell(cell_cls):
             np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5)
 
 
-@pytest.mark.backends("tensorflow", reason="tf.GradientTape")
+@pytest.mark.backends("tensorflow", reason="the whole-sequence fused loop is TensorFlow-only; "
+                                          "the reference gradients come from tf.GradientTape")
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
 def test_lstm_sequence_loop_gradients_with_dropout_equal_rnn_of_its_cell(graph):
     """`LayerNormLSTM`'s fused sequence loop (hand-written backward loop) in training, with
@@ -192,7 +193,8 @@ def test_lstm_sequence_loop_gradients_with_dropout_equal_rnn_of_its_cell(graph):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.backends("tensorflow", reason="tf.GradientTape")
+@pytest.mark.backends("tensorflow", reason="the reference gradients come from tf.GradientTape "
+                                          "(the JAX path is checked against jax.grad below)")
 @pytest.mark.parametrize("cell_cls", [LayerNormLSTMCell, LayerNormGRUCell], ids=["lstm", "gru"])
 def test_fast_layer_gradients_equal_rnn_of_its_cell(cell_cls):
     """The sequence projection's LN (centred kernel, variance as a quadratic form) has the
@@ -234,7 +236,8 @@ def _tf_lstm_unroll(x, w, go_backwards=False):
     return tf.stack(outs, 1)
 
 
-@pytest.mark.backends("tensorflow", reason="tf.GradientTape")
+@pytest.mark.backends("tensorflow", reason="the reference gradients come from tf.GradientTape "
+                                          "(the JAX path is checked against jax.grad below)")
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "autodiff"])
 @pytest.mark.parametrize("fast", [False, True], ids=["cell", "fast_layer"])
 def test_lstm_gradients_equal_autodiff_of_the_equations(fast, fused, monkeypatch):
@@ -263,7 +266,8 @@ def test_lstm_gradients_equal_autodiff_of_the_equations(fast, fused, monkeypatch
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
 
 
-@pytest.mark.backends("jax", reason="jax.grad")
+@pytest.mark.backends("jax", reason="checks the fused step's custom gradient on JAX against jax.grad "
+                                   "(TensorFlow: the GradientTape tests above)")
 def test_lstm_fused_gradients_on_jax_equal_autodiff(monkeypatch):
     """On JAX the fused step's custom gradient equals jax.grad of the autodiff fallback."""
     import jax
