@@ -60,7 +60,6 @@ class _Moments:
     """Per-channel count, mean and sum of squared deviations, merged batch by batch (Chan et al.)."""
 
     def __init__(self, layer):
-        self.axes = None
         self.layer = layer
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
 
@@ -73,7 +72,10 @@ class _Moments:
         if n == 0:
             return
         mean = x.mean(axis=axes)
-        m2 = np.square(x - np.expand_dims(mean, axes)).sum(axis=axes)
+        self.merge(n, mean, np.square(x - np.expand_dims(mean, axes)).sum(axis=axes))
+
+    def merge(self, n, mean, m2) -> None:
+        """Add a batch of `n` values per channel with this `mean` and sum of squared deviations."""
         total = self.count + n
         delta = mean - self.mean
         self.mean = self.mean + delta * n / total
@@ -213,22 +215,16 @@ def batchnorm_gaps(model, x, keep_traced: bool = False) -> dict[str, float]:
     for (path, layer), per_call in zip(layers, calls):
         if not per_call:
             continue  # not called on `x`: no gap, rather than a zero
-        count, mean, m2 = 0.0, 0.0, 0.0
-        for n, call_mean, call_m2 in per_call:  # merged as in `_Moments.add` (Chan et al.)
-            n = float(keras.ops.convert_to_numpy(n))
-            call_mean = np.asarray(keras.ops.convert_to_numpy(call_mean), np.float64)
-            call_m2 = np.asarray(keras.ops.convert_to_numpy(call_m2), np.float64)
-            total = count + n
-            delta = call_mean - mean
-            mean, m2 = mean + delta * n / total, m2 + call_m2 + np.square(delta) * count * n / total
-            count = total
-        if count == 0:
+        moments = _Moments(layer)
+        for n, mean, m2 in per_call:
+            moments.merge(*(np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in (n, mean, m2)))
+        if moments.count == 0:
             continue
         eps = float(layer.epsilon)
         moving_mean = np.asarray(keras.ops.convert_to_numpy(layer.moving_mean), np.float64)
         moving_std = np.sqrt(np.asarray(keras.ops.convert_to_numpy(layer.moving_variance), np.float64) + eps)
-        scale = np.sqrt(m2 / count + eps) / moving_std - 1.0
-        shift = (mean - moving_mean) / moving_std
+        scale = np.sqrt(moments.variance + eps) / moving_std - 1.0
+        shift = (moments.mean - moving_mean) / moving_std
         gaps[path] = float(np.sqrt(np.mean(np.square(scale) + np.square(shift))))
     return gaps
 

@@ -28,21 +28,7 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 from tests._events import scalar_series, tag_step_counts  # noqa: E402
-
-LOSS = keras.losses.SparseCategoricalCrossentropy()
-LAYERS = ["block1_dense", "block2_dense", "logits"]
-
-
-def mlp(optimizer, seed=3, **compile_kwargs):
-    keras.utils.set_random_seed(seed)
-    model = keras_bn.build_dense((6,), [8, 8], 3, norm=None)
-    model.compile(optimizer, LOSS, **compile_kwargs)
-    return model
-
-
-def data(n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 6)).astype("float32"), (np.arange(n) % 3).astype("int32")
+from tests._tap_mlp import LAYERS, LOSS, data, layer_norms, mlp, weights_of  # noqa: E402
 
 
 def jax_grads(model, weights, x, y):
@@ -56,18 +42,6 @@ def jax_grads(model, weights, x, y):
         return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, y_pred))
 
     return [np.asarray(g, np.float64) for g in jax.grad(loss)([keras.ops.convert_to_tensor(w) for w in weights])]
-
-
-def layer_norms(model, grads):
-    norms = {}
-    for variable, grad in zip(model.trainable_variables, grads):
-        layer = variable.path.split("/")[0]
-        norms[layer] = norms.get(layer, 0.0) + float(np.sum(grad ** 2))
-    return {layer: np.sqrt(value) for layer, value in norms.items()}
-
-
-def weights_of(model):
-    return [np.array(v.numpy()) for v in model.trainable_variables]
 
 
 def test_gradient_norms_equal_jax_grad_before_and_after_clipping(tmp_path):

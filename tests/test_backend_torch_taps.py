@@ -27,25 +27,11 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch",
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 from tests._events import scalar_series, tag_step_counts  # noqa: E402
-
-LOSS = keras.losses.SparseCategoricalCrossentropy()
-LAYERS = ["block1_dense", "block2_dense", "logits"]
-
-
-def mlp(optimizer, seed=3, **compile_kwargs):
-    keras.utils.set_random_seed(seed)
-    model = keras_bn.build_dense((6,), [8, 8], 3, norm=None)  # dense-relu, dense-relu, dense-softmax
-    model.compile(optimizer, LOSS, **compile_kwargs)
-    return model
+from tests._tap_mlp import LAYERS, LOSS, data as _data, layer_norms, mlp, weights_of  # noqa: E402
 
 
 def data(n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 6)).astype("float32"), (np.arange(n) % 3).astype("int64")
-
-
-def weights_of(model):
-    return [keras.ops.convert_to_numpy(v.value).copy() for v in model.trainable_variables]
+    return _data(n, seed, label_dtype="int64")  # torch's cross-entropy takes int64 labels
 
 
 def torch_grads(weights, x, y):
@@ -60,14 +46,6 @@ def torch_grads(weights, x, y):
     logits = h @ params[-2] + params[-1]
     loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(y))
     return [g.numpy() for g in torch.autograd.grad(loss, params)]
-
-
-def layer_norms(model, grads):
-    norms = {}
-    for variable, grad in zip(model.trainable_variables, grads):
-        layer = variable.path.split("/")[0]
-        norms[layer] = norms.get(layer, 0.0) + float(np.sum(grad ** 2))
-    return {layer: np.sqrt(value) for layer, value in norms.items()}
 
 
 def clipped(grads, setting, c):

@@ -1,0 +1,39 @@
+"""The small MLP, data and NumPy helpers the backend tap tests share (tests/test_backend_*_taps.py)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+import keras_bn
+
+__all__ = ["LAYERS", "LOSS", "data", "layer_norms", "mlp", "weights_of"]
+
+LOSS = keras.losses.SparseCategoricalCrossentropy()
+LAYERS = ["block1_dense", "block2_dense", "logits"]
+
+
+def mlp(optimizer, seed=3, **compile_kwargs):
+    """6-8-8-3: dense-relu, dense-relu, dense-softmax, compiled with `LOSS`."""
+    keras.utils.set_random_seed(seed)
+    model = keras_bn.build_dense((6,), [8, 8], 3, norm=None)
+    model.compile(optimizer, LOSS, **compile_kwargs)
+    return model
+
+
+def data(n=16, seed=0, label_dtype="int32"):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6)).astype("float32"), (np.arange(n) % 3).astype(label_dtype)
+
+
+def weights_of(model):
+    return [keras.ops.convert_to_numpy(v.value).copy() for v in model.trainable_variables]
+
+
+def layer_norms(model, grads):
+    """Per-layer L2 norms of `grads` (one per trainable variable, in model order), in NumPy."""
+    norms = {}
+    for variable, grad in zip(model.trainable_variables, grads):
+        layer = variable.path.split("/")[0]
+        norms[layer] = norms.get(layer, 0.0) + float(np.sum(grad ** 2))
+    return {layer: np.sqrt(value) for layer, value in norms.items()}
