@@ -28,6 +28,7 @@ from keras_bn._tables import format_table  # noqa: F401  (recipes call _common.f
 from keras_bn.recipes._reuse import (  # noqa: F401  (recipes call _common.restart, ...)
     EagerValidation,
     compiled_like,
+    direct_predict,
     initial_state,
     ready_to_fit,
     restart,

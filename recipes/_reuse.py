@@ -18,7 +18,14 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-__all__ = ["EagerValidation", "compiled_like", "initial_state", "ready_to_fit", "restart"]
+__all__ = ["EagerValidation", "compiled_like", "direct_predict", "initial_state", "ready_to_fit", "restart"]
+
+
+def direct_predict(model, x, batch_size: int = 500) -> np.ndarray:
+    """``model.predict(x)`` by direct ``model(chunk, training=False)`` calls: the same numbers,
+    without tracing a predict function for a few calls."""
+    return np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + batch_size], training=False))
+                           for i in range(0, len(x), batch_size)])
 
 
 class EagerValidation(keras.callbacks.Callback):
@@ -49,9 +56,8 @@ class EagerValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        probs = np.concatenate([  # float32, as Keras' losses and metrics compute under mixed precision
-            keras.ops.convert_to_numpy(self.model(self.x[i:i + self.batch_size], training=False)).astype("float32")
-            for i in range(0, len(self.x), self.batch_size)])
+        # float32, as Keras' losses and metrics compute under mixed precision
+        probs = direct_predict(self.model, self.x, self.batch_size).astype("float32")
         loss = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(self.y, probs))
         regularization = sum(float(keras.ops.convert_to_numpy(v)) for v in self.model.losses)
         logs["val_loss"] = float(np.mean(loss)) + regularization

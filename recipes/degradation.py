@@ -64,19 +64,16 @@ def downsample(images: np.ndarray, size: int) -> np.ndarray:
 class TrainError(keras.callbacks.Callback):
     """The error on a fixed training subset (inference mode) after each Keras epoch.
 
-    One direct ``model(x, training=False)`` call per 500 images: the same numbers as
-    ``predict``, without tracing a predict function for a few calls."""
+    Direct model calls (`_common.direct_predict`): the same numbers as ``predict``, without
+    tracing a predict function for a few calls."""
 
     def __init__(self, x, y):
         super().__init__()
         self.x, self.y, self.errors = x, y, []
 
     def on_epoch_end(self, epoch, logs=None):
-        wrong = 0
-        for start in range(0, len(self.x), 500):
-            probs = keras.ops.convert_to_numpy(self.model(self.x[start:start + 500], training=False))
-            wrong += int(np.sum(np.argmax(probs, axis=-1) != self.y[start:start + 500]))
-        self.errors.append(wrong / len(self.x))
+        probs = _common.direct_predict(self.model, self.x)
+        self.errors.append(float(np.mean(np.argmax(probs, axis=-1) != self.y)))
 
 
 def block_response_std(model, x) -> list[float]:
