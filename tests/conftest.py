@@ -24,6 +24,15 @@ def _exact_activation_cadence(monkeypatch):
     monkeypatch.setattr(preset, "ACTIVATION_OVERHEAD", None)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _stop_the_figure_process():
+    """The child process that draws the callbacks' figures ends with the session's tests."""
+    yield
+    from keras_bn.callbacks import _figure_process
+
+    _figure_process.close()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)

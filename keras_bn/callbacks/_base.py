@@ -14,11 +14,14 @@ batch-end hook). On TensorFlow, Keras >= 3.7 never dispatches asynchronously
 after the step they describe); ``epoch_*`` scalars use the epoch index, as Keras' TensorBoard
 callback does. Every quantity is also logged at each epoch end.
 
-**Figures** are drawn on the writers' background thread at an epoch end once `figure_secs`
-have passed since training began or since the last figure, and once more at train end for
-the final state: a figure costs 0.1-0.5 s of CPU, which must not land in every short epoch
-(``figure_secs=0`` draws one at every epoch end). ``fit`` does not wait for the train-end
-figure: the writers close once it is written, or at interpreter exit (`RunWriters.end_fit`).
+**Figures** are requested from the writers' background thread at an epoch end once
+`figure_secs` have passed since training began or since the last figure, and once more at
+train end for the final state, and drawn in the figure process
+(keras_bn.callbacks._figure_process), so matplotlib never holds this process' GIL against
+the training loop; a figure still costs CPU (tens of ms, more for big grids), which must not
+land in every short epoch (``figure_secs=0`` draws one at every epoch end). ``fit`` does not
+wait for the train-end figure: the writers close once it is written, or at interpreter exit
+(`RunWriters.end_fit`).
 
 **Failure.** Keras calls ``on_train_end`` only when ``fit`` returns. The model's `StepTaps`
 (keras_bn.callbacks._taps) owns the instrumented train function: when a step raises (anything

@@ -44,9 +44,10 @@ class _Write:
         counts = np.asarray(counts, dtype=np.float64)
         self.histogram_values[tag] = np.stack([edges[:-1], edges[1:], counts], axis=1)
 
-    def image(self, tag: str, rgba: np.ndarray) -> None:
-        """Write one ``[height, width, 4]`` uint8 image."""
-        self.images[tag] = rgba
+    def image(self, tag: str, image) -> None:
+        """Write one ``[height, width, 4]`` uint8 image, or an encoded one
+        (`keras_bn.callbacks._figure_process.PNG`)."""
+        self.images[tag] = image
 
 
 class _EventFile:
@@ -113,13 +114,10 @@ def summary_values(write: _Write) -> list:
     return values
 
 
-def _png_tensor(rgba: np.ndarray) -> np.ndarray:
-    """``[width, height, png]`` as bytes: the image plugin's tensor for one image."""
-    import io
+def _png_tensor(image) -> np.ndarray:
+    """``[width, height, png]`` as bytes: the image plugin's tensor for one image (an RGBA
+    array, encoded here, or a `keras_bn.callbacks._figure_process.PNG`)."""
+    from keras_bn.callbacks._figure_process import PNG, encode_png
 
-    import matplotlib.image
-
-    buffer = io.BytesIO()
-    matplotlib.image.imsave(buffer, rgba, format="png")
-    height, width = rgba.shape[:2]
-    return np.array([str(width).encode(), str(height).encode(), buffer.getvalue()], dtype=object)
+    png = image if isinstance(image, PNG) else encode_png(image)
+    return np.array([str(png.width).encode(), str(png.height).encode(), png.data], dtype=object)

@@ -370,10 +370,10 @@ class ActivationStats(DiagnosticCallback):
             )
 
     def _draw(self, step):
-        from keras_bn.callbacks.figures import activation_histogram_grid
+        from keras_bn.callbacks._figure_process import draw_png
 
         if self.latest_histograms:
-            image = activation_histogram_grid(self.latest_histograms, title=f"activations, step {step}")
+            image = draw_png("activation_histogram_grid", self.latest_histograms, title=f"activations, step {step}")
             with self.writers.writing("train", step) as write:
                 write.image("figures/activation_histograms", image)
 

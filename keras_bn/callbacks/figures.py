@@ -9,6 +9,9 @@ Usage::
 
     rgba = activation_histogram_grid({"block1_relu": (edges, counts)}, title="step 100")
     rgba = layer_bar_chart({"block1_dense": 0.3, "logits": 0.9}, ylabel="gradient L2 norm")
+    rgba = time_gradient_chart({"lstm": norms_over_t}, title="step 100")
+
+Inside `fit` they are drawn in the figure process (keras_bn.callbacks._figure_process).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["activation_histogram_grid", "layer_bar_chart"]
+__all__ = ["activation_histogram_grid", "layer_bar_chart", "time_gradient_chart"]
 
 # Sized for TensorBoard's Images tab, which shows an image at most about a card wide
 # (~500-800 px): at most 800 px wide, and text at >= 12 px (9 pt at 100 dpi is 12.5 px).
@@ -164,6 +167,24 @@ def _bar_figure(names, ylabel, log_scale, titled):
     figure.subplots_adjust(left=0.95 / width, right=1 - 0.15 / width, bottom=bottom / height,
                            top=1 - (0.45 if titled else 0.2) / height)
     return figure
+
+
+def time_gradient_chart(norms: dict, *, title: str = "") -> np.ndarray:
+    """One line per recurrent layer: ``||dL/dh_t||`` over the time steps t (log scale), the
+    vanishing or exploding gradient through time (SEEDS §1). Non-positive norms are left out."""
+    with _REUSED.lock:
+        figure = _new_figure(5.5, 3.4)
+        axes = figure.add_subplot(1, 1, 1)
+        for key, values in norms.items():
+            values = np.asarray(values, dtype=float)
+            t = np.arange(1, len(values) + 1)
+            positive = values > 0
+            axes.plot(t[positive], values[positive], label=key)
+        axes.set_yscale("log")
+        axes.set(xlabel="time step t (processing order)", ylabel="||dL/dh_t||", title=title)
+        axes.legend(fontsize=7)
+        figure.tight_layout()
+        return _to_rgba(figure)
 
 
 def _shorten(name: str, limit: int) -> str:

@@ -156,10 +156,10 @@ class GradientNorms(DiagnosticCallback):
             write.scalars(scalars)
 
     def _draw(self, step):
-        from keras_bn.callbacks.figures import layer_bar_chart
+        from keras_bn.callbacks._figure_process import draw_png
 
         if self.latest_norms:
-            image = layer_bar_chart(self.latest_norms, ylabel="gradient L2 norm", title=f"step {step}")
+            image = draw_png("layer_bar_chart", self.latest_norms, ylabel="gradient L2 norm", title=f"step {step}")
             with self.writers.writing("train", step) as write:
                 write.image("figures/grad_norms", image)
 

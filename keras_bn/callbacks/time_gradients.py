@@ -316,23 +316,14 @@ class TimeGradients(DiagnosticCallback):
         return f"||dL/dh_t|| at step {step}\n" + format_table(["t", *norms], rows)
 
     def _draw(self, step: int) -> None:
-        from keras_bn.callbacks.figures import _new_figure, _to_rgba
+        from keras_bn.callbacks._figure_process import draw_png
 
         if not self.history:
             return
         logged_step, norms = self.history[-1]
-        figure = _new_figure(5.5, 3.4)
-        axes = figure.add_subplot(1, 1, 1)
-        for key, values in norms.items():
-            t = np.arange(1, len(values) + 1)
-            positive = values > 0
-            axes.plot(t[positive], values[positive], label=key)
-        axes.set_yscale("log")
-        axes.set(xlabel="time step t (processing order)", ylabel="||dL/dh_t||", title=f"step {logged_step}")
-        axes.legend(fontsize=7)
-        figure.tight_layout()
+        image = draw_png("time_gradient_chart", norms, title=f"step {logged_step}")
         with self.writers.writing("train", logged_step) as write:
-            write.image("figures/time_gradients", _to_rgba(figure))
+            write.image("figures/time_gradients", image)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "layers": self.layers}
