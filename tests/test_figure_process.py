@@ -57,6 +57,18 @@ def test_the_child_imports_neither_keras_nor_a_backend():
     assert out.strip() == "[]"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_is_for_the_training_process_the_child_keeps_drawing():
+    import signal
+
+    fp.draw_png("layer_bar_chart", NORMS, ylabel="norm")
+    process = fp._CHILD.process
+    process.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends to the whole process group
+    png = fp.draw_png("layer_bar_chart", NORMS, ylabel="norm")
+    assert fp._CHILD.process is process and process.poll() is None
+    assert png == fp._draw_here("layer_bar_chart", (NORMS,), {"ylabel": "norm"})
+
+
 def test_a_figure_with_bad_data_raises_its_error_and_the_child_stays():
     with pytest.raises(RuntimeError, match=r"layer_bar_chart failed in the figure process: ValueError"):
         fp.draw_png("layer_bar_chart", {"dense": "not a number"}, ylabel="norm")

@@ -5,7 +5,8 @@ drawn on the writers' background thread it took that time from the training loop
 end of ``fit`` above all. One child process (``python -m keras_bn.callbacks._figure_process``:
 NumPy and matplotlib, no Keras) is started at the first figure and draws every later one, on
 the other core; the training process sends the figure's data (a few kB, pickled) and gets PNG
-bytes back. The child ends when this process closes its pipe (`close`, or this process' exit).
+bytes back. The child ends when this process closes its pipe (`close`, or this process' exit,
+however it ends); it ignores SIGINT, which a terminal's Ctrl-C sends to both processes.
 
 When the child cannot start, dies or does not answer within `TIMEOUT_SECS`, the figure is drawn
 in this process instead (one warning says why). ``KERAS_BN_FIGURE_PROCESS=0`` draws every
@@ -200,6 +201,9 @@ def _serve(requests, replies) -> None:
 
 
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the training process
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print (a library's) goes where stderr goes, never into the replies
     from keras_bn.callbacks._figure_process import _serve as serve  # PNG pickles under its module's name
