@@ -30,8 +30,10 @@ from keras_bn.recipes._reuse import (  # noqa: F401  (recipes call _common.resta
     compiled_like,
     direct_predict,
     initial_state,
+    load_twin,
     ready_to_fit,
     restart,
+    twin_model,
 )
 
 QUICK_TRAIN_SAMPLES = 2000

@@ -4,7 +4,8 @@ A new model's first ``fit`` traces its train and test steps (1-3 s of CPU each o
 more than a quick mode's training): `ready_to_fit` makes that one trace instead of two,
 `EagerValidation` replaces the traced test step by direct calls with the same numbers, and
 `initial_state` / `restart` / `compiled_like` train several settings of one architecture on
-one traced model. Recipes reach these through `keras_bn.recipes._common`.
+one traced model, and `twin_model` / `load_twin` train a ResNet and its plain twin on one.
+Recipes reach these through `keras_bn.recipes._common`.
 
 Usage::
 
@@ -18,7 +19,8 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-__all__ = ["EagerValidation", "compiled_like", "direct_predict", "initial_state", "ready_to_fit", "restart"]
+__all__ = ["EagerValidation", "ShortcutGate", "compiled_like", "direct_predict", "initial_state", "load_twin",
+           "ready_to_fit", "restart", "twin_model"]
 
 
 def direct_predict(model, x, batch_size: int = 500) -> np.ndarray:
@@ -128,3 +130,61 @@ def ready_to_fit(model: keras.Model, x, y) -> keras.Model:
 
     _keras_internals.build_for_fit(model, x, y)
     return model
+
+
+class ShortcutGate(keras.layers.Layer):
+    """``gate * shortcut + branch`` for inputs ``[shortcut, branch]``, with a non-trainable scalar
+    `gate`: 1 is ``keras.layers.Add`` (``1 * s`` is `s`), 0 the plain twin's sum exactly (the
+    branch plus zeros; the shortcut's gradient is zero), so one traced model trains both twins.
+
+    Example::
+
+        y = ShortcutGate(gate=0.0, name="stage1_block1_add")([shortcut, branch])
+    """
+
+    def __init__(self, gate: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_gate = float(gate)
+
+    def build(self, input_shape):
+        self.gate = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.initial_gate),
+                                    trainable=False, name="gate")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        shortcut, branch = inputs
+        return keras.ops.cast(self.gate, shortcut.dtype) * shortcut + branch
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[1]
+
+    def get_config(self):
+        return {**super().get_config(), "gate": self.initial_gate}
+
+
+def twin_model(residual: keras.Model) -> keras.Model:
+    """A copy of the Functional `residual` net (new layers, the same weights) whose shortcut sums
+    (``keras.layers.Add``) are `ShortcutGate` layers: `load_twin` then trains the net itself or
+    its plain twin (``keras_bn.build_resnet(..., residual=False)``) on this one model.
+
+    Example::
+
+        twin = twin_model(keras_bn.build_resnet((14, 14, 1), 8, 10))
+    """
+    twin = keras.models.clone_model(residual, clone_function=lambda layer: (
+        ShortcutGate(name=layer.name) if isinstance(layer, keras.layers.Add)
+        else layer.__class__.from_config(layer.get_config())))
+    load_twin(twin, residual, gate=1.0)
+    return twin
+
+
+def load_twin(twin: keras.Model, built: keras.Model, gate: float) -> keras.Model:
+    """Put `built`'s weights (layer by layer, by name) into `twin` (see `twin_model`) and every
+    gate to `gate`: 1 for the residual net, 0 for its plain twin (the same layers without the
+    sums). A compiled `twin` also gets a fresh optimizer (`restart`). Returns `twin`."""
+    for layer in twin.layers:
+        if isinstance(layer, ShortcutGate):
+            layer.gate.assign(gate)
+        elif layer.weights:
+            layer.set_weights(built.get_layer(layer.name).get_weights())
+    return restart(twin, initial_state(twin)) if twin.compiled else twin
