@@ -260,18 +260,37 @@ def activation_stats(values: np.ndarray, family: str | None) -> dict:
 
 
 def kernel_gradient_norms(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict:
-    """The L2 norm of the loss gradient for each Dense/Conv kernel, on one batch in training mode.
+    """The L2 norm of the loss gradient for each Dense/Conv kernel, on one batch in training mode
+    (`training_pass`'s ``"grad_norms"``)."""
+    return training_pass(model, x, y)["grad_norms"]
+
+
+def training_pass(model: keras.Model, x: np.ndarray, y: np.ndarray, layer_names: Sequence[str] = ()) -> dict:
+    """One training-mode forward and backward pass of a Functional `model` on the batch `x`, `y`.
 
     The cross-entropy of the model's softmax output, as ``fit`` would use it; BatchNorm's
     moving statistics are restored afterwards, so the model is left as it was.
+
+    Returns:
+        ``{"loss": float, "grad_norms": {kernel layer: L2 norm of its kernel's gradient},
+        "outputs": {name: numpy output of each layer of `layer_names` in that pass}}``.
+
+    Example::
+
+        start = _common.training_pass(model, x[:32], y[:32], ["stage3_block3_out_relu"])
     """
     import tensorflow as tf
 
     layers = [layer for layer in model.layers if getattr(layer, "kernel", None) is not None]
+    names = list(layer_names)
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in names] + [model.output]) if names else model
     with kept_state(model), tf.GradientTape() as tape:
-        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x, training=True)))
+        outputs = probe(x, training=True)
+        outputs = list(outputs) if names else [outputs]
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, outputs[-1]))
     grads = tape.gradient(loss, [layer.kernel for layer in layers])
-    return {layer.name: float(tf.norm(g)) for layer, g in zip(layers, grads)}
+    return {"loss": float(loss), "grad_norms": {layer.name: float(tf.norm(g)) for layer, g in zip(layers, grads)},
+            "outputs": {n: keras.ops.convert_to_numpy(o) for n, o in zip(names, outputs)}}
 
 
 @contextlib.contextmanager

@@ -59,15 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def at_init(model, x, y) -> dict:
     """Loss, last block's output std and gradient norms of `model` before any step, in
     training mode (BN with batch statistics, as the first step sees it; moving statistics kept)."""
-    import keras
-
     last_block = [layer.name for layer in model.layers if layer.name.endswith("_out_relu")][-1]
-    with _common.kept_state(model):
-        out = _common.layer_outputs(model, [last_block], x, training=True)[last_block]
-        probs = keras.ops.convert_to_numpy(model(x, training=True))
-    loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y, probs)))
-    return {"loss": loss, "last_block_std": float(out.std()),
-            "grads": grad_norm_summary(_common.kernel_gradient_norms(model, x, y))}
+    start = _common.training_pass(model, x, y, [last_block])
+    return {"loss": start["loss"], "last_block_std": float(start["outputs"][last_block].std()),
+            "grads": grad_norm_summary(start["grad_norms"])}
 
 
 def run(args: argparse.Namespace) -> dict:
