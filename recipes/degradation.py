@@ -62,16 +62,25 @@ def downsample(images: np.ndarray, size: int) -> np.ndarray:
 
 
 class TrainError(keras.callbacks.Callback):
-    """The error on a fixed training subset (inference mode) after each Keras epoch.
+    """The error on a fixed training subset (inference mode) after each Keras epoch, or with
+    ``each_epoch=False`` once, when training ends (the last epoch's value, for one call).
 
     Direct model calls (`_common.direct_predict`): the same numbers as ``predict``, without
     tracing a predict function for a few calls."""
 
-    def __init__(self, x, y):
+    def __init__(self, x, y, each_epoch: bool = True):
         super().__init__()
-        self.x, self.y, self.errors = x, y, []
+        self.x, self.y, self.each_epoch, self.errors = x, y, each_epoch, []
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.each_epoch:
+            self._record()
+
+    def on_train_end(self, logs=None):
+        if not self.each_epoch:
+            self._record()
+
+    def _record(self):
         probs = _common.direct_predict(self.model, self.x)
         self.errors.append(float(np.mean(np.argmax(probs, axis=-1) != self.y)))
 

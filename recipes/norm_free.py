@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
             optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
             loss="sparse_categorical_crossentropy", metrics=["accuracy"]))
         start = at_init(model, x_batch, y_batch)
-        train_error = TrainError(x_sub, y_sub)
+        train_error = TrainError(x_sub, y_sub, each_epoch=False)  # the table shows the final error only
         callbacks = [train_error, *_common.training_callbacks(_common.run_dir(args, NAME, variant))]
         history = _common.train_for_steps(model, data, steps=steps, batch_size=args.batch_size,
                                           eval_every=eval_every, seed=args.seed, callbacks=callbacks, label=variant)
