@@ -26,8 +26,11 @@ from keras_bn import _arg_types as types
 from keras_bn._run_folders import new_invocation_dir
 from keras_bn._tables import format_table  # noqa: F401  (recipes call _common.format_table)
 from keras_bn.recipes._reuse import (  # noqa: F401  (recipes call _common.restart, ...)
+    ActivationSwitch,
     EagerValidation,
+    ShortcutGate,
     compiled_like,
+    copy_weights,
     direct_predict,
     initial_state,
     load_twin,

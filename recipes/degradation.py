@@ -121,12 +121,13 @@ def run(args: argparse.Namespace) -> dict:
     # plain net is the residual one with its shortcuts gated to zero, the same numbers.
     twins = {}
     for depth in depths:
-        twins[depth] = _common.twin_model(built[f"resnet{depth}"])
+        twins[depth] = _common.twin_model(built[f"resnet{depth}"], lambda layer: _common.ShortcutGate(name=layer.name)
+                                          if isinstance(layer, keras.layers.Add) else None)
         twins[depth].compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
                              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     results = {}
     for run_name, depth, residual in runs:
-        model = _common.load_twin(twins[depth], built[run_name], gate=1.0 if residual else 0.0)
+        model = _common.load_twin(twins[depth], built[run_name], "residual" if residual else "plain")
         grads_start = _common.kernel_gradient_norms(model, x_grad, y_grad)
         train_error = TrainError(x_sub, y_sub)
         callbacks = [train_error, *_common.training_callbacks(_common.run_dir(args, NAME, run_name))]
