@@ -183,12 +183,14 @@ def training_callbacks(path: Path, probe=None, every: int | None = None, *, fit_
 
 
 def train_for_steps(model: keras.Model, data, *, steps: int, batch_size: int, eval_every: int,
-                    seed: int, callbacks: Sequence = (), label: str = "") -> dict:
+                    seed: int, callbacks: Sequence = (), label: str = "", any_batch_size: bool = False) -> dict:
     """Fit `model` (compiled with an accuracy metric) for `steps` batches of a seeded shuffle.
 
     Each Keras "epoch" is `eval_every` steps, after which the test set is evaluated, so
     TensorBoard's epoch axis counts evaluations; `steps` is rounded down to a multiple of
-    `eval_every`. Training stops at a non-finite loss.
+    `eval_every`. Training stops at a non-finite loss. With `any_batch_size` the train step is
+    traced for batches of any size (the batches are the same), so that a later fit of `model`
+    at another batch size does not trace it again.
 
     Returns:
         ``{"step": [...], "loss": [...], "test_accuracy": [...], "seconds": float,
@@ -201,7 +203,7 @@ def train_for_steps(model: keras.Model, data, *, steps: int, batch_size: int, ev
     import tensorflow as tf
 
     dataset = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
-               .shuffle(len(data.x_train), seed=seed).repeat().batch(batch_size, drop_remainder=True))
+               .shuffle(len(data.x_train), seed=seed).repeat().batch(batch_size, drop_remainder=not any_batch_size))
     eval_every = min(eval_every, steps)
     ready_to_fit(model, data.x_train[:batch_size], data.y_train[:batch_size])
     if EagerValidation.applies_to(model):  # the same numbers, without tracing a test step
