@@ -149,6 +149,7 @@ def check_overfit(model_fn: Callable, x, y, n: int = 20, max_steps: int = 200, *
     model = compiled(make_model(model_fn), optimizer, loss)
     idx = np.random.default_rng(seed).choice(len(x), size=n, replace=False)
     xs, ys = x[idx], y[idx]
+    _build_for_fit(model, xs, ys)
     if model.losses:
         _warnings.warn(f"check_overfit: the model has {len(model.losses)} regularization losses; "
                        "the check assumes none.")
@@ -163,6 +164,14 @@ def check_overfit(model_fn: Callable, x, y, n: int = 20, max_steps: int = 200, *
             return OverfitResult(True, step, accuracy, float(logs["loss"]), n, max_steps)
     accuracy = None if key is None else float(logs[key])
     return OverfitResult(False, None, accuracy, float(logs["loss"]), n, max_steps)
+
+
+def _build_for_fit(model, x, y) -> None:
+    """The optimizer's slots and the metrics' variables now, from one batch: built inside the
+    first traced step instead, they make TensorFlow trace it twice (about 1 s per check)."""
+    from keras_bn import _keras_internals
+
+    _keras_internals.build_for_fit(model, x, y)
 
 
 def check_regularization_raises_loss(model_fn: Callable, x, y, l2: float = 1e-3,
@@ -277,6 +286,7 @@ def check_short_run(model_fn: Callable, x, y, epochs: int = 1, batch_size: int =
     batch_size = check_positive_int("batch_size", batch_size)
     model = compiled(make_model(model_fn), loss=loss)
     guard = LossGuard(factor, log_dir=log_dir)
+    _build_for_fit(model, x[:batch_size], y[:batch_size])
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[guard])
     initial = guard.initial_loss if guard.initial_loss is not None else float("nan")
     final = guard.last_loss if guard.last_loss is not None else float("nan")

@@ -26,12 +26,17 @@ from keras_bn import _arg_types as types
 from keras_bn._run_folders import new_invocation_dir
 from keras_bn._tables import format_table  # noqa: F401  (recipes call _common.format_table)
 from keras_bn.recipes._reuse import (  # noqa: F401  (recipes call _common.restart, ...)
+    ActivationSwitch,
     EagerValidation,
+    ShortcutGate,
     compiled_like,
+    copy_weights,
     direct_predict,
     initial_state,
+    load_twin,
     ready_to_fit,
     restart,
+    twin_model,
 )
 
 QUICK_TRAIN_SAMPLES = 2000
@@ -178,12 +183,14 @@ def training_callbacks(path: Path, probe=None, every: int | None = None, *, fit_
 
 
 def train_for_steps(model: keras.Model, data, *, steps: int, batch_size: int, eval_every: int,
-                    seed: int, callbacks: Sequence = (), label: str = "") -> dict:
+                    seed: int, callbacks: Sequence = (), label: str = "", any_batch_size: bool = False) -> dict:
     """Fit `model` (compiled with an accuracy metric) for `steps` batches of a seeded shuffle.
 
     Each Keras "epoch" is `eval_every` steps, after which the test set is evaluated, so
     TensorBoard's epoch axis counts evaluations; `steps` is rounded down to a multiple of
-    `eval_every`. Training stops at a non-finite loss.
+    `eval_every`. Training stops at a non-finite loss. With `any_batch_size` the train step is
+    traced for batches of any size (the batches are the same), so that a later fit of `model`
+    at another batch size does not trace it again.
 
     Returns:
         ``{"step": [...], "loss": [...], "test_accuracy": [...], "seconds": float,
@@ -196,7 +203,7 @@ def train_for_steps(model: keras.Model, data, *, steps: int, batch_size: int, ev
     import tensorflow as tf
 
     dataset = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
-               .shuffle(len(data.x_train), seed=seed).repeat().batch(batch_size, drop_remainder=True))
+               .shuffle(len(data.x_train), seed=seed).repeat().batch(batch_size, drop_remainder=not any_batch_size))
     eval_every = min(eval_every, steps)
     ready_to_fit(model, data.x_train[:batch_size], data.y_train[:batch_size])
     if EagerValidation.applies_to(model):  # the same numbers, without tracing a test step
@@ -258,18 +265,37 @@ def activation_stats(values: np.ndarray, family: str | None) -> dict:
 
 
 def kernel_gradient_norms(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict:
-    """The L2 norm of the loss gradient for each Dense/Conv kernel, on one batch in training mode.
+    """The L2 norm of the loss gradient for each Dense/Conv kernel, on one batch in training mode
+    (`training_pass`'s ``"grad_norms"``)."""
+    return training_pass(model, x, y)["grad_norms"]
+
+
+def training_pass(model: keras.Model, x: np.ndarray, y: np.ndarray, layer_names: Sequence[str] = ()) -> dict:
+    """One training-mode forward and backward pass of a Functional `model` on the batch `x`, `y`.
 
     The cross-entropy of the model's softmax output, as ``fit`` would use it; BatchNorm's
     moving statistics are restored afterwards, so the model is left as it was.
+
+    Returns:
+        ``{"loss": float, "grad_norms": {kernel layer: L2 norm of its kernel's gradient},
+        "outputs": {name: numpy output of each layer of `layer_names` in that pass}}``.
+
+    Example::
+
+        start = _common.training_pass(model, x[:32], y[:32], ["stage3_block3_out_relu"])
     """
     import tensorflow as tf
 
     layers = [layer for layer in model.layers if getattr(layer, "kernel", None) is not None]
+    names = list(layer_names)
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in names] + [model.output]) if names else model
     with kept_state(model), tf.GradientTape() as tape:
-        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x, training=True)))
+        outputs = probe(x, training=True)
+        outputs = list(outputs) if names else [outputs]
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, outputs[-1]))
     grads = tape.gradient(loss, [layer.kernel for layer in layers])
-    return {layer.name: float(tf.norm(g)) for layer, g in zip(layers, grads)}
+    return {"loss": float(loss), "grad_norms": {layer.name: float(tf.norm(g)) for layer, g in zip(layers, grads)},
+            "outputs": {n: keras.ops.convert_to_numpy(o) for n, o in zip(names, outputs)}}
 
 
 @contextlib.contextmanager

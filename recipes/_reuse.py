@@ -4,7 +4,9 @@ A new model's first ``fit`` traces its train and test steps (1-3 s of CPU each o
 more than a quick mode's training): `ready_to_fit` makes that one trace instead of two,
 `EagerValidation` replaces the traced test step by direct calls with the same numbers, and
 `initial_state` / `restart` / `compiled_like` train several settings of one architecture on
-one traced model. Recipes reach these through `keras_bn.recipes._common`.
+one traced model, and `twin_model` / `load_twin` train models that differ in one choice
+(a ResNet and its plain twin, one MLP with two activations) on one.
+Recipes reach these through `keras_bn.recipes._common`.
 
 Usage::
 
@@ -18,7 +20,8 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-__all__ = ["EagerValidation", "compiled_like", "direct_predict", "initial_state", "ready_to_fit", "restart"]
+__all__ = ["ActivationSwitch", "EagerValidation", "ShortcutGate", "compiled_like", "copy_weights", "direct_predict",
+           "initial_state", "load_twin", "ready_to_fit", "restart", "twin_model"]
 
 
 def direct_predict(model, x, batch_size: int = 500) -> np.ndarray:
@@ -128,3 +131,107 @@ def ready_to_fit(model: keras.Model, x, y) -> keras.Model:
 
     _keras_internals.build_for_fit(model, x, y)
     return model
+
+
+class _Switch(keras.layers.Layer):
+    """A layer computing one of its `choices`, picked by a non-trainable scalar (`select`), so
+    that models differing only in that choice train on one traced model (`twin_model`). The
+    picked computation is the same ops on the same values (``keras.ops.where``)."""
+
+    choices: tuple = ()
+
+    def build(self, input_shape):
+        self.index = self.add_weight(shape=(), initializer="zeros", trainable=False, name="choice")
+        super().build(input_shape)
+
+    def select(self, choice: str) -> None:
+        """Compute `choice` (one of `choices`) from now on."""
+        if choice not in self.choices:
+            raise ValueError(f"`choice` must be one of {list(self.choices)}. Received: choice={choice!r}")
+        self.index.assign(float(self.choices.index(choice)))
+
+
+class ShortcutGate(_Switch):
+    """For inputs ``[shortcut, branch]``: ``shortcut + branch`` (choice "residual", what
+    ``keras.layers.Add`` computes) or the branch alone (choice "plain": the plain twin's block;
+    the shortcut then gets a zero gradient).
+
+    Example::
+
+        y = ShortcutGate(name="stage1_block1_add")([shortcut, branch])
+    """
+
+    choices = ("plain", "residual")
+
+    def call(self, inputs):
+        shortcut, branch = inputs
+        return keras.ops.where(self.index > 0.5, shortcut + branch, branch)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[1]
+
+
+class ActivationSwitch(_Switch):
+    """One of the elementwise Keras activations `choices` (names such as "sigmoid", "relu").
+
+    Example::
+
+        y = ActivationSwitch(["sigmoid", "relu"], name="block1_act")(x)
+    """
+
+    def __init__(self, choices, **kwargs):
+        super().__init__(**kwargs)
+        self.choices = tuple(choices)
+        self._functions = [keras.activations.get(name) for name in self.choices]
+
+    def call(self, inputs):
+        out = self._functions[0](inputs)
+        for i, function in enumerate(self._functions[1:], start=1):
+            out = keras.ops.where(keras.ops.abs(self.index - i) < 0.5, function(inputs), out)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "choices": list(self.choices)}
+
+
+def twin_model(model: keras.Model, switch: Callable) -> keras.Model:
+    """A copy of the Functional `model` (new layers, the same weights) in which each layer for
+    which ``switch(layer)`` returns a `_Switch` layer is that layer: `load_twin` then trains every
+    model that differs from `model` only in those layers' choice on this one traced model.
+
+    Example::
+
+        twin = twin_model(resnet, lambda layer: ShortcutGate(name=layer.name)
+                          if isinstance(layer, keras.layers.Add) else None)
+    """
+    def clone(layer):
+        # zeros: the weights are copied next, and random initializers would move the global
+        # seed's stream, changing the initial weights of the models a recipe builds afterwards
+        config = {key: "zeros" if key.endswith("_initializer") else value for key, value in layer.get_config().items()}
+        return switch(layer) or layer.__class__.from_config(config)
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    copy_weights(model, twin)
+    return twin
+
+
+def load_twin(twin: keras.Model, built: keras.Model, choice: str) -> keras.Model:
+    """Put `built`'s weights into `twin` (see `twin_model`; layer by layer, by name) and make
+    every switch layer compute `choice`; a compiled `twin` also gets a fresh optimizer
+    (`restart`). `twin` then trains as `built` would. Returns `twin`."""
+    copy_weights(built, twin)
+    for layer in twin.layers:
+        if isinstance(layer, _Switch):
+            layer.select(choice)
+    return restart(twin, initial_state(twin)) if twin.compiled else twin
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Set the weights of each layer of `target` that has weights to those of the layer of
+    `source` with its name (trainable and not: BN's moving statistics too)."""
+    for layer in target.layers:
+        if layer.weights and not isinstance(layer, _Switch):
+            layer.set_weights(source.get_layer(layer.name).get_weights())

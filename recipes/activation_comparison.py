@@ -63,8 +63,12 @@ def hidden_stats(model, activation, x) -> dict:
     return {key: float(np.mean([s[key] for s in stats])) for key in ("dead", "saturated")}
 
 
-def run_one(args, data, activation: str, norm_key: str, units: int, epochs: int) -> dict:
-    """Build, measure at step 0, train and measure again one (activation, norm) pair."""
+def run_one(args, data, activation: str, norm_key: str, units: int, epochs: int, twins: dict) -> dict:
+    """Build, measure at step 0, train and measure again one (activation, norm) pair.
+
+    In quick mode the runs of one norm that differ only in an elementwise activation train on
+    one traced model (`_common.twin_model` with `ActivationSwitch` layers, kept in `twins`):
+    the same numbers; the measurements are taken on the built model, given the trained weights."""
     import keras
 
     import keras_bn
@@ -73,8 +77,7 @@ def run_one(args, data, activation: str, norm_key: str, units: int, epochs: int)
     diagnosed = not args.quick or run in HEALTHY or run in FAULTS
     model = keras_bn.build_dense((data.x_train.shape[1],), [units] * args.depth, data.num_classes,
                                  activation=activation, norm=NORMS[norm_key], name=run)
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),  # traced: eager costs 1.5x more at depth 8
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    trained = _trained_model(args, model, activation, norm_key, twins)
     grad_x, grad_y = data.x_train[:GRAD_BATCH], data.y_train[:GRAD_BATCH]
     norms_start = _common.kernel_gradient_norms(model, grad_x, grad_y)
     timer = _common.EpochTimer()
@@ -84,8 +87,10 @@ def run_one(args, data, activation: str, norm_key: str, units: int, epochs: int)
         callbacks += _common.training_callbacks(_common.run_dir(args, NAME, run),
                                                 probe=None if args.quick else data.x_test[:256],
                                                 fit_steps=steps_per_epoch)
-    history = _common.train_for_steps(model, data, steps=epochs * steps_per_epoch, batch_size=args.batch_size,
+    history = _common.train_for_steps(trained, data, steps=epochs * steps_per_epoch, batch_size=args.batch_size,
                                       eval_every=steps_per_epoch, seed=args.seed, callbacks=callbacks, label=run)
+    if trained is not model:
+        _common.copy_weights(trained, model)
     norms_end = _common.kernel_gradient_norms(model, grad_x, grad_y)
     hidden = [f"block{i}_dense" for i in range(1, args.depth + 1)]
     lag = (_findings.bn_lag(model, data.x_test[:256], data.y_test[:256], len(history["loss"]) * steps_per_epoch)
@@ -102,6 +107,29 @@ def run_one(args, data, activation: str, norm_key: str, units: int, epochs: int)
     }
 
 
+SWITCHABLE = ("sigmoid", "tanh", "relu", "elu", "selu", "gelu")  # one keras.layers.Activation, no weights
+
+
+def _trained_model(args, model, activation: str, norm_key: str, twins: dict):
+    """The compiled model that trains `model`: `model` itself, or in quick mode the `twins`
+    model of its norm (built from the first such run), loaded with `model`'s weights."""
+    import keras
+
+    def compile_(m):
+        m.compile(optimizer=keras.optimizers.Adam(args.learning_rate),  # traced: eager costs 1.5x more at depth 8
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return m
+
+    choices = [a for a in (args.activations or QUICK_ACTIVATIONS) if a in SWITCHABLE]
+    if not (args.quick and activation in choices and len(choices) > 1):
+        return compile_(model)
+    if norm_key not in twins:
+        names = set(_common.activation_layer_names(model, activation))
+        twins[norm_key] = compile_(_common.twin_model(model, lambda layer: _common.ActivationSwitch(
+            choices, name=layer.name) if layer.name in names else None))
+    return _common.load_twin(twins[norm_key], model, activation)
+
+
 def run(args: argparse.Namespace) -> dict:
     data = _common.load_data(args, flatten=True)
     units = args.units or (32 if args.quick else 128)
@@ -109,7 +137,8 @@ def run(args: argparse.Namespace) -> dict:
     activations = args.activations or (QUICK_ACTIVATIONS if args.quick else ACTIVATIONS)
     print(f"training {args.depth} x {units} MLPs, {len(activations)} activations x {len(NORMS)}, "
           f"Adam lr {args.learning_rate}, {epochs} epoch(s) on {len(data.x_train)} images")
-    results = {(act, norm): run_one(args, data, act, norm, units, epochs)
+    twins = {}
+    results = {(act, norm): run_one(args, data, act, norm, units, epochs, twins)
                for act in activations for norm in NORMS}
     columns = ["activation", "norm", "grad 1st/last (step 0)", "grad 1st/last (end)", "dead units",
                "saturated", "test acc", "s/epoch"]

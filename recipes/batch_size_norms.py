@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"small CNN {args.filters}, Adam lr {args.learning_rate}, {examples} examples per run, "
           f"batch sizes {args.batch_sizes}, norms {args.norms}")
     quick_grid = args.quick and args.batch_sizes == list(QUICK_BATCH_SIZES) and args.norms == list(QUICK_NORMS)
-    results = {}
+    results, compiled = {}, {}  # compiled: norm -> the model every batch size of it trains on (one trace)
     for norm in args.norms:
         norm_kwargs = {"groups": args.groups} if norm == "group" else None
         for batch_size in args.batch_sizes:
@@ -104,14 +104,16 @@ def run(args: argparse.Namespace) -> dict:
             _common.set_seed(args.seed)  # same initial weights for every batch size
             model = keras_bn.build_conv(data.x_train.shape[1:], args.filters, data.num_classes,
                                         norm=NORMS[norm], norm_kwargs=norm_kwargs, name=f"cnn_{norm}")
-            model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
-                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            model = _common.compiled_like(compiled, norm, model, lambda m: m.compile(
+                optimizer=keras.optimizers.Adam(args.learning_rate),
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"]))
             run_name = f"{norm}_batch{batch_size}"
             steps = max(1, examples // batch_size)
             callbacks = _common.training_callbacks(_common.run_dir(args, NAME, run_name),
                                                    probe=_common.full_mode_probe(args, data), fit_steps=steps)
             history = _common.train_for_steps(model, data, steps=steps, batch_size=batch_size, eval_every=steps,
-                                              seed=args.seed, callbacks=callbacks, label=run_name)
+                                              seed=args.seed, callbacks=callbacks, label=run_name,
+                                              any_batch_size=True)
             result = {"test_accuracy": history["test_accuracy"][-1], "steps": steps, "seconds": history["seconds"]}
             if norm == "batch":
                 result.update(bn_mode_gap(model, data.x_test[:gap_samples], data.y_test[:gap_samples], batch_size))

@@ -62,16 +62,25 @@ def downsample(images: np.ndarray, size: int) -> np.ndarray:
 
 
 class TrainError(keras.callbacks.Callback):
-    """The error on a fixed training subset (inference mode) after each Keras epoch.
+    """The error on a fixed training subset (inference mode) after each Keras epoch, or with
+    ``each_epoch=False`` once, when training ends (the last epoch's value, for one call).
 
     Direct model calls (`_common.direct_predict`): the same numbers as ``predict``, without
     tracing a predict function for a few calls."""
 
-    def __init__(self, x, y):
+    def __init__(self, x, y, each_epoch: bool = True):
         super().__init__()
-        self.x, self.y, self.errors = x, y, []
+        self.x, self.y, self.each_epoch, self.errors = x, y, each_epoch, []
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.each_epoch:
+            self._record()
+
+    def on_train_end(self, logs=None):
+        if not self.each_epoch:
+            self._record()
+
+    def _record(self):
         probs = _common.direct_predict(self.model, self.x)
         self.errors.append(float(np.mean(np.argmax(probs, axis=-1) != self.y)))
 
@@ -105,12 +114,20 @@ def run(args: argparse.Namespace) -> dict:
     runs = [(f"{'resnet' if residual else 'plain'}{d}", d, residual) for residual in (False, True) for d in depths]
     print(f"training {', '.join(r for r, _, _ in runs)} (widths {widths}, {size}x{size} images) for {steps} steps "
           f"each on {len(data.x_train)} images")
+    built = {run_name: keras_bn.build_resnet(data.x_train.shape[1:], depth, data.num_classes, widths=widths,
+                                             residual=residual, norm_kwargs={"momentum": BN_MOMENTUM}, name=run_name)
+             for run_name, depth, residual in runs}
+    # Each depth's plain and residual nets train on one traced model (`_common.twin_model`): the
+    # plain net is the residual one with its shortcuts gated to zero, the same numbers.
+    twins = {}
+    for depth in depths:
+        twins[depth] = _common.twin_model(built[f"resnet{depth}"], lambda layer: _common.ShortcutGate(name=layer.name)
+                                          if isinstance(layer, keras.layers.Add) else None)
+        twins[depth].compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
+                             loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     results = {}
     for run_name, depth, residual in runs:
-        model = keras_bn.build_resnet(data.x_train.shape[1:], depth, data.num_classes, widths=widths,
-                                      residual=residual, norm_kwargs={"momentum": BN_MOMENTUM}, name=run_name)
-        model.compile(optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model = _common.load_twin(twins[depth], built[run_name], "residual" if residual else "plain")
         grads_start = _common.kernel_gradient_norms(model, x_grad, y_grad)
         train_error = TrainError(x_sub, y_sub)
         callbacks = [train_error, *_common.training_callbacks(_common.run_dir(args, NAME, run_name))]
@@ -121,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
         history["grads_start"] = grad_norm_summary(grads_start)
         history["grads_end"] = grad_norm_summary(_common.kernel_gradient_norms(model, x_grad, y_grad))
         history["response_std"] = block_response_std(model, data.x_test[:500])
-        history["params"] = model.count_params()
+        history["params"] = built[run_name].count_params()
         results[run_name] = history
 
     rows = [[run, r["params"], r["train_error"][-1], r["loss"][-1], r["test_accuracy"][-1],

@@ -268,3 +268,36 @@ def test_eager_validation_gives_the_numbers_of_validation_data():
     np.testing.assert_allclose(got["val_accuracy"], want["val_accuracy"], rtol=0, atol=1e-7)
     eager_way.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     assert not _common.EagerValidation.applies_to(eager_way)  # logits: train_for_steps uses validation_data
+
+
+def test_training_pass_gives_numpy_loss_tape_gradients_and_layer_outputs():
+    """`_common.training_pass` (one training-mode pass: norm_free's numbers at init) against
+    NumPy's cross-entropy and first-layer output and a separate GradientTape; BN's moving
+    statistics are left as they were."""
+    import keras
+    import tensorflow as tf
+
+    from keras_bn.recipes import _common
+
+    model = _small_classifier()
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((16, 6)).astype("float32"), (np.arange(16) % 3).astype("int32")
+    first = next(layer for layer in model.layers if getattr(layer, "kernel", None) is not None)
+    moving = [v.numpy().copy() for v in model.non_trainable_variables]
+    got = _common.training_pass(model, x, y, [first.name])
+    for before, variable in zip(moving, model.non_trainable_variables):
+        np.testing.assert_array_equal(variable.numpy(), before)
+    kernels = [layer for layer in model.layers if getattr(layer, "kernel", None) is not None]
+    with tf.GradientTape() as tape:
+        probs = model(x, training=True)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probs))
+    grads = tape.gradient(loss, [layer.kernel for layer in kernels])
+    want = {layer.name: np.linalg.norm(g.numpy()) for layer, g in zip(kernels, grads)}
+    p = probs.numpy().astype("float64")
+    assert got["loss"] == pytest.approx(-np.mean(np.log(p[np.arange(16), y])), rel=1e-5)
+    assert got["grad_norms"].keys() == want.keys() and all(v > 0 for v in want.values())
+    for name, norm in want.items():
+        assert got["grad_norms"][name] == pytest.approx(norm, rel=1e-5)
+    dense = x @ first.kernel.numpy() + (first.bias.numpy() if first.bias is not None else 0)
+    np.testing.assert_allclose(got["outputs"][first.name], dense, rtol=1e-5, atol=1e-6)
+    assert _common.kernel_gradient_norms(model, x, y) == pytest.approx(got["grad_norms"], rel=1e-6)

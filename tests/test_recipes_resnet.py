@@ -47,7 +47,7 @@ def test_norm_free_shows_why_default_init_fails(tmp_path, capsys):
     assert results["text"] in out and "NOT" not in results["text"]
     assert list(init) == ["bn", "default", "zero_init", "fixup"]
     # Without a norm, every He-initialized block adds its branch to the sum, so the signal grows
-    # block after block (9 blocks here), while zero-init and Fixup blocks start as identities.
+    # block after block (6 blocks here), while zero-init and Fixup blocks start as identities.
     assert init["default"]["last_block_std"] > 2 * init["zero_init"]["last_block_std"]
     assert init["default"]["last_block_std"] > 2 * init["fixup"]["last_block_std"]
     assert abs(init["fixup"]["loss"] - math.log(10)) < 1e-5  # zero classifier: a uniform softmax

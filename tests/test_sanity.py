@@ -218,3 +218,26 @@ def test_loss_guard_survives_an_unwritable_log_dir(tmp_path):
     with pytest.warns(RuntimeWarning, match="could not write"):
         hot_mlp().fit(x[:640], y[:640], epochs=1, batch_size=64, callbacks=[guard], verbose=0)
     assert guard.stopped
+
+
+def test_overfit_and_short_run_trace_their_train_step_once():
+    """The checks build the optimizer's and metrics' variables from one batch before training
+    (`_keras_internals.build_for_fit`), so TensorFlow traces each check's train step once, not twice."""
+    x, y = small_data()
+    traces = []
+
+    def counted():
+        model = mlp()
+        step = model.train_step
+
+        def train_step(*args):  # a Python side effect: runs once per trace
+            traces.append(id(model))
+            return step(*args)
+
+        model.train_step = train_step
+        return model
+
+    assert sanity.check_overfit(counted, x, y, n=20, max_steps=3).steps is None  # 3 steps: too few to fit
+    assert sanity.check_short_run(counted, x[:256], y[:256], batch_size=64).initial_loss > 0
+    if keras.backend.backend() == "tensorflow":
+        assert len(traces) == 2 and len(set(traces)) == 2, traces
