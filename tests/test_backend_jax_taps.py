@@ -371,3 +371,27 @@ def test_the_preset_syncs_the_training_state_per_hook_not_per_step_and_reads_the
     scalars = keras_bn.events.read_run_details(str(tmp_path / "run" / "train")).scalars
     means = [tag for tag in scalars if tag.startswith("activation_mean/")]
     assert means and sorted(dict(scalars[means[0]].pairs())) == [16, 32, 48, 80]  # the probe read in every fit
+
+
+def test_the_taps_patch_only_while_jax_traces_the_step_and_the_norms_stay_those_of_jax_grad(tmp_path):
+    """No tap code runs in a step that does not trace: 5 steps of 4 and a last one of 2 samples
+    trace twice, so every tap patches twice; the last step (the retraced shape) is still measured."""
+    from keras_bn.callbacks._gradient_tap import GradientTap
+
+    x, y = data(22)
+    model = mlp(keras.optimizers.SGD(0.1))
+    _, final = sgd_steps(model, x[:20], y[:20], 4, 0.1, np.inf)
+    expected = jax_grads(model, final, x[20:], y[20:])
+    patches = []
+    original = GradientTap.patch
+    GradientTap.patch = lambda self: (patches.append(1), original(self))[1]
+    try:
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0,
+                  callbacks=kbc.diagnostics(str(tmp_path), every=100, figures=False))
+    finally:
+        GradientTap.patch = original
+    assert len(patches) == 2  # one per traced shape (4 and 2), not one per step (6)
+    assert model.optimizer.apply.__func__ is type(model.optimizer).apply  # nothing left patched
+    norms = layer_norms(model, expected)
+    for layer in LAYERS:
+        assert scalar_series(str(tmp_path / "train"), f"grad_norm/{layer}")[6] == pytest.approx(norms[layer], rel=1e-5)
