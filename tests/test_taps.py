@@ -165,7 +165,7 @@ def test_the_instrumented_step_is_traced_once_across_fits_and_new_callbacks(tmp_
         callbacks = kbc.diagnostics(str(tmp_path / f"run{run}"), every=2, figures=False)
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=callbacks)
     owner = StepTaps.of(model)
-    (keras_function, _), = owner._traced.values()
+    (keras_function, _, _), = owner._traced.values()
     assert owner.gradient_tap(model.optimizer).traced_records == 1  # one trace for three fits
     assert model.train_function is keras_function  # Keras' own function is back after each fit
     for run in range(3):
