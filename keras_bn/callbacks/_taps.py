@@ -183,15 +183,6 @@ class StepTaps:
         return self.shared(key, lambda: GradientTap(optimizer, variables),
                            lambda tap: tap.optimizer is optimizer and tap.same_setting())
 
-    def update_tap(self, optimizer):
-        """The update tap of `optimizer` on this model's trainable variables (JAX's UpdateRatio),
-        made once and shared like `gradient_tap`."""
-        from keras_bn.callbacks._update_tap import UpdateTap
-
-        variables = list(self._model().trainable_variables)
-        key = ("updates", id(optimizer), tuple(id(v) for v in variables))
-        return self.shared(key, lambda: UpdateTap(optimizer, variables), lambda tap: tap.optimizer is optimizer)
-
     def current_gradient_tap(self):
         """The gradient tap registered for the current fit, or None."""
         from keras_bn.callbacks._gradient_tap import GradientTap
