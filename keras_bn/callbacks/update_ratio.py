@@ -45,6 +45,13 @@ def _update_sumsq(before, after):
     return ops.stack(diff), ops.stack(base)
 
 
+def _copies(values):
+    """New device buffers holding `values` (compiled on JAX: one call, where eager copies of the
+    variables cost a dispatch each; the output is computed, so it never aliases an input that
+    Keras donates to the next step)."""
+    return [ops.add(v, ops.zeros((), v.dtype)) for v in values]
+
+
 def _compiled_update_sumsq():
     """`_update_sumsq` compiled for the backend (PyTorch: eager, its steps are too)."""
     if is_tensorflow():
@@ -83,12 +90,18 @@ class UpdateRatio(DiagnosticCallback):
         self._layer_names, self._groups = variable_groups(self.model)
         # One traced reduction per model and variable list, kept across fits and callbacks.
         self._reduce = self._taps.cached("update_ratio", self._weights, _compiled_update_sumsq)
+        if is_jax():
+            import jax
+
+            self._copy = self._taps.cached("update_ratio_copy", self._weights, lambda: jax.jit(_copies))
 
     def _detach(self):
         self._before = None
 
     def _snapshot(self):
-        if not is_tensorflow():  # a copy: torch updates the weights in place, JAX donates them
+        if is_jax():
+            return self._copy([v.value for v in self._weights])
+        if not is_tensorflow():  # a copy: torch updates the weights in place
             return [ops.copy(ops.stop_gradient(v.value)) for v in self._weights]
         import tensorflow as tf
 
