@@ -16,8 +16,8 @@ Usage::
     python benchmarks/bench_jax.py --windows 30    # 30 rounds of 100-step windows (below)
 
 ``--windows N``: one model per configuration, N rounds of short fits (150 steps each, the
-configurations alternating within a round, so a load change of the shared machine hits the
-neighbours alike); each fit times its batches 20-120, 100 steps holding exactly one read of
+configurations alternating within a round, in a rotating order, so a load change of the shared
+machine hits the neighbours alike; the preset without figures); each fit times its batches 20-120, 100 steps holding exactly one read of
 every callback (``every=100``); the ratios are medians of the per-round ratios to ``bare``.
 No epoch end and no compilation in the window: the steady per-step cost of a long epoch.
 """
@@ -60,11 +60,11 @@ class EpochTimer(keras.callbacks.Callback):
         self.times.append(tuple(clock() - start for clock, start in zip(self.clocks, self._start)))
 
 
-def make_callbacks(config: str, log_dir: str, probe) -> list:
+def make_callbacks(config: str, log_dir: str, probe, figures: bool = True) -> list:
     if config in ("bare", "bare_again"):
         return []
     if config == "preset":
-        return kbc.diagnostics(log_dir, probe=probe)  # default cadence (every 100 steps)
+        return kbc.diagnostics(log_dir, probe=probe, figures=figures)  # default cadence (every 100 steps)
     if config == "grad_norms_every_100":
         return [kbc.GradientNorms(log_dir, every=100, figures=False)]
     raise ValueError(f"`config` must be one of: {', '.join(map(repr, CONFIGS))}. Received: config={config!r}")
@@ -104,9 +104,12 @@ def window_times(rounds: int, probe) -> dict:
             keras.utils.set_random_seed(0)
             model = keras_bn.build_dense((784,), [32, 32], 10)
             model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-            runs[config] = (model, make_callbacks(config, os.path.join(log_dir, config), probe) + [Window()])
+            # No figures: drawn at train end on a background thread, they would land in the next
+            # fit's window (in a long epoch they are drawn at most once a minute, at an epoch end).
+            callbacks = make_callbacks(config, os.path.join(log_dir, config), probe, figures=False)
+            runs[config] = (model, callbacks + [Window()])
         for repeat in range(rounds + 1):  # round 0 compiles
-            for config in (CONFIGS if repeat % 2 else CONFIGS[::-1]):
+            for config in CONFIGS[repeat % len(CONFIGS):] + CONFIGS[: repeat % len(CONFIGS)]:
                 model, callbacks = runs[config]
                 model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=callbacks)
                 if repeat == 0:
