@@ -432,3 +432,16 @@ def test_keras_dispatches_batch_ends_asynchronously_with_the_preset(tmp_path):
         callbacks = kbc.diagnostics(str(tmp_path), probe=x[:8], every=2, figures=False) + extra + [probe]
         model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
         assert (threading.get_ident() not in probe.threads) is asynchronous, extra
+
+
+def test_the_fused_per_variable_sums_of_squares_equal_numpy():
+    """JAX sums every gradient's squares in one reduction (rows of 128, then a segment sum)."""
+    from keras_bn.callbacks._gradient_tap import _sumsq_per_variable
+
+    rng = np.random.default_rng(5)
+    shapes = {0: (), 1: (3, 5), 2: (128,), 4: (129, 7), 5: (0, 4), 6: (2, 3, 300)}
+    values = {i: (rng.normal(size=shape) * 10.0 ** (i - 3)).astype("float32") for i, shape in shapes.items()}
+    got = np.asarray(_sumsq_per_variable({i: keras.ops.convert_to_tensor(v) for i, v in values.items()}, 8))
+    want = [np.sum(values[i].astype(np.float64) ** 2) if i in values else 0.0 for i in range(8)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[3] == got[7] == 0.0  # no gradient for those variables
