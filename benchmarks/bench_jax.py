@@ -3,14 +3,23 @@
 Sets ``KERAS_BACKEND=jax`` itself (before Keras is imported). Alternates the configurations
 within each repeat (so the load of other processes hits all of them alike), builds a fresh
 model per run and times its second epoch (the first includes the jit compilation); the
-callbacks' epoch-end work is inside the timed epoch. ``bare_again`` is an A/A control: its
-ratio to ``bare`` shows the noise of the machine. Target: preset <= 1.05x (issue 22).
+callbacks' epoch-end work is inside the timed epoch. Three clocks: wall, the process' CPU
+(all threads: XLA's and Keras' callback worker too) and the main thread's CPU (Python, the
+hooks, the dispatch). ``bare_again`` is an A/A control: its ratio to ``bare`` shows the noise
+of the machine. Target: preset <= 1.05x (issue 22).
 
 Usage::
 
     python benchmarks/bench_jax.py                 # 5 alternating repeats: 4-8 minutes
     python benchmarks/bench_jax.py --quick         # smoke run
     python benchmarks/bench_jax.py --probe         # the preset with a 256-sample probe too
+    python benchmarks/bench_jax.py --windows 30    # 30 rounds of 100-step windows (below)
+
+``--windows N``: one model per configuration, N rounds of short fits (150 steps each, the
+configurations alternating within a round, in a rotating order, so a load change of the shared
+machine hits the neighbours alike; the preset without figures); each fit times its batches 20-120, 100 steps holding exactly one read of
+every callback (``every=100``); the ratios are medians of the per-round ratios to ``bare``.
+No epoch end and no compilation in the window: the steady per-step cost of a long epoch.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,7 +37,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_diagnostics import EpochTimer  # noqa: E402
 
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
@@ -35,11 +44,27 @@ from keras_bn import callbacks as kbc  # noqa: E402
 CONFIGS = ("bare", "bare_again", "preset", "grad_norms_every_100")
 
 
-def make_callbacks(config: str, log_dir: str, probe) -> list:
+class EpochTimer(keras.callbacks.Callback):
+    """Wall, process CPU and main-thread CPU of each epoch, up to every other callback's epoch end."""
+
+    clocks = (time.perf_counter, time.process_time, time.thread_time)
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = [clock() for clock in self.clocks]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(tuple(clock() - start for clock, start in zip(self.clocks, self._start)))
+
+
+def make_callbacks(config: str, log_dir: str, probe, figures: bool = True) -> list:
     if config in ("bare", "bare_again"):
         return []
     if config == "preset":
-        return kbc.diagnostics(log_dir, probe=probe)  # default cadence (every 100 steps)
+        return kbc.diagnostics(log_dir, probe=probe, figures=figures)  # default cadence (every 100 steps)
     if config == "grad_norms_every_100":
         return [kbc.GradientNorms(log_dir, every=100, figures=False)]
     raise ValueError(f"`config` must be one of: {', '.join(map(repr, CONFIGS))}. Received: config={config!r}")
@@ -56,12 +81,69 @@ def epoch_time(x, y, config: str, probe, batch_size: int = 32) -> tuple:
     return timer.times[-1]
 
 
+class Window(keras.callbacks.Callback):
+    """The three clocks over batches [20, 120) of each fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 20:
+            self._start = [clock() for clock in EpochTimer.clocks]
+        elif batch == 120:
+            self.times.append(tuple(clock() - start for clock, start in zip(EpochTimer.clocks, self._start)))
+
+
+def window_times(rounds: int, probe) -> dict:
+    rng = np.random.default_rng(0)
+    x, y = rng.random((150 * 32, 784), dtype=np.float32), rng.integers(0, 10, 150 * 32)
+    runs = {}
+    with tempfile.TemporaryDirectory() as log_dir:
+        for config in CONFIGS:
+            keras.utils.set_random_seed(0)
+            model = keras_bn.build_dense((784,), [32, 32], 10)
+            model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+            # No figures: drawn at train end on a background thread, they would land in the next
+            # fit's window (in a long epoch they are drawn at most once a minute, at an epoch end).
+            callbacks = make_callbacks(config, os.path.join(log_dir, config), probe, figures=False)
+            runs[config] = (model, callbacks + [Window()])
+        for repeat in range(rounds + 1):  # round 0 compiles
+            for config in CONFIGS[repeat % len(CONFIGS):] + CONFIGS[: repeat % len(CONFIGS)]:
+                model, callbacks = runs[config]
+                model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=callbacks)
+                if repeat == 0:
+                    callbacks[-1].times.clear()
+    return {config: callbacks[-1].times for config, (_, callbacks) in runs.items()}
+
+
+def report(times: dict, steps: int) -> None:
+    print("\nMLP 784-32-32-10, ms per step (median): " + "; ".join(
+        f"{config} " + "/".join(f"{1000 * statistics.median(t[i] for t in times[config]) / steps:.3f}" for i in range(3))
+        for config in CONFIGS) + "  (wall/process CPU/main-thread CPU)")
+    for config in CONFIGS[1:]:
+        row = []
+        for kind, index in (("wall", 0), ("cpu", 1), ("main", 2)):
+            per_repeat = [t[index] / b[index] for t, b in zip(times[config], times["bare"])]
+            row.append(f"{kind} {statistics.median(per_repeat):.3f}x ({' '.join(f'{r:.2f}' for r in per_repeat[:10])}"
+                       f"{' ...' if len(per_repeat) > 10 else ''})")
+        print(f"  {config:22s} " + "   ".join(row))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6400 samples, 1 repeat (smoke run)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--probe", action="store_true", help="give the preset a 256-sample probe")
+    parser.add_argument("--windows", type=int, default=0, metavar="N",
+                        help="N rounds of 100-step windows instead of whole epochs")
     args = parser.parse_args(argv)
+    if args.windows:
+        probe = np.random.default_rng(1).random((256, 784), dtype=np.float32) if args.probe else None
+        print(f"keras {keras.__version__} on {keras.backend.backend()}, random data, batch 32, "
+              f"{args.windows} rounds of 100-step windows", flush=True)
+        report(window_times(args.windows, probe), 100)
+        return
     repeats = args.repeats or (1 if args.quick else 5)
     rng = np.random.default_rng(0)
     n = 6400 if args.quick else 60000
@@ -77,15 +159,7 @@ def main(argv=None) -> None:
         for config in order:
             times[config].append(epoch_time(x, y, config, probe))
         print(f"  repeat {repeat + 1}/{repeats} done", flush=True)
-    bare = statistics.median(w for w, _ in times["bare"])
-    print(f"\nMLP 784-32-32-10: bare epoch median {bare:.2f} s ({1000 * bare / (n // 32):.3f} ms/step)")
-    for config in CONFIGS[1:]:
-        row = []
-        for kind, index in (("wall", 0), ("cpu", 1)):  # cpu: the process' CPU time, all its threads
-            per_repeat = [t[index] / b[index] for t, b in zip(times[config], times["bare"])]
-            row.append(f"{kind} {statistics.median(per_repeat):.3f}x ({' '.join(f'{r:.2f}' for r in per_repeat)})")
-        print(f"  {config:22s} " + "   ".join(row))
-
+    report(times, n // 32)
 
 if __name__ == "__main__":
     main()

@@ -191,22 +191,31 @@ def test_observing_leaves_a_learning_rate_schedule_and_the_weights_unchanged(tmp
         np.testing.assert_array_equal(got, want)
     assert float(np.asarray(observed.optimizer.learning_rate)) == pytest.approx(0.2 * 0.5 ** 8)
     run = str(tmp_path / "train")
-    assert sorted(scalar_series(run, "update_ratio/logits")) == [2, 4, 6, 8]
+    assert sorted(scalar_series(run, "update_ratio/logits")) == [3, 7]  # the step after each log, as on TensorFlow
     assert scalar_series(run, "epoch_learning_rate") == pytest.approx({0: 0.2 * 0.5 ** 4, 1: 0.2 * 0.5 ** 8})
 
 
-def test_update_ratio_is_the_last_steps_weight_change(tmp_path):
+def test_update_ratio_is_the_weight_change_of_the_step_after_the_log(tmp_path):
     x, y = data(8)
     model = mlp(keras.optimizers.SGD(0.3))
-    grads = jax_grads(model, weights_of(model), x, y)
-    before = weights_of(model)
-    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
-              callbacks=[kbc.UpdateRatio(str(tmp_path), every=1)])
-    got = scalar_series(str(tmp_path / "train"), "update_ratio/logits")[1]
+    first = weights_of(model)
+    after_first = [w - 0.3 * g for w, g in zip(first, jax_grads(model, first, x, y))]
+    grads = jax_grads(model, after_first, x, y)
+    state = []  # nothing of the update ratio rides in the jitted step's state
+
+    class OptimizerState(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            state.append(sorted(v.name for v in self.model.optimizer.variables if v.name.startswith("keras_bn")))
+
+    model.fit(np.concatenate([x, x]), np.concatenate([y, y]), batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[kbc.UpdateRatio(str(tmp_path), every=1), OptimizerState()])
+    assert state == [[], []]
+    series = scalar_series(str(tmp_path / "train"), "update_ratio/logits")
+    assert sorted(series) == [2]  # logged at step 1, measured over step 2 (no step after the last one)
     kernel, bias = [i for i, v in enumerate(model.trainable_variables) if v.path.startswith("logits")]
     update = np.sqrt(sum(np.sum((0.3 * grads[i]) ** 2) for i in (kernel, bias)))
-    weight = np.sqrt(sum(np.sum(before[i].astype(np.float64) ** 2) for i in (kernel, bias)))
-    assert got == pytest.approx(update / weight, rel=1e-4)
+    weight = np.sqrt(sum(np.sum(after_first[i].astype(np.float64) ** 2) for i in (kernel, bias)))
+    assert series[2] == pytest.approx(update / weight, rel=1e-4)
 
 
 def test_record_gradients_in_a_jitted_jax_grad_loop(tmp_path):
@@ -371,3 +380,68 @@ def test_the_preset_syncs_the_training_state_per_hook_not_per_step_and_reads_the
     scalars = keras_bn.events.read_run_details(str(tmp_path / "run" / "train")).scalars
     means = [tag for tag in scalars if tag.startswith("activation_mean/")]
     assert means and sorted(dict(scalars[means[0]].pairs())) == [16, 32, 48, 80]  # the probe read in every fit
+
+
+def test_the_taps_patch_only_while_jax_traces_the_step_and_the_norms_stay_those_of_jax_grad(tmp_path):
+    """No tap code runs in a step that does not trace: 5 steps of 4 and a last one of 2 samples
+    trace twice, so every tap patches twice; the last step (the retraced shape) is still measured."""
+    from keras_bn.callbacks._gradient_tap import GradientTap
+
+    x, y = data(22)
+    model = mlp(keras.optimizers.SGD(0.1))
+    _, final = sgd_steps(model, x[:20], y[:20], 4, 0.1, np.inf)
+    expected = jax_grads(model, final, x[20:], y[20:])
+    patches = []
+    original = GradientTap.patch
+    GradientTap.patch = lambda self: (patches.append(1), original(self))[1]
+    try:
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0,
+                  callbacks=kbc.diagnostics(str(tmp_path), every=100, figures=False))
+    finally:
+        GradientTap.patch = original
+    assert len(patches) == 2  # one per traced shape (4 and 2), not one per step (6)
+    assert model.optimizer.apply.__func__ is type(model.optimizer).apply  # nothing left patched
+    norms = layer_norms(model, expected)
+    for layer in LAYERS:
+        assert scalar_series(str(tmp_path / "train"), f"grad_norm/{layer}")[6] == pytest.approx(norms[layer], rel=1e-5)
+
+
+def test_keras_dispatches_batch_ends_asynchronously_with_the_preset(tmp_path):
+    """JAX dispatches the next batch while callbacks' batch ends run on a worker thread, unless a
+    callback overrides a batch-end hook: none of the preset's may (the control below does)."""
+    import threading
+
+    class BatchEndThread(keras.callbacks.Callback):
+        async_safe = True  # itself no reason to turn asynchronous dispatch off
+
+        def __init__(self):
+            super().__init__()
+            self.threads = set()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.threads.add(threading.get_ident())
+
+    class SyncBatchEnd(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    x, y = data(32)
+    model = mlp(keras.optimizers.SGD(0.1))
+    for extra, asynchronous in (([], True), ([SyncBatchEnd()], False)):
+        probe = BatchEndThread()
+        callbacks = kbc.diagnostics(str(tmp_path), probe=x[:8], every=2, figures=False) + extra + [probe]
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
+        assert (threading.get_ident() not in probe.threads) is asynchronous, extra
+
+
+def test_the_fused_per_variable_sums_of_squares_equal_numpy():
+    """JAX sums every gradient's squares in one reduction (rows of 128, then a segment sum)."""
+    from keras_bn.callbacks._gradient_tap import _sumsq_per_variable
+
+    rng = np.random.default_rng(5)
+    shapes = {0: (), 1: (3, 5), 2: (128,), 4: (129, 7), 5: (0, 4), 6: (2, 3, 300)}
+    values = {i: (rng.normal(size=shape) * 10.0 ** (i - 3)).astype("float32") for i, shape in shapes.items()}
+    got = np.asarray(_sumsq_per_variable({i: keras.ops.convert_to_tensor(v) for i, v in values.items()}, 8))
+    want = [np.sum(values[i].astype(np.float64) ** 2) if i in values else 0.0 for i in range(8)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[3] == got[7] == 0.0  # no gradient for those variables

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_bn import _keras_internals as internals
@@ -64,6 +65,33 @@ def _values(grad):
 
 def _sumsq(values):
     return ops.sum(ops.square(ops.cast(values, "float32")))
+
+
+_ROW = 128  # the row length of the fused per-variable sums (JAX)
+
+
+def _sumsq_per_variable(values: dict, size: int):
+    """``[sum(values[i] ** 2) for i in range(size)]`` (0 where `values` has no entry i), float32.
+
+    On JAX, where XLA fuses it, as one reduction: every gradient flattened, zero-padded to whole
+    rows of `_ROW`, the rows concatenated and summed, then each row's sum added to its
+    variable's (``segment_sum``). One reduction per variable instead costs one more XLA kernel
+    each, at every step. Elsewhere (TensorFlow's graph, PyTorch's eager steps would copy the
+    concatenation) and for shapes only known when the step runs: one reduction per variable."""
+    static = all(all(isinstance(d, int) for d in v.shape) for v in values.values())
+    if not is_jax() or not static or not values:
+        zero = ops.zeros((), "float32")
+        return ops.stack([_sumsq(values[i]) if i in values else zero for i in range(size)])
+    rows, segments = [], []
+    for index, value in values.items():
+        flat = ops.reshape(ops.cast(value, "float32"), [-1])
+        count = -(-int(flat.shape[0]) // _ROW)
+        if count * _ROW != flat.shape[0]:
+            flat = ops.pad(flat, [[0, count * _ROW - int(flat.shape[0])]])
+        rows.append(ops.reshape(flat, [count, _ROW]))
+        segments.extend([index] * count)
+    row_sums = ops.sum(ops.square(ops.concatenate(rows, axis=0)), axis=1)
+    return ops.segment_sum(row_sums, np.asarray(segments, np.int32), num_segments=size)
 
 
 class GradientTap:
@@ -99,14 +127,12 @@ class GradientTap:
                 self._position.setdefault(id(getattr(v, "value", v)), i)  # the tf.Variable under a Keras one
         size = self._size = len(variables)
         self.state = state = TapState(self.strategy)
-        self.preclip_sumsq = state.floats("keras_bn_preclip_sumsq", [size])
-        self.applied_sumsq = self.preclip_sumsq
-        if self.clipping != "none" and self.preclip_known:
-            self.applied_sumsq = state.floats("keras_bn_applied_sumsq", [size])
-        self.peak_sumsq = state.floats("keras_bn_peak_sumsq", [])
-        self.clipped_steps = state.counter("keras_bn_clipped_steps")
-        self.nonfinite_steps = state.counter("keras_bn_nonfinite_steps")
-        self.fired_steps = state.counter("keras_bn_fired_steps")
+        # Two arrays in all (on JAX each one is jit input and output at every step): the floats
+        # [pre-clip sums | applied sums, when clipping is measured | peak] and the counts
+        # [clipped, non-finite, fired].
+        self._separate_applied = self.clipping != "none" and self.preclip_known
+        self.sums = state.floats("keras_bn_gradient_sums", [size * (2 if self._separate_applied else 1) + 1])
+        self.counts = state.counters("keras_bn_gradient_counts", 3)
         self._undo = None
         self.traced_records = 0
         if self.strategy is not None and hook is None and not internals.has_aggregation_point(optimizer):
@@ -172,32 +198,33 @@ class GradientTap:
         `already_clipped`: the gradients are the applied ones (Keras' per-replica clipping)."""
         if keras.backend.backend() != "torch":  # torch.compile would guard on (and recompile for) it
             self.traced_records += 1  # Python runs this only while a step is traced
-        zero = ops.zeros((), "float32")
-        sumsq = [zero] * self._size
-        clip_values = []
+        seen, clip_values = {}, []
         for order, (grad, variable) in enumerate(zip(grads, variables)):
             index = self._index(variable, order)
             if grad is None or index is None:
                 continue
-            sumsq[index] = _sumsq(_values(grad))
+            seen[index] = _values(grad)
             if self.clipping == "value":
                 clip_values.append((index, grad))
-        sumsq = ops.stack(sumsq)
+        sumsq = _sumsq_per_variable(seen, self._size)
         scale = getattr(self.optimizer, "loss_scale_factor", None) if unscale else None
         if scale is not None:
             sumsq = sumsq / float(scale) ** 2
         global_sumsq = ops.sum(sumsq)
-        self.preclip_sumsq.assign(sumsq)
-        applied_global = global_sumsq
+        parts, applied_global = [sumsq], global_sumsq
+        clipped = ops.convert_to_tensor(False)
         if self.clipping != "none" and not already_clipped:
             applied, clipped = self._applied(sumsq, global_sumsq, clip_values)
-            self.applied_sumsq.assign(applied)
+            # Without a separate slot (a replica's share, no aggregation point) the applied sums.
+            parts = [sumsq, applied] if self._separate_applied else [applied]
             applied_global = ops.sum(applied)
-            self.clipped_steps.assign_add(ops.cast(clipped, self.clipped_steps.dtype))
-        peak = ops.convert_to_tensor(self.peak_sumsq)
-        self.peak_sumsq.assign(ops.where(ops.isfinite(applied_global), ops.maximum(peak, applied_global), peak))
-        self.nonfinite_steps.assign_add(ops.cast(ops.logical_not(ops.isfinite(global_sumsq)), self.nonfinite_steps.dtype))
-        self.fired_steps.assign_add(ops.ones((), self.fired_steps.dtype))
+        peak = ops.convert_to_tensor(self.sums)[-1]
+        peak = ops.where(ops.isfinite(applied_global), ops.maximum(peak, applied_global), peak)
+        self.sums.assign(ops.concatenate(parts + [ops.reshape(peak, [1])]))
+        dtype = self.counts.dtype
+        self.counts.assign_add(ops.stack([ops.cast(clipped, dtype),
+                                          ops.cast(ops.logical_not(ops.isfinite(global_sumsq)), dtype),
+                                          ops.ones((), dtype)]))
 
     def _applied(self, preclip, global_sumsq, clip_values):
         """Sums of squares after Keras' clipping, and whether clipping engaged this step."""
@@ -223,17 +250,16 @@ class GradientTap:
     def read(self) -> dict:
         """The current statistics as NumPy values (a few small reads); resets ``peak_sumsq``.
         On JAX, sync the model's state first (read ``Callback.model``)."""
-        numpy = self.state.numpy
-        preclip = numpy(self.preclip_sumsq)
-        measured_clip = self.clipping != "none" and self.preclip_known
-        peak = float(numpy(self.peak_sumsq))
+        sums, counts = self.state.numpy(self.sums), self.state.numpy(self.counts)
+        size, measured_clip = self._size, self.clipping != "none" and self.preclip_known
+        preclip, peak = sums[:size], float(sums[-1])
         if peak != 0.0:
-            self.state.reset(self.peak_sumsq, 0.0)
+            self.state.reset(self.sums, np.concatenate([sums[:-1], [0.0]]))
         return {
             "preclip_sumsq": preclip,
-            "applied_sumsq": numpy(self.applied_sumsq) if measured_clip else preclip,
+            "applied_sumsq": sums[size:2 * size] if measured_clip else preclip,
             "peak_sumsq": peak,
-            "clipped_steps": int(numpy(self.clipped_steps)) if measured_clip else 0,
-            "nonfinite_steps": int(numpy(self.nonfinite_steps)),
-            "fired_steps": int(numpy(self.fired_steps)),
+            "clipped_steps": int(counts[0]) if measured_clip else 0,
+            "nonfinite_steps": int(counts[1]),
+            "fired_steps": int(counts[2]),
         }

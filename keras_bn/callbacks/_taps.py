@@ -19,8 +19,10 @@ themselves: each registers its taps with the model's `StepTaps` at train begin, 
   ``train_function`` call) and puts Keras' function back itself;
 - runs the callbacks' failure handlers when a step raises (anything but the end of the data).
 
-On JAX the same happens around Keras' jitted step (it looks ``train_function`` up at every
-step too, and ``stateless_apply`` calls the patched ``apply`` while the step is traced); a tap's
+On JAX the wrapper is the same (Keras looks ``train_function`` up at every step too), but the
+patches are applied inside the jitted ``train_step`` itself, so they exist only while JAX
+traces it (``stateless_apply`` calls the patched ``apply`` then) and a step that does not trace
+runs no tap code at all (`_patch_inside_trace`); a tap's
 variables join the optimizer state from `register` until the fit's end
 (keras_bn.callbacks._tap_state), and a tap class that does not list ``"jax"`` in its
 ``backends`` is left out of the step there, with one warning.
@@ -45,6 +47,7 @@ import weakref
 from keras_bn import _warnings
 import keras
 
+from keras_bn.callbacks._patch import set_on_instance
 from keras_bn.callbacks._tap_state import is_jax
 
 __all__ = ["StepTaps", "record_gradients"]
@@ -180,15 +183,6 @@ class StepTaps:
         return self.shared(key, lambda: GradientTap(optimizer, variables),
                            lambda tap: tap.optimizer is optimizer and tap.same_setting())
 
-    def update_tap(self, optimizer):
-        """The update tap of `optimizer` on this model's trainable variables (JAX's UpdateRatio),
-        made once and shared like `gradient_tap`."""
-        from keras_bn.callbacks._update_tap import UpdateTap
-
-        variables = list(self._model().trainable_variables)
-        key = ("updates", id(optimizer), tuple(id(v) for v in variables))
-        return self.shared(key, lambda: UpdateTap(optimizer, variables), lambda tap: tap.optimizer is optimizer)
-
     def current_gradient_tap(self):
         """The gradient tap registered for the current fit, or None."""
         from keras_bn.callbacks._gradient_tap import GradientTap
@@ -209,21 +203,23 @@ class StepTaps:
 
     def _install(self, model, keras_function) -> None:
         self._keras_function = keras_function
-        instrumented = keras_function
+        instrumented, per_call = keras_function, True
         if self.taps:
             key = tuple(id(t) for t in self.taps)
             cached = self._traced.get(key)
             if cached is not None and cached[0] is keras_function:
-                instrumented = cached[1]
+                instrumented, per_call = cached[1], cached[2]
             else:
-                model.make_train_function(force=True)  # traced at its first call, taps patched
+                per_call = not _patch_inside_trace(model, self.taps)  # traced at its first call, taps patched
                 instrumented = model.train_function
                 self._traced = {k: v for k, v in self._traced.items() if v[0] is keras_function}
-                self._traced[key] = (keras_function, instrumented)
-        self._wrapper = self._wrap(keras_function, instrumented, list(self.taps))
+                self._traced[key] = (keras_function, instrumented, per_call)
+        taps = list(self.taps) if per_call else []
+        self._wrapper = self._wrap(keras_function, instrumented, taps)
         model.train_function = self._wrapper
 
     def _wrap(self, keras_function, instrumented, taps):
+        """`taps`: those to patch around each call (none when they patch inside the trace)."""
         def train_function(*args, **kwargs):
             if not self._armed:  # a fit without keras-bn callbacks: be Keras' function again
                 args = self._without_tap_state(args)
@@ -285,6 +281,38 @@ class StepTaps:
         self.taps = []
         self._release()
         self._starting = False
+
+
+def _patch_inside_trace(model, taps) -> bool:
+    """Make `model`'s train function anew (``make_train_function(force=True)``) with the taps.
+
+    JAX (jitted, without NNX): Keras jits the ``train_step`` it finds at this call, so it gets
+    a ``train_step`` that applies the patches around Keras' own, in a ``try/finally``: its Python
+    body runs only while JAX traces the step (the first call, a new input shape), and a step that
+    does not trace runs none of the taps' Python. Returns False where the patches must be applied
+    around each call instead (TensorFlow, PyTorch, JAX with NNX, which jits the class method)."""
+    if not (is_jax() and model.jit_compile and not model.run_eagerly and not keras.config.is_nnx_enabled()):
+        model.make_train_function(force=True)
+        return False
+    keras_step = model.train_step
+
+    def train_step(state, data):
+        patched = []
+        try:
+            for tap in taps:
+                tap.patch()
+                patched.append(tap)
+            return keras_step(state, data)
+        finally:
+            for tap in reversed(patched):
+                tap.unpatch()
+
+    undo = set_on_instance(model, "train_step", train_step)
+    try:
+        model.make_train_function(force=True)
+    finally:
+        undo()
+    return True
 
 
 _LEFT_OUT: set = set()

@@ -2,8 +2,9 @@
 
 The statistics come from the model's `GradientTap` (keras_bn.callbacks._gradient_tap: where the
 gradients are seen, with and without tf.distribute, and what clipping means there), which the
-model's `StepTaps` puts into the traced training step of ``fit``: one ``L2Loss`` per variable and
-a few ops per step, no host transfer; the host reads the statistics only every `every` steps.
+model's `StepTaps` puts into the traced training step of ``fit``: a sum of squares per variable
+(on JAX all in one fused reduction) and a few ops per step, no host transfer; the host reads the
+statistics only every `every` steps.
 A custom training loop calls `keras_bn.callbacks.record_gradients` inside its step instead.
 
 **Nothing unmeasured is written.** The tap counts its firings inside the step; when the count

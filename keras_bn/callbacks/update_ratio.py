@@ -10,12 +10,12 @@ trainable weights; at the next batch (one ``train_function`` call later, i.e. on
 ``steps_per_execution`` steps) or at the epoch end it compares them with the current weights in
 one compiled reduction and logs only per-layer numbers. No other step is touched.
 
-On JAX the weights live in the jitted step's state between two reads, so the ratio is measured
-inside the step instead (`keras_bn.callbacks._update_tap`: two reductions per variable around
-``optimizer.apply``) and read at the cadence: the ratio of the last step before the log (with
-``steps_per_execution > 1``, of the last step of the execution). On PyTorch the step is eager
-and the weights are in the variables between steps, so the snapshot works as on TensorFlow
-(a copy: torch's optimizers update in place). Same tags on every backend.
+The same on every backend, with the same tags and the same steps. On JAX the weights live in
+the jitted step's state inside an epoch: the snapshot is taken after the state sync the log
+step does anyway (reading ``Callback.model``), as a copy (Keras donates the state's buffers to
+the next step), and the comparison syncs once more at the next batch: two syncs every `every`
+steps and nothing in the training step itself. On PyTorch the snapshot is a copy too (torch's
+optimizers update the weights in place).
 
 Usage::
 
@@ -45,6 +45,26 @@ def _update_sumsq(before, after):
     return ops.stack(diff), ops.stack(base)
 
 
+def _copies(values):
+    """New device buffers holding `values` (compiled on JAX: one call, where eager copies of the
+    variables cost a dispatch each; the output is computed, so it never aliases an input that
+    Keras donates to the next step)."""
+    return [ops.add(v, ops.zeros((), v.dtype)) for v in values]
+
+
+def _compiled_update_sumsq():
+    """`_update_sumsq` compiled for the backend (PyTorch: eager, its steps are too)."""
+    if is_tensorflow():
+        import tensorflow as tf
+
+        return tf.function(_update_sumsq)
+    if is_jax():
+        import jax
+
+        return jax.jit(_update_sumsq)
+    return _update_sumsq
+
+
 class UpdateRatio(DiagnosticCallback):
     """Logs ``update_ratio/<layer>`` = ||dW|| / ||W|| of one training step every `every` steps.
 
@@ -62,37 +82,26 @@ class UpdateRatio(DiagnosticCallback):
         super().__init__(log_dir, every, writers=writers)
         self._before = None
         self._reduce = None
-        self._tap = None
-        self._last_fired = 0
 
     def _attach(self):
         self._before = None
-        self._tap = None
         self.writers.add_charts({"update / weight ratio per layer (guide line 1e-3)": r"update_ratio/.*"})
         self._weights = list(self.model.trainable_variables)
         self._layer_names, self._groups = variable_groups(self.model)
-        if is_jax():
-            optimizer = getattr(self.model, "optimizer", None)
-            if optimizer is None or not self._weights:
-                return
-            self._tap = self._taps.update_tap(getattr(optimizer, "inner_optimizer", None) or optimizer)
-            self._taps.register(self._tap)
-            self._last_fired = self._tap.read()["fired_steps"]
-            return
-        if not is_tensorflow():  # PyTorch: eager steps, the weights are in the variables
-            self._reduce = _update_sumsq
-            return
-        import tensorflow as tf
-
         # One traced reduction per model and variable list, kept across fits and callbacks.
-        self._reduce = self._taps.cached("update_ratio", self._weights, lambda: tf.function(_update_sumsq))
+        self._reduce = self._taps.cached("update_ratio", self._weights, _compiled_update_sumsq)
+        if is_jax():
+            import jax
+
+            self._copy = self._taps.cached("update_ratio_copy", self._weights, lambda: jax.jit(_copies))
 
     def _detach(self):
         self._before = None
-        self._tap = None
 
     def _snapshot(self):
-        if not is_tensorflow():  # a copy: torch's optimizers update the weights in place
+        if is_jax():
+            return self._copy([v.value for v in self._weights])
+        if not is_tensorflow():  # a copy: torch updates the weights in place
             return [ops.copy(ops.stop_gradient(v.value)) for v in self._weights]
         import tensorflow as tf
 
@@ -102,6 +111,7 @@ class UpdateRatio(DiagnosticCallback):
         """Log the ratio of the step since the snapshot, if one is pending."""
         if self._before is None:
             return
+        self._sync_state()  # JAX: the weights of the step since the snapshot into the variables
         diff, base = self._reduce(self._before, [v.value for v in self._weights])
         self._before = None
         self._write(step, ops.convert_to_numpy(diff), ops.convert_to_numpy(base))
@@ -127,11 +137,5 @@ class UpdateRatio(DiagnosticCallback):
         self._before = None  # a snapshot taken at the epoch end would span the next epoch's start
 
     def _log_step(self, step):
-        if self._tap is not None:  # JAX: the tap measured the last step
-            stats = self._tap.read()
-            if stats["fired_steps"] != self._last_fired:  # else no step ran through apply since
-                self._last_fired = stats["fired_steps"]
-                self._write(step, stats["update_sumsq"], stats["weight_sumsq"])
-            return
         if self._reduce is not None:
             self._before = self._snapshot()
