@@ -69,8 +69,6 @@ def run_one(args, data, activation: str, norm_key: str, units: int, epochs: int,
     In quick mode the runs of one norm that differ only in an elementwise activation train on
     one traced model (`_common.twin_model` with `ActivationSwitch` layers, kept in `twins`):
     the same numbers; the measurements are taken on the built model, given the trained weights."""
-    import keras
-
     import keras_bn
 
     run = f"{activation}_{norm_key}"

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 
-import numpy as np
-
 from keras_bn import _arg_types as types
 from keras_bn.recipes import _common
 from keras_bn.recipes.degradation import BN_MOMENTUM, TrainError, downsample, grad_norm_summary
