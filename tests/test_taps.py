@@ -172,6 +172,55 @@ def test_the_instrumented_step_is_traced_once_across_fits_and_new_callbacks(tmp_
         assert sorted(scalar_series(tmp_path / f"run{run}" / "train", "grad_global/norm")) == [4 * run + 2, 4 * run + 4]
 
 
+def _counting_train_step(model):
+    traces = []
+    keras_step = model.train_step
+
+    def train_step(data):
+        traces.append(1)  # Python runs only while TensorFlow traces the step
+        return keras_step(data)
+
+    model.train_step = train_step
+    return traces
+
+
+@pytest.mark.parametrize("labels", ["sparse", "one_hot"])
+def test_a_new_models_step_is_traced_once_with_the_same_weights_and_metrics_as_bare(tmp_path, labels):
+    """Keras creates the Adam slots and the metrics' variables inside the first traced step, so
+    TensorFlow traces a new model's step twice; the taps build them first, from the dataset's
+    element_spec: one trace, and every number as without keras-bn ("accuracy" resolves to the
+    same metric for sparse and one-hot labels)."""
+    x, y = data(32)
+    if labels == "one_hot":
+        y = keras.utils.to_categorical(y, 3)
+    fits = {}
+    for name in ("bare", "preset"):
+        keras.utils.set_random_seed(3)
+        model = keras_bn.build_dense((6,), [8, 8], 3, norm="batch")
+        model.compile(keras.optimizers.Adam(0.01), LOSS if labels == "sparse" else "categorical_crossentropy",
+                      metrics=["accuracy"])
+        traces = _counting_train_step(model)
+        callbacks = kbc.diagnostics(str(tmp_path / name), every=2, figures=False) if name == "preset" else []
+        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        fits[name] = (len(traces), history.history, [w.numpy() for w in model.weights])
+    assert fits["bare"][0] == 2 and fits["preset"][0] == 1  # Keras' own double trace is the control
+    assert fits["preset"][1].keys() == fits["bare"][1].keys() == {"accuracy", "loss"}
+    for key, values in fits["bare"][1].items():
+        assert fits["preset"][1][key] == pytest.approx(values, rel=1e-6), key
+    for bare, preset in zip(fits["bare"][2], fits["preset"][2]):
+        np.testing.assert_allclose(preset, bare, rtol=1e-6, atol=1e-7)
+
+
+def test_a_dataset_of_ragged_inputs_keeps_keras_own_build(tmp_path):
+    """Anything but dense tensors in the element_spec: nothing is built before the trace."""
+    from keras_bn import _keras_internals as internals
+
+    model = mlp()
+    ragged = tf.data.Dataset.from_tensor_slices(tf.ragged.constant([[1.0], [2.0, 3.0]])).batch(2)
+    assert internals.build_from_dataset_spec(model, iter(ragged)) is False
+    assert not model.optimizer.built
+
+
 @pytest.mark.parametrize("setting", [{"jit_compile": True}, {"steps_per_execution": 2}])
 def test_taps_fire_once_per_step_under_xla_and_steps_per_execution(tmp_path, setting):
     model = mlp()

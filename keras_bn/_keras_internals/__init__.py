@@ -364,7 +364,7 @@ from keras_bn._keras_internals._tensorboard import (  # noqa: E402  (after `requ
 )
 
 
-# --- build before the first traced step (owner: keras_bn.recipes._common, quick modes) ---
+# --- build before the first traced step (owners: keras_bn.recipes._common, keras_bn.callbacks._taps) ---
 require("keras.src.trainers.trainer", "Trainer._symbolic_build")
 
 
@@ -375,3 +375,19 @@ def build_for_fit(model, x, y) -> None:
     first traced train step, and TensorFlow then traces that step twice (about 1-2 s of CPU per
     model on 2 cores); the values are the same either way (zeros, or the layers' initializers)."""
     model._symbolic_build(data_batch=(x, y, None))
+
+
+def build_from_dataset_spec(model, iterator) -> bool:
+    """`build_for_fit` from the ``element_spec`` of the tf.data iterator a TensorFlow train
+    function is called with (symbolic tensors of its shapes and dtypes: the same static shapes
+    the first trace sees). Returns False, building nothing, for anything but dense tensors."""
+    import keras
+    import tensorflow as tf
+
+    spec = getattr(iterator, "element_spec", None)
+    leaves = tf.nest.flatten(spec) if spec is not None else []
+    if not leaves or not all(type(leaf) is tf.TensorSpec for leaf in leaves):
+        return False
+    batch = tf.nest.map_structure(lambda leaf: keras.KerasTensor(leaf.shape, keras.backend.standardize_dtype(leaf.dtype)), spec)
+    model._symbolic_build(data_batch=tuple(batch) if isinstance(batch, (tuple, list)) else (batch,))
+    return True

@@ -48,7 +48,7 @@ from keras_bn import _warnings
 import keras
 
 from keras_bn.callbacks._patch import set_on_instance
-from keras_bn.callbacks._tap_state import is_jax
+from keras_bn.callbacks._tap_state import is_jax, is_tensorflow
 
 __all__ = ["StepTaps", "record_gradients"]
 
@@ -87,6 +87,7 @@ class StepTaps:
         self._armed = False
         self._starting = False
         self.calls = 0  # instrumented train-function calls so far (a tap that did not fire: why)
+        self._build_checked = False  # `_build_before_first_trace` ran in this fit
         self.failure_handlers: list = []  # run once when a step raises (other callbacks' needs)
         self._attached: list = []  # taps whose state is in the optimizer's state now (JAX)
         self._after_fit: list = []  # run once every member of the fit has ended (`end`)
@@ -203,6 +204,7 @@ class StepTaps:
 
     def _install(self, model, keras_function) -> None:
         self._keras_function = keras_function
+        self._build_checked = False
         instrumented, per_call = keras_function, True
         if self.taps:
             key = tuple(id(t) for t in self.taps)
@@ -227,6 +229,9 @@ class StepTaps:
                 return keras_function(*args, **kwargs)
             self._armed = False
             self.calls += 1
+            if not self._build_checked:  # once per fit
+                self._build_checked = True
+                self._build_before_first_trace(args)
             patched = []
             try:
                 for tap in taps:
@@ -242,6 +247,23 @@ class StepTaps:
                     tap.unpatch()
 
         return train_function
+
+    def _build_before_first_trace(self, args) -> None:
+        """TensorFlow without a strategy: Keras creates the optimizer's slots and the compiled
+        metrics' variables inside the first traced step, and TensorFlow then traces the step
+        twice. Built first from the dataset's ``element_spec`` (as Keras itself does under a
+        strategy and on JAX), a new model's step is traced once: the same variables and values,
+        a second or more less on a new model's first fit. Anything unusual: Keras' way."""
+        model = self._model()
+        optimizer = getattr(model, "optimizer", None)
+        if not is_tensorflow() or optimizer is None or optimizer.built or not args:
+            return
+        from keras_bn import _keras_internals as internals
+
+        try:
+            internals.build_from_dataset_spec(model, args[0])
+        except Exception:  # noqa: BLE001  Keras builds them in the first trace, as without keras-bn
+            pass
 
     def _release(self) -> None:
         model = self._model()
