@@ -7,7 +7,7 @@ import numpy as np
 
 import keras_bn
 
-__all__ = ["LAYERS", "LOSS", "data", "layer_norms", "mlp", "weights_of"]
+__all__ = ["LAYERS", "LOSS", "data", "fit_observed_and_plain_on_a_schedule", "layer_norms", "mlp", "weights_of"]
 
 LOSS = keras.losses.SparseCategoricalCrossentropy()
 LAYERS = ["block1_dense", "block2_dense", "logits"]
@@ -37,3 +37,26 @@ def layer_norms(model, grads):
         layer = variable.path.split("/")[0]
         norms[layer] = norms.get(layer, 0.0) + float(np.sum(grad ** 2))
     return {layer: np.sqrt(value) for layer, value in norms.items()}
+
+
+def fit_observed_and_plain_on_a_schedule(log_dir, label_dtype="int32") -> str:
+    """Fit the MLP twice, bare and with the preset (every 2 steps, into `log_dir`), on SGD with
+    an ExponentialDecay schedule halving the rate each step (2 epochs of 4 batches); assert that
+    observing changed neither the weights nor the schedule's rate. Returns the train run dir."""
+    import pytest
+    from keras_bn import callbacks as kbc
+
+    x, y = data(32, label_dtype=label_dtype)
+
+    def trained(callbacks):
+        schedule = keras.optimizers.schedules.ExponentialDecay(0.2, decay_steps=1, decay_rate=0.5)
+        model = mlp(keras.optimizers.SGD(schedule))
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        return model
+
+    plain = trained([])
+    observed = trained(kbc.diagnostics(str(log_dir), every=2, figures=False, doctor=False))
+    for got, want in zip(weights_of(observed), weights_of(plain)):
+        np.testing.assert_array_equal(got, want)
+    assert float(keras.ops.convert_to_numpy(observed.optimizer.learning_rate)) == pytest.approx(0.2 * 0.5 ** 8)
+    return str(log_dir / "train")

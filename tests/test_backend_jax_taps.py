@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 from tests._events import scalar_series, tag_step_counts  # noqa: E402
-from tests._tap_mlp import LAYERS, LOSS, data, layer_norms, mlp, weights_of  # noqa: E402
+from tests._tap_mlp import LAYERS, LOSS, data, fit_observed_and_plain_on_a_schedule, layer_norms, mlp, weights_of  # noqa: E402
 
 
 def jax_grads(model, weights, x, y):
@@ -177,20 +177,7 @@ def test_loss_scale_optimizer_norms_are_of_the_unscaled_gradients(tmp_path):
 
 
 def test_observing_leaves_a_learning_rate_schedule_and_the_weights_unchanged(tmp_path):
-    x, y = data(32)
-
-    def trained(callbacks):
-        schedule = keras.optimizers.schedules.ExponentialDecay(0.2, decay_steps=1, decay_rate=0.5)
-        model = mlp(keras.optimizers.SGD(schedule))
-        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
-        return model
-
-    plain = trained([])
-    observed = trained(kbc.diagnostics(str(tmp_path), every=2, figures=False, doctor=False))
-    for got, want in zip(weights_of(observed), weights_of(plain)):
-        np.testing.assert_array_equal(got, want)
-    assert float(np.asarray(observed.optimizer.learning_rate)) == pytest.approx(0.2 * 0.5 ** 8)
-    run = str(tmp_path / "train")
+    run = fit_observed_and_plain_on_a_schedule(tmp_path)
     assert sorted(scalar_series(run, "update_ratio/logits")) == [3, 7]  # the step after each log, as on TensorFlow
     assert scalar_series(run, "epoch_learning_rate") == pytest.approx({0: 0.2 * 0.5 ** 4, 1: 0.2 * 0.5 ** 8})
 

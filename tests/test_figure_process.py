@@ -57,7 +57,7 @@ def test_the_child_imports_neither_keras_nor_a_backend():
     assert out.strip() == "[]"
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows has no SIGINT to send to a child process (Ctrl-C there is a console event)")
 def test_ctrl_c_is_for_the_training_process_the_child_keeps_drawing():
     import signal
 

@@ -181,7 +181,7 @@ def test_keras_round_trip_with_safe_mode(overrides, tmp_path):
 
 @pytest.mark.parametrize("preactivation", [False, True])
 @pytest.mark.parametrize("norm", [
-    pytest.param(n, marks=pytest.mark.backends("tensorflow", reason="BatchNormalization(synchronized=True)"))
+    pytest.param(n, marks=pytest.mark.backends("tensorflow", reason="norm='sync_batch' is TensorFlow-only: the other backends refuse it (tests/test_backend_jax.py)"))
     if n == "sync_batch" else n for n in NORMS.names()])
 def test_every_norm_and_position_takes_a_training_step(norm, preactivation):
     model = small(norm=norm, preactivation=preactivation)
