@@ -63,12 +63,9 @@ class TapState:
         """A float32 variable of zeros."""
         return self._make(name, np.zeros(shape, np.float32))
 
-    def counter(self, name: str):
-        """An integer counter at 0 (int32 on JAX: no x64 there by default; int64 elsewhere)."""
-        return self._make(name, np.array(0, np.int32 if is_jax() else np.int64))
-
     def counters(self, name: str, count: int):
-        """`count` integer counters at 0, in one vector (the dtype of `counter`)."""
+        """`count` integer counters at 0, in one vector (int32 on JAX: no x64 there by default;
+        int64 elsewhere)."""
         return self._make(name, np.zeros([count], np.int32 if is_jax() else np.int64))
 
     def _make(self, name, initial):

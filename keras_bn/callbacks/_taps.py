@@ -42,6 +42,7 @@ Usage (inside a callback)::
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 from keras_bn import _warnings
@@ -232,19 +233,13 @@ class StepTaps:
             if not self._build_checked:  # once per fit
                 self._build_checked = True
                 self._build_before_first_trace(args)
-            patched = []
             try:
-                for tap in taps:
-                    tap.patch()
-                    patched.append(tap)
-                return instrumented(*args, **kwargs)
+                with _patched(taps):
+                    return instrumented(*args, **kwargs)
             except BaseException as error:
                 if not _is_end_of_data(error):
                     self._fail()
                 raise
-            finally:
-                for tap in reversed(patched):
-                    tap.unpatch()
 
         return train_function
 
@@ -305,6 +300,20 @@ class StepTaps:
         self._starting = False
 
 
+@contextlib.contextmanager
+def _patched(taps):
+    """Every tap's patches for the block, undone in reverse order however it ends."""
+    patched = []
+    try:
+        for tap in taps:
+            tap.patch()
+            patched.append(tap)
+        yield
+    finally:
+        for tap in reversed(patched):
+            tap.unpatch()
+
+
 def _patch_inside_trace(model, taps) -> bool:
     """Make `model`'s train function anew (``make_train_function(force=True)``) with the taps.
 
@@ -319,15 +328,8 @@ def _patch_inside_trace(model, taps) -> bool:
     keras_step = model.train_step
 
     def train_step(state, data):
-        patched = []
-        try:
-            for tap in taps:
-                tap.patch()
-                patched.append(tap)
+        with _patched(taps):
             return keras_step(state, data)
-        finally:
-            for tap in reversed(patched):
-                tap.unpatch()
 
     undo = set_on_instance(model, "train_step", train_step)
     try:
