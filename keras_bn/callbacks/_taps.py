@@ -19,13 +19,11 @@ themselves: each registers its taps with the model's `StepTaps` at train begin, 
   ``train_function`` call) and puts Keras' function back itself;
 - runs the callbacks' failure handlers when a step raises (anything but the end of the data).
 
-On JAX the wrapper is the same (Keras looks ``train_function`` up at every step too), but the
-patches are applied inside the jitted ``train_step`` itself, so they exist only while JAX
-traces it (``stateless_apply`` calls the patched ``apply`` then) and a step that does not trace
-runs no tap code at all (`_patch_inside_trace`); a tap's
-variables join the optimizer state from `register` until the fit's end
-(keras_bn.callbacks._tap_state), and a tap class that does not list ``"jax"`` in its
-``backends`` is left out of the step there, with one warning.
+On JAX the wrapper is the same, but the patches are applied inside the jitted ``train_step``,
+so they exist only while JAX traces it and a step that does not trace runs no tap code at all
+(`_patch_inside_trace`); a tap's variables join the optimizer state from `register` until the
+fit's end (keras_bn.callbacks._tap_state); a tap class without ``"jax"`` in its ``backends`` is
+left out of the step there, with one warning.
 
 Every tap counts, inside the traced step, how often it fired; a callback compares the count
 between two reads and never writes a statistic whose count did not move (a step traced before
@@ -244,11 +242,10 @@ class StepTaps:
         return train_function
 
     def _build_before_first_trace(self, args) -> None:
-        """TensorFlow without a strategy: Keras creates the optimizer's slots and the compiled
-        metrics' variables inside the first traced step, and TensorFlow then traces the step
-        twice. Built first from the dataset's ``element_spec`` (as Keras itself does under a
-        strategy and on JAX), a new model's step is traced once: the same variables and values,
-        a second or more less on a new model's first fit. Anything unusual: Keras' way."""
+        """TensorFlow without a strategy: Keras creates the optimizer's and compiled metrics'
+        variables inside the first traced step, which TensorFlow then traces twice. Built first
+        from the dataset's ``element_spec`` (as Keras does under a strategy and on JAX), the
+        step is traced once, with the same values. Anything unusual: Keras' own way."""
         model = self._model()
         optimizer = getattr(model, "optimizer", None)
         if not is_tensorflow() or optimizer is None or optimizer.built or not args:
