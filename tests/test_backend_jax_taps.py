@@ -432,3 +432,48 @@ def test_the_fused_per_variable_sums_of_squares_equal_numpy():
     want = [np.sum(values[i].astype(np.float64) ** 2) if i in values else 0.0 for i in range(8)]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got[3] == got[7] == 0.0  # no gradient for those variables
+
+
+def test_the_presets_reads_take_the_trainer_state_without_syncing_and_match_a_hand_loop(tmp_path):
+    """Mid-epoch the preset reads the gradient tap, the metrics and the weights from the JAX
+    trainer's unsynced state: as many syncs with a read every 2 steps as with none, and every
+    number that of a hand-written SGD loop (the peak reset after each read included)."""
+    x, y = data(32)
+    lr, batch = 0.5, 2
+    reference = mlp(keras.optimizers.SGD(lr))
+    weights, norms, losses, ratios = weights_of(reference), [], [], []
+    for start in range(0, len(x), batch):
+        xb, yb = x[start:start + batch], y[start:start + batch]
+        y_pred, _ = reference.stateless_call(weights, [], xb, training=True)
+        losses.append(float(LOSS(yb, y_pred)))
+        grads = jax_grads(reference, weights, xb, yb)
+        norms.append(float(np.sqrt(sum(np.sum(g ** 2) for g in grads))))
+        logits = [i for i, v in enumerate(reference.trainable_variables) if v.path.startswith("logits")]
+        ratios.append(np.sqrt(sum(np.sum((lr * grads[i]) ** 2) for i in logits))
+                      / np.sqrt(sum(np.sum(weights[i].astype(np.float64) ** 2) for i in logits)))
+        weights = [w - lr * g for w, g in zip(weights, grads)]
+
+    def fit(every, log_dir):
+        model = mlp(keras.optimizers.SGD(lr), metrics=["accuracy"])
+        syncs = []
+        original = model.jax_state_sync
+        model.jax_state_sync = lambda: (syncs.append(not model._jax_state_synced), original())[1]
+        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0,
+                  callbacks=kbc.diagnostics(log_dir, every=every, figures=False))
+        return model, sum(syncs)
+
+    _, syncs_without_reads = fit(10**6, str(tmp_path / "none"))
+    model, syncs = fit(2, str(tmp_path / "run"))
+    assert syncs == syncs_without_reads
+    run = str(tmp_path / "run" / "train")
+    steps = range(2, 16, 2)  # read at the batch begins (16 at the epoch end, after Keras' sync)
+    norm, norm_max = scalar_series(run, "grad_global/norm"), scalar_series(run, "grad_global/norm_max")
+    loss, ratio = scalar_series(run, "batch_loss"), scalar_series(run, "update_ratio/logits")
+    assert max(norms[2:4]) != max(norms[:4])  # a peak not reset would show
+    for step in steps:
+        assert norm[step] == pytest.approx(norms[step - 1], rel=1e-5)
+        assert norm_max[step] == pytest.approx(max(norms[step - 2:step]), rel=1e-5)
+        assert loss[step] == pytest.approx(np.mean(losses[:step]), rel=1e-5)
+        assert ratio[step + 1] == pytest.approx(ratios[step], rel=1e-4)  # the step after the read
+    for got, want in zip(weights_of(model), weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -349,6 +349,19 @@ def optimizer_variable_list(optimizer) -> list:
     return own
 
 
+# --- the JAX trainer's training state (owner: keras_bn.callbacks._tap_state) ---
+# Inside an epoch Keras' JAX ``fit`` keeps the last step's state in ``_jax_state`` (lists in the
+# order of the model's variable lists) until a ``jax_state_sync`` assigns every variable. Both
+# attributes exist during a fit only, so they are not in `REQUIRED`: without them readers sync
+# (tests/test_backend_jax_taps.py checks that a preset's reads sync nothing).
+def unsynced_jax_state(model, kind: str, count: int):
+    """JAX inside an epoch: the latest step's `count` values of `kind` (e.g. ``"optimizer_variables"``)
+    without the state sync; None when the variables hold the state (or it has not `count`)."""
+    state = None if getattr(model, "_jax_state_synced", True) else getattr(model, "_jax_state", None)
+    values = state.get(kind) if isinstance(state, dict) else None
+    return values if values is not None and len(values) == count else None
+
+
 # --- TensorBoard's protos and summary plugins: in ``_tensorboard.py`` (same rules, same registry) ---
 from keras_bn._keras_internals._tensorboard import (  # noqa: E402  (after `require` is defined)
     tensorboard_event_class,

@@ -39,7 +39,7 @@ _LAZY = {
     "UpdateRatio": "keras_bn.callbacks.update_ratio",
     "close_all_writers": "keras_bn.callbacks._writer",
     "diagnostics": "keras_bn.callbacks.preset",
-    "record_gradients": "keras_bn.callbacks._taps",
+    "record_gradients": "keras_bn.callbacks._gradient_tap",
     "unique_run_dir": "keras_bn.callbacks._runs",
 }
 

@@ -100,6 +100,9 @@ class DiagnosticCallback(keras.callbacks.Callback):
     # Reads the model's weights: an unbuilt model (a subclassed one before its first call) has
     # none at train begin, so such a callback would silently log nothing; it raises instead.
     _needs_built_model = True
+    # `_log_step` reads the model's variables, so on JAX it needs the full state sync first.
+    # False where it reads only what the trainer's unsynced state gives (TapState.read).
+    _log_step_syncs = True
 
     def __init__(
         self,
@@ -166,7 +169,8 @@ class DiagnosticCallback(keras.callbacks.Callback):
         offset = self._step_offset  # the cadence follows the optimizer (same steps on every worker)
         if (step - offset) // self.every > (self._last_logged_step - offset) // self.every:
             self._last_logged_step = step
-            self._sync_state()
+            if self._log_step_syncs:
+                self._sync_state()
             self._run_safely(self._log_step, step)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -53,7 +53,7 @@ from keras_bn.callbacks._tap_state import TapState, is_jax
 from keras_bn.optimizers import clipping_of
 from keras_bn.callbacks._patch import set_on_instance
 
-__all__ = ["GradientTap"]
+__all__ = ["GradientTap", "record_gradients"]
 
 _CLIP_SETTING = ("clipnorm", "global_clipnorm", "clipvalue")
 
@@ -249,12 +249,12 @@ class GradientTap:
 
     def read(self) -> dict:
         """The current statistics as NumPy values (a few small reads); resets ``peak_sumsq``.
-        On JAX, sync the model's state first (read ``Callback.model``)."""
-        sums, counts = self.state.numpy(self.sums), self.state.numpy(self.counts)
+        On JAX inside an epoch, from the trainer's state without a sync."""
+        sums, counts = self.state.read(self.sums, self.counts)
         size, measured_clip = self._size, self.clipping != "none" and self.preclip_known
         preclip, peak = sums[:size], float(sums[-1])
         if peak != 0.0:
-            self.state.reset(self.sums, np.concatenate([sums[:-1], [0.0]]))
+            self.state.set(self.sums, np.concatenate([sums[:-1], [0.0]]))
         return {
             "preclip_sumsq": preclip,
             "applied_sumsq": sums[size:2 * size] if measured_clip else preclip,
@@ -263,3 +263,61 @@ class GradientTap:
             "nonfinite_steps": int(counts[1]),
             "fired_steps": int(counts[2]),
         }
+
+
+def record_gradients(model, grads, variables, optimizer_variables=None):
+    """Record this step's gradients for the diagnostics, from inside a custom training step.
+
+    ``fit`` needs no call: its steps are tapped. A custom loop calls it inside its (traced) step
+    with the gradients it applies; the callbacks must have begun (``on_train_begin``) before the
+    step is traced. Without a `GradientNorms` attached it warns once and records nothing.
+
+    On JAX the step is pure: pass the step's `optimizer_variables` (the values of
+    ``model.optimizer.variables``, taken after ``on_train_begin``, which adds the tap's) and use
+    the list it returns; `variables` may be the trainable values, in
+    ``model.trainable_variables`` order. Assign the state back to ``model.optimizer.variables``
+    before a callback reads it (a logging step's ``on_train_batch_begin``, the epoch end).
+
+    Usage (TensorFlow)::
+
+        grads = tape.gradient(loss, model.trainable_variables)
+        keras_bn.callbacks.record_gradients(model, grads, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+
+    Usage (JAX, inside the jitted step)::
+
+        (loss, non_trainable), grads = grad_fn(trainable, non_trainable, x, y)
+        optimizer_values = keras_bn.callbacks.record_gradients(model, grads, trainable, optimizer_values)
+        trainable, optimizer_values = optimizer.stateless_apply(optimizer_values, grads, trainable)
+    """
+    from keras_bn.callbacks._taps import StepTaps
+
+    tap = StepTaps.of(model).current_gradient_tap()
+    if tap is None:
+        _warnings.warn(
+            "keras_bn record_gradients: no GradientNorms callback has begun on this model, so "
+            "nothing is recorded. Call the callbacks' on_train_begin() (e.g. through "
+            "keras.callbacks.CallbackList(callbacks, model=model)) before your step is traced.",
+            UserWarning,
+        )
+        return optimizer_variables
+    if is_jax() and optimizer_variables is not None:
+        optimizer = model.optimizer
+        mapping = list(zip(optimizer.variables, optimizer_variables))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            tap.record(list(grads), list(variables))
+        return [scope.get_current_value(v) for v in optimizer.variables]
+    if is_jax() and any(_is_traced(g) for g in grads):
+        raise ValueError(
+            "keras_bn record_gradients: on JAX, inside a traced (jitted) step, pass the step's "
+            "optimizer state and use the one returned: `optimizer_values = record_gradients(model, "
+            "grads, trainable_values, optimizer_values)`. Received: optimizer_variables=None"
+        )
+    tap.record(list(grads), list(variables))
+    return optimizer_variables
+
+
+def _is_traced(value) -> bool:
+    import jax
+
+    return isinstance(value, jax.core.Tracer)

@@ -26,10 +26,13 @@ Usage (inside a tap)::
     state = TapState(strategy=None)
     sumsq = state.floats("keras_bn_preclip_sumsq", [3])
     state.attach(optimizer, [model.optimizer])    # JAX: part of the optimizer state now
-    state.numpy(sumsq)
+    sums, = state.read(sumsq)                     # JAX inside an epoch: no state sync
 """
 
 from __future__ import annotations
+
+import functools
+import weakref
 
 import keras
 import numpy as np
@@ -37,7 +40,7 @@ import numpy as np
 from keras_bn import _keras_internals as internals
 from keras_bn import distribute as kb_distribute
 
-__all__ = ["TapState", "is_jax", "is_tensorflow"]
+__all__ = ["TapState", "current_values", "is_jax", "is_tensorflow", "with_pending_state"]
 
 
 def is_jax() -> bool:
@@ -57,6 +60,10 @@ class TapState:
         self.strategy = strategy
         self.variables: list = []
         self._attached = None  # (host variable list, undo functions) while attached
+        self._model = None  # JAX, while attached: the model whose trainer state holds them
+        self._positions = None  # JAX: id(variable) -> position in the optimizer's values
+        self._optimizer_count = 0
+        self._pending: dict = {}  # JAX: position -> value the next step's state gets
 
     # --- making variables ----------------------------------------------------------------
     def floats(self, name: str, shape):
@@ -84,6 +91,50 @@ class TapState:
         return variable
 
     # --- reading and resetting from the host ----------------------------------------------
+    def read(self, *variables) -> list:
+        """NumPy values of these tap variables after the latest step. JAX inside an epoch: taken
+        from the trainer's state at their positions, without the full state sync."""
+        live = self._live_positions(variables)
+        if live is None:
+            return [self.numpy(v) for v in variables]
+        values, positions = live
+        return [np.asarray(values[p]) for p in positions]
+
+    def set(self, variable, value) -> None:
+        """Set a tap variable from the host (an accumulator after its read). JAX inside an
+        epoch: the next step gets the value in its state (`with_pending`), nothing syncs."""
+        live = self._live_positions([variable])
+        if live is None:
+            self.reset(variable, value)
+            return
+        values, (position,) = live
+        self._pending[position] = _jax_like()(values[position], np.asarray(value, dtype=values[position].dtype))
+
+    def with_pending(self, optimizer_values: list) -> list:
+        """JAX: the next step's optimizer values with the values `set` left pending."""
+        if not self._pending:
+            return optimizer_values
+        optimizer_values = list(optimizer_values)
+        for position, value in self._pending.items():
+            optimizer_values[position] = value
+        self._pending = {}
+        return optimizer_values
+
+    def _live_positions(self, variables):
+        """(the unsynced optimizer values, the positions of `variables` in them), or None."""
+        model = self._model() if self._model is not None else None
+        optimizer = getattr(model, "optimizer", None) if model is not None else None
+        if not self.attached or optimizer is None:
+            return None
+        if self._positions is None:
+            self._positions = {id(v): i for i, v in enumerate(optimizer.variables)
+                               if any(v is t for t in self.variables)}
+            self._optimizer_count = len(optimizer.variables)
+        values = internals.unsynced_jax_state(model, "optimizer_variables", self._optimizer_count)
+        if values is None:
+            return None
+        return values, [self._positions[id(v)] for v in variables]
+
     @staticmethod
     def numpy(variable):
         if is_tensorflow():
@@ -105,12 +156,16 @@ class TapState:
     def attached(self) -> bool:
         return self._attached is not None
 
-    def attach(self, host_optimizer, savers) -> None:
+    def attach(self, host_optimizer, savers, model=None) -> None:
         """JAX only: make the variables part of `host_optimizer`'s state (its ``variables``),
         hidden from the ``save_own_variables`` / ``load_own_variables`` of every optimizer in
-        `savers` (the model's optimizer and its inner ones). No-op elsewhere or if attached."""
+        `savers` (the model's optimizer and its inner ones). No-op elsewhere or if attached.
+        With `model` (whose optimizer's state they join), `read` and `set` use the trainer's
+        unsynced state inside an epoch."""
         if not is_jax() or self._attached is not None or not self.variables:
             return
+        self._model = weakref.ref(model) if model is not None else None
+        self._positions, self._pending = None, {}
         own = internals.optimizer_variable_list(host_optimizer)
         own.extend(self.variables)
         undo = [self._hide_from_saving(optimizer, own) for optimizer in _unique(savers + [host_optimizer])]
@@ -122,6 +177,7 @@ class TapState:
             return
         own, undo = self._attached
         self._attached = None
+        self._model, self._positions, self._pending = None, None, {}
         own[:] = [v for v in own if not any(v is t for t in self.variables)]
         for restore in reversed(undo):
             restore()
@@ -155,6 +211,43 @@ class TapState:
             if any(v is t for t in self.variables):
                 positions.append(i)
         return positions
+
+
+@functools.cache
+def _jax_like():
+    """JAX: ``like * 0 + value`` in one jitted call, so that the new value keeps the placement
+    of `like` (a value made from host data would be a different jit argument of the step)."""
+    import jax
+
+    return jax.jit(lambda like, value: like * 0 + value)
+
+
+def current_values(model, kind: str, variables) -> list:
+    """The values of `variables` (the model's whole `kind` list in order: ``"trainable_variables"``,
+    ``"metrics_variables"``) after the latest step: on JAX inside an epoch from the trainer's
+    unsynced state, so nothing syncs; else the variables' own."""
+    if is_jax():
+        values = internals.unsynced_jax_state(model, kind, len(variables))
+        if values is not None:
+            return list(values)
+        model.jax_state_sync()  # a no-op when the variables hold the state
+    return [v.value for v in variables]
+
+
+def with_pending_state(args, taps):
+    """JAX: a train function's ``(state, data)`` arguments with the values the states of `taps`
+    set from the host since the last step (`TapState.set`) in the optimizer values."""
+    for tap in taps:
+        if tap.state._pending:
+            break
+    else:  # the common case, every step: nothing to do
+        return args
+    if not args or len(args[0]) != 4:
+        return args
+    trainable, non_trainable, optimizer_values, metrics = args[0]
+    for tap in taps:
+        optimizer_values = tap.state.with_pending(optimizer_values)
+    return ((trainable, non_trainable, optimizer_values, metrics), *args[1:])
 
 
 def _unique(objects):

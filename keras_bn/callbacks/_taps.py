@@ -47,9 +47,9 @@ from keras_bn import _warnings
 import keras
 
 from keras_bn.callbacks._patch import set_on_instance
-from keras_bn.callbacks._tap_state import is_jax, is_tensorflow
+from keras_bn.callbacks._tap_state import is_jax, is_tensorflow, with_pending_state
 
-__all__ = ["StepTaps", "record_gradients"]
+__all__ = ["StepTaps"]
 
 
 def _is_end_of_data(error: BaseException) -> bool:
@@ -90,6 +90,10 @@ class StepTaps:
         self.failure_handlers: list = []  # run once when a step raises (other callbacks' needs)
         self._attached: list = []  # taps whose state is in the optimizer's state now (JAX)
         self._after_fit: list = []  # run once every member of the fit has ended (`end`)
+
+    def model(self):
+        """The model (on JAX without the state sync that reading ``Callback.model`` does)."""
+        return self._model()
 
     # --- the fit's members ------------------------------------------------------------------
     def begin(self, callback) -> None:
@@ -148,7 +152,7 @@ class StepTaps:
         if state is not None and is_jax() and not state.attached:
             # Before the first step takes the state (and before the instrumented function is
             # made, whose output shardings list the optimizer variables).
-            state.attach(tap.optimizer, [getattr(self._model(), "optimizer", None)])
+            state.attach(tap.optimizer, [getattr(self._model(), "optimizer", None)], self._model())
             self._attached.append(tap)
 
     def cached(self, kind: str, objects, make):
@@ -193,6 +197,8 @@ class StepTaps:
     def arm(self) -> None:
         """Called in ``on_train_batch_begin``: the next train-function call is a step of a fit
         with keras-bn callbacks. Installs the instrumented function at the first one."""
+        if self._armed:  # another member armed this call already (a new fit starts disarmed)
+            return
         self._armed = True
         self._starting = False
         model = self._model()
@@ -231,7 +237,11 @@ class StepTaps:
             if not self._build_checked:  # once per fit
                 self._build_checked = True
                 self._build_before_first_trace(args)
+            if self._attached:
+                args = with_pending_state(args, self._attached)
             try:
+                if not taps:  # JAX: patched inside the trace
+                    return instrumented(*args, **kwargs)
                 with _patched(taps):
                     return instrumented(*args, **kwargs)
             except BaseException as error:
@@ -350,59 +360,3 @@ def _warn_left_out(tap) -> None:
         f"{', '.join(getattr(tap, 'backends', ('tensorflow',)))}).",
         RuntimeWarning,
     )
-
-
-def record_gradients(model, grads, variables, optimizer_variables=None):
-    """Record this step's gradients for the diagnostics, from inside a custom training step.
-
-    ``fit`` needs no call: its steps are tapped. A custom loop calls it inside its (traced) step
-    with the gradients it applies; the callbacks must have begun (``on_train_begin``) before the
-    step is traced. Without a `GradientNorms` attached it warns once and records nothing.
-
-    On JAX the step is pure: pass the step's `optimizer_variables` (the values of
-    ``model.optimizer.variables``, taken after ``on_train_begin``, which adds the tap's) and use
-    the list it returns; `variables` may be the trainable values, in
-    ``model.trainable_variables`` order. Assign the state back to ``model.optimizer.variables``
-    before a callback reads it (a logging step's ``on_train_batch_begin``, the epoch end).
-
-    Usage (TensorFlow)::
-
-        grads = tape.gradient(loss, model.trainable_variables)
-        keras_bn.callbacks.record_gradients(model, grads, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-
-    Usage (JAX, inside the jitted step)::
-
-        (loss, non_trainable), grads = grad_fn(trainable, non_trainable, x, y)
-        optimizer_values = keras_bn.callbacks.record_gradients(model, grads, trainable, optimizer_values)
-        trainable, optimizer_values = optimizer.stateless_apply(optimizer_values, grads, trainable)
-    """
-    tap = StepTaps.of(model).current_gradient_tap()
-    if tap is None:
-        _warnings.warn(
-            "keras_bn record_gradients: no GradientNorms callback has begun on this model, so "
-            "nothing is recorded. Call the callbacks' on_train_begin() (e.g. through "
-            "keras.callbacks.CallbackList(callbacks, model=model)) before your step is traced.",
-            UserWarning,
-        )
-        return optimizer_variables
-    if is_jax() and optimizer_variables is not None:
-        optimizer = model.optimizer
-        mapping = list(zip(optimizer.variables, optimizer_variables))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            tap.record(list(grads), list(variables))
-        return [scope.get_current_value(v) for v in optimizer.variables]
-    if is_jax() and any(_is_traced(g) for g in grads):
-        raise ValueError(
-            "keras_bn record_gradients: on JAX, inside a traced (jitted) step, pass the step's "
-            "optimizer state and use the one returned: `optimizer_values = record_gradients(model, "
-            "grads, trainable_values, optimizer_values)`. Received: optimizer_variables=None"
-        )
-    tap.record(list(grads), list(variables))
-    return optimizer_variables
-
-
-def _is_traced(value) -> bool:
-    import jax
-
-    return isinstance(value, jax.core.Tracer)

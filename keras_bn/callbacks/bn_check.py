@@ -110,6 +110,8 @@ class BatchNormCheck(DiagnosticCallback):
         cb = keras_bn.callbacks.BatchNormCheck("logs/run1")
     """
 
+    _log_step_syncs = False  # its counts are traced shapes or TensorFlow variables
+
     def __init__(self, log_dir, every: int = 100, *, writers=None):
         super().__init__(log_dir, every, writers=writers)
         self.warned: set[str] = set()

@@ -120,7 +120,7 @@ class Doctor(DiagnosticCallback):
         if not all(tag.startswith("epoch_") for tag in scalars):  # epoch_* are written at x = epoch
             self._latest_step = max(self._latest_step, int(step))
         self._dirty = True
-        if self.model is not None:
+        if getattr(self, "_taps", None) is not None:  # trained a model (`self.model` syncs JAX's state)
             self._run_safely(self._evaluate, self._latest_step)
 
     def _own_scalars(self, step, scalars):

@@ -64,6 +64,8 @@ class GradientNorms(DiagnosticCallback):
         model.fit(x, y, epochs=3, callbacks=[cb])
     """
 
+    _log_step_syncs = False  # reads the tap (TapState.read)
+
     def __init__(
         self,
         log_dir,

@@ -17,8 +17,22 @@ import keras
 import numpy as np
 
 from keras_bn.callbacks._base import DiagnosticCallback
+from keras_bn.callbacks._tap_state import current_values, is_jax, is_tensorflow
 
 __all__ = ["MetricsLogger"]
+
+
+def _stateless_metrics_result(model, variables):
+    """JAX: ``model.get_metrics_result()`` of the metric values given, as NumPy (one jitted
+    call, one transfer)."""
+    import jax
+
+    def result(values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return model.get_metrics_result()
+
+    compiled = jax.jit(result)
+    return lambda values: jax.device_get(compiled(values))
 
 
 class MetricsLogger(DiagnosticCallback):
@@ -34,10 +48,18 @@ class MetricsLogger(DiagnosticCallback):
         cb = keras_bn.callbacks.MetricsLogger("logs/run1", every=100)
     """
 
+    _log_step_syncs = False  # the metric variables of the trainer's state
+
     _needs_built_model = False  # reads only the metrics
 
     def _attach(self):
-        if keras.backend.backend() != "tensorflow":  # JAX: the metric results after the state sync
+        if is_jax():  # one jitted call on the metric values of the trainer's state: no sync
+            model, variables = self.model, list(self.model.metrics_variables)
+            result = self._taps.cached("metrics_result", variables, lambda: _stateless_metrics_result(model, variables))
+            self._metrics_result = lambda: result(current_values(self._taps.model(), "metrics_variables", variables))
+            self._add_charts()
+            return
+        if not is_tensorflow():  # PyTorch: eager, as its steps are
             self._metrics_result = self.model.get_metrics_result
             self._add_charts()
             return

@@ -11,10 +11,9 @@ trainable weights; at the next batch (one ``train_function`` call later, i.e. on
 one compiled reduction and logs only per-layer numbers. No other step is touched.
 
 The same on every backend, with the same tags and the same steps. On JAX the weights live in
-the jitted step's state inside an epoch: the snapshot is taken after the state sync the log
-step does anyway (reading ``Callback.model``), as a copy (Keras donates the state's buffers to
-the next step), and the comparison syncs once more at the next batch: two syncs every `every`
-steps and nothing in the training step itself. On PyTorch the snapshot is a copy too (torch's
+the jitted step's state inside an epoch: the snapshot copies them from there (Keras donates the
+state's buffers to the next step) and the comparison reads them there, so nothing syncs the
+whole state and nothing runs in the training step itself. On PyTorch the snapshot is a copy too (torch's
 optimizers update the weights in place).
 
 Usage::
@@ -29,7 +28,7 @@ from keras import ops
 
 from keras_bn.callbacks._base import DiagnosticCallback
 from keras_bn.callbacks._layers import group_norms, variable_groups
-from keras_bn.callbacks._tap_state import is_jax, is_tensorflow
+from keras_bn.callbacks._tap_state import current_values, is_jax, is_tensorflow
 from keras_bn.callbacks._writer import RunWriters
 
 __all__ = ["UpdateRatio"]
@@ -78,6 +77,8 @@ class UpdateRatio(DiagnosticCallback):
         model.fit(x, y, callbacks=[keras_bn.callbacks.UpdateRatio("logs/run1", every=50)])
     """
 
+    _log_step_syncs = False  # the weights of the trainer's state (`_current_weights`)
+
     def __init__(self, log_dir, every: int = 100, *, writers: RunWriters | None = None):
         super().__init__(log_dir, every, writers=writers)
         self._before = None
@@ -98,9 +99,12 @@ class UpdateRatio(DiagnosticCallback):
     def _detach(self):
         self._before = None
 
+    def _current_weights(self) -> list:
+        return current_values(self._taps.model(), "trainable_variables", self._weights)
+
     def _snapshot(self):
         if is_jax():
-            return self._copy([v.value for v in self._weights])
+            return self._copy(self._current_weights())
         if not is_tensorflow():  # a copy: torch updates the weights in place
             return [ops.copy(ops.stop_gradient(v.value)) for v in self._weights]
         import tensorflow as tf
@@ -111,8 +115,7 @@ class UpdateRatio(DiagnosticCallback):
         """Log the ratio of the step since the snapshot, if one is pending."""
         if self._before is None:
             return
-        self._sync_state()  # JAX: the weights of the step since the snapshot into the variables
-        diff, base = self._reduce(self._before, [v.value for v in self._weights])
+        diff, base = self._reduce(self._before, self._current_weights())
         self._before = None
         self._write(step, ops.convert_to_numpy(diff), ops.convert_to_numpy(base))
 
