@@ -96,6 +96,7 @@ class TapState:
         from the trainer's state at their positions, without the full state sync."""
         live = self._live_positions(variables)
         if live is None:
+            self._sync()
             return [self.numpy(v) for v in variables]
         import jax
 
@@ -107,6 +108,7 @@ class TapState:
         epoch: the next step gets the value in its state (`with_pending`), nothing syncs."""
         live = self._live_positions([variable])
         if live is None:
+            self._sync()
             self.reset(variable, value)
             return
         values, (position,) = live
@@ -128,14 +130,20 @@ class TapState:
         optimizer = getattr(model, "optimizer", None) if model is not None else None
         if not self.attached or optimizer is None:
             return None
-        if self._positions is None:
-            self._positions = {id(v): i for i, v in enumerate(optimizer.variables)
-                               if any(v is t for t in self.variables)}
-            self._optimizer_count = len(optimizer.variables)
+        every = optimizer.variables
+        if self._positions is None or self._optimizer_count != len(every):  # another tap attached since
+            self._positions = {id(v): i for i, v in enumerate(every) if any(v is t for t in self.variables)}
+            self._optimizer_count = len(every)
         values = internals.unsynced_jax_state(model, "optimizer_variables", self._optimizer_count)
         if values is None:
             return None
         return values, [self._positions[id(v)] for v in variables]
+
+    def _sync(self) -> None:
+        """JAX: the variables hold the latest step's values (a no-op when they already do)."""
+        model = self._model() if self._model is not None else None
+        if model is not None and hasattr(model, "jax_state_sync"):
+            model.jax_state_sync()
 
     @staticmethod
     def numpy(variable):
