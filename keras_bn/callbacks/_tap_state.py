@@ -130,20 +130,16 @@ class TapState:
         optimizer = getattr(model, "optimizer", None) if model is not None else None
         if not self.attached or optimizer is None:
             return None
-        every = optimizer.variables
-        if self._positions is None or self._optimizer_count != len(every):  # another tap attached since
-            self._positions = {id(v): i for i, v in enumerate(every) if any(v is t for t in self.variables)}
-            self._optimizer_count = len(every)
+        count = len(optimizer.variables)
+        if self._positions is None or self._optimizer_count != count:  # another tap attached since
+            self._positions, self._optimizer_count = self.state_positions(optimizer), count
         values = internals.unsynced_jax_state(model, "optimizer_variables", self._optimizer_count)
         if values is None:
             return None
         return values, [self._positions[id(v)] for v in variables]
 
     def _sync(self) -> None:
-        """JAX: the variables hold the latest step's values (a no-op when they already do)."""
-        model = self._model() if self._model is not None else None
-        if model is not None and hasattr(model, "jax_state_sync"):
-            model.jax_state_sync()
+        _sync_jax_state(self._model() if self._model is not None else None)
 
     @staticmethod
     def numpy(variable):
@@ -157,7 +153,7 @@ class TapState:
         computed from the current device array, so it keeps that array's placement: a value
         made from host data would be a different jit argument and recompile the step."""
         if is_jax():
-            variable.assign(variable.value * 0 + np.asarray(value, dtype=cls.numpy(variable).dtype))
+            variable.assign(_jax_like()(variable.value, np.asarray(value, dtype=cls.numpy(variable).dtype)))
         else:
             variable.assign(np.asarray(value, dtype=cls.numpy(variable).dtype))
 
@@ -214,13 +210,10 @@ class TapState:
 
         return restore
 
-    def state_positions(self, optimizer) -> list[int]:
-        """Where this tap's variables sit in ``optimizer.variables`` (JAX, while attached)."""
-        positions = []
-        for i, v in enumerate(optimizer.variables):
-            if any(v is t for t in self.variables):
-                positions.append(i)
-        return positions
+    def state_positions(self, optimizer) -> dict:
+        """Where this tap's variables sit in ``optimizer.variables`` (JAX, while attached):
+        ``{id(variable): position}``."""
+        return {id(v): i for i, v in enumerate(optimizer.variables) if any(v is t for t in self.variables)}
 
 
 @functools.cache
@@ -240,8 +233,14 @@ def current_values(model, kind: str, variables) -> list:
         values = internals.unsynced_jax_state(model, kind, len(variables))
         if values is not None:
             return list(values)
-        model.jax_state_sync()  # a no-op when the variables hold the state
+        _sync_jax_state(model)
     return [v.value for v in variables]
+
+
+def _sync_jax_state(model) -> None:
+    """JAX: the variables hold the latest step's values (a no-op when they already do)."""
+    if model is not None and hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
 
 
 def with_pending_state(args, taps):

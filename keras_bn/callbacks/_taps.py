@@ -286,7 +286,7 @@ class StepTaps:
             return args
         positions = set()
         for tap in self._attached:
-            positions.update(tap.state.state_positions(model.optimizer))
+            positions.update(tap.state.state_positions(model.optimizer).values())
         trainable, non_trainable, optimizer_values, metrics = args[0]
         optimizer_values = [v for i, v in enumerate(optimizer_values) if i not in positions]
         return ((trainable, non_trainable, optimizer_values, metrics), *args[1:])
