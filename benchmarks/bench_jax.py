@@ -13,13 +13,15 @@ Usage::
     python benchmarks/bench_jax.py                 # 5 alternating repeats: 4-8 minutes
     python benchmarks/bench_jax.py --quick         # smoke run
     python benchmarks/bench_jax.py --probe         # the preset with a 256-sample probe too
-    python benchmarks/bench_jax.py --windows 30    # 30 rounds of 100-step windows (below)
+    python benchmarks/bench_jax.py --windows 8     # 8 rounds of 1800-step windows (below): 3 minutes
 
-``--windows N``: one model per configuration, N rounds of short fits (150 steps each, the
-configurations alternating within a round, in a rotating order, so a load change of the shared
-machine hits the neighbours alike; the preset without figures); each fit times its batches 20-120, 100 steps holding exactly one read of
-every callback (``every=100``); the ratios are medians of the per-round ratios to ``bare``.
-No epoch end and no compilation in the window: the steady per-step cost of a long epoch.
+``--windows N``: one model per configuration, N rounds of fits of `--window-steps` + 200 steps
+(the configurations alternating within a round, in a rotating order, so a load change of the
+shared machine hits the neighbours alike; the preset without figures); each fit times its
+batches 100 to 100 + `--window-steps` (default 1800: 18 reads of every callback at
+``every=100``; 100-step windows, one read each, vary by +-20% from fit to fit on this machine);
+the ratios are medians of the per-round ratios to ``bare``. No epoch end and no compilation in
+the window: the steady per-step cost of a long epoch.
 """
 
 from __future__ import annotations
@@ -82,22 +84,24 @@ def epoch_time(x, y, config: str, probe, batch_size: int = 32) -> tuple:
 
 
 class Window(keras.callbacks.Callback):
-    """The three clocks over batches [20, 120) of each fit."""
+    """The three clocks over batches [100, 100 + steps) of each fit."""
 
-    def __init__(self):
+    def __init__(self, steps: int):
         super().__init__()
+        self.steps = steps
         self.times = []
 
     def on_train_batch_begin(self, batch, logs=None):
-        if batch == 20:
+        if batch == 100:
             self._start = [clock() for clock in EpochTimer.clocks]
-        elif batch == 120:
+        elif batch == 100 + self.steps:
             self.times.append(tuple(clock() - start for clock, start in zip(EpochTimer.clocks, self._start)))
 
 
-def window_times(rounds: int, probe) -> dict:
+def window_times(rounds: int, probe, steps: int) -> dict:
     rng = np.random.default_rng(0)
-    x, y = rng.random((150 * 32, 784), dtype=np.float32), rng.integers(0, 10, 150 * 32)
+    n = (steps + 200) * 32
+    x, y = rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)
     runs = {}
     with tempfile.TemporaryDirectory() as log_dir:
         for config in CONFIGS:
@@ -107,7 +111,7 @@ def window_times(rounds: int, probe) -> dict:
             # No figures: drawn at train end on a background thread, they would land in the next
             # fit's window (in a long epoch they are drawn at most once a minute, at an epoch end).
             callbacks = make_callbacks(config, os.path.join(log_dir, config), probe, figures=False)
-            runs[config] = (model, callbacks + [Window()])
+            runs[config] = (model, callbacks + [Window(steps)])
         for repeat in range(rounds + 1):  # round 0 compiles
             for config in CONFIGS[repeat % len(CONFIGS):] + CONFIGS[: repeat % len(CONFIGS)]:
                 model, callbacks = runs[config]
@@ -136,13 +140,15 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--probe", action="store_true", help="give the preset a 256-sample probe")
     parser.add_argument("--windows", type=int, default=0, metavar="N",
-                        help="N rounds of 100-step windows instead of whole epochs")
+                        help="N rounds of timed windows inside fits instead of whole epochs")
+    parser.add_argument("--window-steps", type=int, default=1800, metavar="S",
+                        help="steps per window (default 1800)")
     args = parser.parse_args(argv)
     if args.windows:
         probe = np.random.default_rng(1).random((256, 784), dtype=np.float32) if args.probe else None
         print(f"keras {keras.__version__} on {keras.backend.backend()}, random data, batch 32, "
-              f"{args.windows} rounds of 100-step windows", flush=True)
-        report(window_times(args.windows, probe), 100)
+              f"{args.windows} rounds of {args.window_steps}-step windows", flush=True)
+        report(window_times(args.windows, probe, args.window_steps), args.window_steps)
         return
     repeats = args.repeats or (1 if args.quick else 5)
     rng = np.random.default_rng(0)

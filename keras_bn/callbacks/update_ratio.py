@@ -117,10 +117,6 @@ class UpdateRatio(DiagnosticCallback):
             return
         diff, base = self._reduce(self._before, self._current_weights())
         self._before = None
-        if is_jax():
-            import jax
-
-            diff, base = jax.device_get((diff, base))  # one transfer
         self._write(step, ops.convert_to_numpy(diff), ops.convert_to_numpy(base))
 
     def _write(self, step, diff, base):
