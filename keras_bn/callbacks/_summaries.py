@@ -73,28 +73,27 @@ class _EventFile:
         return self._writer.pending_bytes
 
     def write_values(self, values: list, step: int) -> None:
-        """Write ``[(tag, kind, TensorProto), ...]`` (`summary_values`) as one event at `step`."""
+        """Write ``[(tag, kind, float or TensorProto), ...]`` (`summary_values`) as one event at
+        `step`, built in place (scalars straight into their fields: half the cost of copying
+        protos in)."""
         if not values:
             return
-        summary = internals.tensorboard_summary_class()()
-        for tag, kind, tensor in values:
-            self._add(summary, tag, kind, tensor)
-        self._write_event(summary, step)
+        event = internals.tensorboard_event_class()(wall_time=time.time(), step=step)
+        for tag, kind, payload in values:
+            value = event.summary.value.add(tag=tag)
+            if kind == "scalar":
+                internals.tensorboard_float_tensor(payload, into=value.tensor)
+            else:
+                value.tensor.CopyFrom(payload)
+            if tag not in self._described:
+                self._described.add(tag)
+                value.metadata.CopyFrom(internals.tensorboard_plugin_metadata(kind))
+        self._writer.add(event)
 
     def write_summary(self, summary, step: int) -> None:
         """Write a ready-made ``Summary`` proto (e.g. the custom-scalars layout; TensorFlow's
         or TensorBoard's class)."""
         self._writer.add_summary(step, summary)
-
-    def _write_event(self, summary, step: int) -> None:
-        event_class = internals.tensorboard_event_class()
-        self._writer.add(event_class(wall_time=time.time(), step=step, summary=summary))
-
-    def _add(self, summary, tag: str, kind: str, tensor) -> None:
-        value = summary.value.add(tag=tag, tensor=tensor)
-        if tag not in self._described:
-            self._described.add(tag)
-            value.metadata.CopyFrom(internals.tensorboard_plugin_metadata(kind))
 
     def flush(self) -> None:
         self._writer.flush()
@@ -104,9 +103,10 @@ class _EventFile:
 
 
 def summary_values(write: _Write) -> list:
-    """``[(tag, kind, TensorProto), ...]`` of everything `write` collected: the costly part of a
-    write (PNG encoding), done before the writers' lock is taken."""
-    values = [(tag, "scalar", internals.tensorboard_float_tensor(value)) for tag, value in write.scalar_values.items()]
+    """``[(tag, kind, payload), ...]`` of everything `write` collected (a scalar's payload is its
+    float, the others' a TensorProto): the costly part of a write (PNG encoding), done before
+    the writers' lock is taken."""
+    values = [(tag, "scalar", value) for tag, value in write.scalar_values.items()]
     values += [(tag, "histogram", internals.tensorboard_tensor_proto(buckets))
                for tag, buckets in write.histogram_values.items()]
     values += [(tag, "image", internals.tensorboard_tensor_proto(_png_tensor(rgba)))

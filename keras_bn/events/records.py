@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import google_crc32c
-import numpy as np
 
 from keras_bn import _keras_internals as internals
 
@@ -216,7 +215,8 @@ class EventFileWriter:
         writes them; the scalar plugin's metadata goes with each tag's first value)."""
         summary = internals.tensorboard_summary_class()()
         for tag, number in values.items():
-            value = summary.value.add(tag=tag, tensor=internals.tensorboard_tensor_proto(np.float32(number)))
+            value = summary.value.add(tag=tag)
+            internals.tensorboard_float_tensor(number, into=value.tensor)
             if tag not in self._described:
                 self._described.add(tag)
                 value.metadata.CopyFrom(internals.tensorboard_plugin_metadata("scalar"))
