@@ -485,3 +485,28 @@ def test_the_presets_reads_take_the_trainer_state_without_syncing_and_match_a_ha
         assert ratio[step + 1] == pytest.approx(ratios[step], rel=1e-4)  # the step after the read
     for got, want in zip(weights_of(model), weights):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_the_tap_counts_stay_exact_with_two_reads_per_batch_and_host_rebases(tmp_path, monkeypatch):
+    """On JAX a read's reset reaches the state at the next step (`TapState.set`): a second read
+    in the same batch sees it, so counts moved to the host (from COUNT_REBASE, here 2) are
+    counted once."""
+    from keras_bn.callbacks import _gradient_tap
+    from keras_bn.callbacks._taps import StepTaps
+
+    monkeypatch.setattr(_gradient_tap, "COUNT_REBASE", 2)
+    x, y = data(32)
+    model = mlp(keras.optimizers.SGD(0.1))
+    seen = []
+
+    class ReadAgain(keras.callbacks.Callback):
+        async_safe = True
+
+        def on_train_batch_begin(self, batch, logs=None):
+            tap = StepTaps.of(model).current_gradient_tap()
+            seen.append((batch, tap.read()["fired_steps"], tap.read()["fired_steps"]))
+
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0,
+              callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False), ReadAgain()])
+    assert seen == [(b, b, b) for b in range(8)]
+    assert StepTaps.of(model).gradient_tap(model.optimizer).read()["fired_steps"] == 8

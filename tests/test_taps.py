@@ -285,3 +285,44 @@ def test_norm_max_is_the_largest_step_norm_since_the_previous_read(tmp_path):
     assert sorted(logged) == [4, 8]
     assert logged[4] == pytest.approx(max(step_norms[:4]), rel=1e-5)
     assert logged[8] == pytest.approx(max(step_norms[4:]), rel=1e-5)
+
+
+def test_the_tap_counts_stay_exact_when_a_read_moves_them_to_the_host(tmp_path, monkeypatch):
+    """The counts ride in the tap's float32 array; from COUNT_REBASE on a read moves them into
+    host integers (here from 2, so every other read does)."""
+    from keras_bn.callbacks import _gradient_tap
+
+    monkeypatch.setattr(_gradient_tap, "COUNT_REBASE", 2)
+    model = mlp()
+    x, y = data(32)
+    x[8:16] = np.nan  # step 2 of each epoch has non-finite gradients
+    model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
+              callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False)])
+    tap = StepTaps.of(model).gradient_tap(model.optimizer)
+    first, again = tap.read(), tap.read()
+    assert first["fired_steps"] == again["fired_steps"] == 12 == int(model.optimizer.iterations.numpy())
+    assert first["nonfinite_steps"] == again["nonfinite_steps"] == 3
+    assert np.asarray(tap.stats.numpy())[-3:].max() < 2  # the device's share was moved to the host
+    nonfinite = scalar_series(tmp_path / "train", "nonfinite/grad_steps")
+    assert sum(nonfinite.values()) == 3 and sorted(s for s, v in nonfinite.items() if v) == [2, 6, 10]
+
+
+def test_a_tap_for_other_backends_only_is_left_out_with_one_warning():
+    class ElsewhereOnly:
+        backends = ("jax",)  # not this TensorFlow process
+
+        def patch(self):
+            raise AssertionError("a left-out tap is never patched")
+
+        unpatch = patch
+
+    model = mlp()
+    owner = StepTaps.of(model)
+    with pytest.warns(RuntimeWarning, match=r"ElsewhereOnly does not run on the tensorflow backend"):
+        owner.register(ElsewhereOnly())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        owner.register(ElsewhereOnly())  # once per tap kind
+    assert owner.taps == []
+    x, y = data(16)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # its patch would raise

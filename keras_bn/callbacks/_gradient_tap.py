@@ -35,6 +35,11 @@ counts (clipped, non-finite, fired) run on, so the callback's difference between
 covers every step in between, with ``steps_per_execution > 1`` too; ``peak_sumsq`` keeps the
 largest finite applied global sum of squares since the last read (`read` resets it).
 
+**One array.** Everything sits in one float32 vector (on JAX every state array is jit input
+and output at every step): the counts are exact integers in float32 below 2**24, and `read`
+moves them into host integers once they reach `COUNT_REBASE`, so they stay exact as long as
+fewer than 2**24 - 2**22 (12.5 million) steps pass between two reads (an epoch end reads too).
+
 Every record also adds 1 to ``fired_steps``: the callbacks never write a number the tap did not
 measure.
 """
@@ -68,6 +73,8 @@ def _sumsq(values):
 
 
 _ROW = 128  # the row length of the fused per-variable sums (JAX)
+COUNT_REBASE = 2**22  # `read` moves the device's counts to the host from here (float32 is exact below 2**24)
+_COUNTS = 3  # clipped, non-finite, fired
 
 
 def _sumsq_per_variable(values: dict, size: int):
@@ -101,7 +108,7 @@ class GradientTap:
     variable, in the order given), ``peak_sumsq`` (largest finite applied global sum of squares
     since the previous read), ``clipped_steps``, ``nonfinite_steps`` and ``fired_steps``
     (running counts). `clipping` is `keras_bn.optimizers.clipping_of`'s name; `preclip_known`
-    says whether a pre-clip norm is measured. `state` holds the variables (`TapState`).
+    says whether a pre-clip norm is measured. `state` holds the variable (`TapState`): `stats`.
     """
 
     backends = ("tensorflow", "jax", "torch")  # where StepTaps runs it
@@ -127,12 +134,12 @@ class GradientTap:
                 self._position.setdefault(id(getattr(v, "value", v)), i)  # the tf.Variable under a Keras one
         size = self._size = len(variables)
         self.state = state = TapState(self.strategy)
-        # Two arrays in all (on JAX each one is jit input and output at every step): the floats
-        # [pre-clip sums | applied sums, when clipping is measured | peak] and the counts
-        # [clipped, non-finite, fired].
+        # One array: [pre-clip sums | applied sums, when clipping is measured | peak | clipped,
+        # non-finite and fired counts] (see "One array" above).
         self._separate_applied = self.clipping != "none" and self.preclip_known
-        self.sums = state.floats("keras_bn_gradient_sums", [size * (2 if self._separate_applied else 1) + 1])
-        self.counts = state.counters("keras_bn_gradient_counts", 3)
+        self._peak_index = size * (2 if self._separate_applied else 1)
+        self.stats = state.floats("keras_bn_gradient_stats", [self._peak_index + 1 + _COUNTS])
+        self._count_base = np.zeros(_COUNTS, np.int64)  # counts moved to the host (`read`)
         self._undo = None
         self.traced_records = 0
         if self.strategy is not None and hook is None and not internals.has_aggregation_point(optimizer):
@@ -218,13 +225,17 @@ class GradientTap:
             # Without a separate slot (a replica's share, no aggregation point) the applied sums.
             parts = [sumsq, applied] if self._separate_applied else [applied]
             applied_global = ops.sum(applied)
-        peak = ops.convert_to_tensor(self.sums)[-1]
-        peak = ops.where(ops.isfinite(applied_global), ops.maximum(peak, applied_global), peak)
-        self.sums.assign(ops.concatenate(parts + [ops.reshape(peak, [1])]))
-        dtype = self.counts.dtype
-        self.counts.assign_add(ops.stack([ops.cast(clipped, dtype),
-                                          ops.cast(ops.logical_not(ops.isfinite(global_sumsq)), dtype),
-                                          ops.ones((), dtype)]))
+        # Elementwise in the previous values (no concatenation of them), so that XLA updates
+        # the donated array in place: [sums | max(peak, finite global) | counts + increments].
+        previous = ops.convert_to_tensor(self.stats)
+        at = self._peak_index
+        position = np.arange(at + 1 + _COUNTS)
+        new_sums = ops.concatenate(parts + [ops.zeros([1 + _COUNTS], "float32")])
+        increments = ops.concatenate([ops.zeros([at + 1], "float32"), ops.stack([
+            ops.cast(clipped, "float32"), ops.cast(ops.logical_not(ops.isfinite(global_sumsq)), "float32"),
+            ops.ones((), "float32")])])
+        peak = ops.where(ops.isfinite(applied_global), ops.maximum(previous, applied_global), previous)
+        self.stats.assign(ops.where(position < at, new_sums, ops.where(position == at, peak, previous + increments)))
 
     def _applied(self, preclip, global_sumsq, clip_values):
         """Sums of squares after Keras' clipping, and whether clipping engaged this step."""
@@ -250,11 +261,18 @@ class GradientTap:
     def read(self) -> dict:
         """The current statistics as NumPy values (a few small reads); resets ``peak_sumsq``.
         On JAX inside an epoch, from the trainer's state without a sync."""
-        sums, counts = self.state.read(self.sums, self.counts)
-        size, measured_clip = self._size, self.clipping != "none" and self.preclip_known
-        preclip, peak = sums[:size], float(sums[-1])
-        if peak != 0.0:
-            self.state.set(self.sums, np.concatenate([sums[:-1], [0.0]]))
+        stats, = self.state.read(self.stats)
+        size, measured_clip, at = self._size, self.clipping != "none" and self.preclip_known, self._peak_index
+        sums, peak, device_counts = stats[:at], float(stats[at]), stats[at + 1:].astype(np.int64)
+        counts = self._count_base + device_counts
+        rebase = int(device_counts.max()) >= COUNT_REBASE
+        if peak != 0.0 or rebase:
+            stats = stats.copy()
+            stats[at] = 0.0
+            if rebase:
+                self._count_base, stats[at + 1:] = counts, 0.0
+            self.state.set(self.stats, stats)
+        preclip = sums[:size]
         return {
             "preclip_sumsq": preclip,
             "applied_sumsq": sums[size:2 * size] if measured_clip else preclip,

@@ -70,11 +70,6 @@ class TapState:
         """A float32 variable of zeros."""
         return self._make(name, np.zeros(shape, np.float32))
 
-    def counters(self, name: str, count: int):
-        """`count` integer counters at 0, in one vector (int32 on JAX: no x64 there by default;
-        int64 elsewhere)."""
-        return self._make(name, np.zeros([count], np.int32 if is_jax() else np.int64))
-
     def _make(self, name, initial):
         if not is_tensorflow():
             variable = keras.Variable(initial, dtype=str(initial.dtype), trainable=False, name=name)
@@ -93,14 +88,15 @@ class TapState:
     # --- reading and resetting from the host ----------------------------------------------
     def read(self, *variables) -> list:
         """NumPy values of these tap variables after the latest step. JAX inside an epoch: taken
-        from the trainer's state at their positions, without the full state sync."""
+        from the trainer's state at their positions, without the full state sync (a value `set`
+        since that step is the one the next step gets)."""
         live = self._live_positions(variables)
         if live is None:
             self._sync()
             return [self.numpy(v) for v in variables]
         values, positions = live
         # np.asarray per array: `jax.device_get` costs more Python than the copies themselves.
-        return [np.asarray(values[p]) for p in positions]
+        return [np.asarray(self._pending.get(p, values[p])) for p in positions]
 
     def set(self, variable, value) -> None:
         """Set a tap variable from the host (an accumulator after its read). JAX inside an
