@@ -140,6 +140,8 @@ class GradientTap:
         self._peak_index = size * (2 if self._separate_applied else 1)
         self.stats = state.floats("keras_bn_gradient_stats", [self._peak_index + 1 + _COUNTS])
         self._count_base = np.zeros(_COUNTS, np.int64)  # counts moved to the host (`read`)
+        position = np.arange(self._peak_index + 1 + _COUNTS)
+        self._is_sum, self._is_peak = position < self._peak_index, position == self._peak_index
         self._undo = None
         self.traced_records = 0
         if self.strategy is not None and hook is None and not internals.has_aggregation_point(optimizer):
@@ -229,13 +231,12 @@ class GradientTap:
         # the donated array in place: [sums | max(peak, finite global) | counts + increments].
         previous = ops.convert_to_tensor(self.stats)
         at = self._peak_index
-        position = np.arange(at + 1 + _COUNTS)
         new_sums = ops.concatenate(parts + [ops.zeros([1 + _COUNTS], "float32")])
         increments = ops.concatenate([ops.zeros([at + 1], "float32"), ops.stack([
             ops.cast(clipped, "float32"), ops.cast(ops.logical_not(ops.isfinite(global_sumsq)), "float32"),
             ops.ones((), "float32")])])
         peak = ops.where(ops.isfinite(applied_global), ops.maximum(previous, applied_global), previous)
-        self.stats.assign(ops.where(position < at, new_sums, ops.where(position == at, peak, previous + increments)))
+        self.stats.assign(ops.where(self._is_sum, new_sums, ops.where(self._is_peak, peak, previous + increments)))
 
     def _applied(self, preclip, global_sumsq, clip_values):
         """Sums of squares after Keras' clipping, and whether clipping engaged this step."""

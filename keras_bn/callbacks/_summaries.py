@@ -9,7 +9,6 @@ Usage (inside keras_bn.callbacks._writer)::
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 
@@ -58,7 +57,6 @@ class _EventFile:
 
     def __init__(self, run_dir: str):
         self._writer = EventFileWriter(run_dir)
-        self._described: set[str] = set()
 
     @property
     def path(self) -> str:
@@ -74,21 +72,9 @@ class _EventFile:
 
     def write_values(self, values: list, step: int) -> None:
         """Write ``[(tag, kind, float or TensorProto), ...]`` (`summary_values`) as one event at
-        `step`, built in place (scalars straight into their fields: half the cost of copying
-        protos in)."""
-        if not values:
-            return
-        event = internals.tensorboard_event_class()(wall_time=time.time(), step=step)
-        for tag, kind, payload in values:
-            value = event.summary.value.add(tag=tag)
-            if kind == "scalar":
-                internals.tensorboard_float_tensor(payload, into=value.tensor)
-            else:
-                value.tensor.CopyFrom(payload)
-            if tag not in self._described:
-                self._described.add(tag)
-                value.metadata.CopyFrom(internals.tensorboard_plugin_metadata(kind))
-        self._writer.add(event)
+        `step` (`EventFileWriter.add_values`)."""
+        if values:
+            self._writer.add_values(step, values)
 
     def write_summary(self, summary, step: int) -> None:
         """Write a ready-made ``Summary`` proto (e.g. the custom-scalars layout; TensorFlow's

@@ -213,14 +213,23 @@ class EventFileWriter:
     def add_scalars(self, step: int, values: dict) -> None:
         """Add one event of ``{tag: number}`` scalars at `step` (float32, as ``tf.summary.scalar``
         writes them; the scalar plugin's metadata goes with each tag's first value)."""
-        summary = internals.tensorboard_summary_class()()
-        for tag, number in values.items():
-            value = summary.value.add(tag=tag)
-            internals.tensorboard_float_tensor(number, into=value.tensor)
+        self.add_values(step, [(tag, "scalar", number) for tag, number in values.items()])
+
+    def add_values(self, step: int, values: list) -> None:
+        """Add ``[(tag, kind, payload), ...]`` as one event at `step`: `kind` a summary plugin
+        (``"scalar"``: `payload` a number, float32; ``"histogram"``, ``"image"``: a ready
+        ``TensorProto``), the plugin's metadata with each tag's first value. Built in place."""
+        event = internals.tensorboard_event_class()(wall_time=time.time(), step=int(step))
+        for tag, kind, payload in values:
+            value = event.summary.value.add(tag=tag)
+            if kind == "scalar":
+                internals.tensorboard_float_tensor(payload, into=value.tensor)
+            else:
+                value.tensor.CopyFrom(payload)
             if tag not in self._described:
                 self._described.add(tag)
-                value.metadata.CopyFrom(internals.tensorboard_plugin_metadata("scalar"))
-        self.add(internals.tensorboard_event_class()(wall_time=time.time(), step=int(step), summary=summary))
+                value.metadata.CopyFrom(internals.tensorboard_plugin_metadata(kind))
+        self.add(event)
 
     def add_summary(self, step: int, summary) -> None:
         """Add a ready-made ``Summary`` proto (TensorBoard's, e.g. from
