@@ -89,6 +89,39 @@ def test_the_direct_float32_scalar_tensor_is_what_make_tensor_proto_makes():
         assert internals.tensorboard_float_tensor(value).SerializeToString() == expected, value
 
 
+def test_a_scalar_event_serialized_directly_is_the_event_tensorboards_protos_make(tmp_path):
+    """`EventFileWriter.add_values` serializes events of already-described scalar tags itself:
+    the bytes must be those of TensorBoard's ``Event`` proto with the same fields (tags of 1 and
+    of 200 bytes, non-ASCII, steps around the varint's byte boundaries, float32 edge values)."""
+    from tensorboard.compat.proto import event_pb2
+
+    tags = ["loss", "grad_norm/d\u00e9nse_1", "t" * 200]
+    numbers = [0.1, -3.0, 0.0, 1e-45, 3.4e38, float("nan"), float("inf"), -float("inf"), np.float64(2.5), 7]
+    writer = events.EventFileWriter(tmp_path)
+    writer.add_values(0, [(tag, "scalar", 1.0) for tag in tags])  # the first values carry the metadata
+    steps = (0, 1, 127, 128, 16383, 16384, 2**40)
+    for step in steps:
+        writer.add_values(step, [(tags[i % 3], "scalar", number) for i, number in enumerate(numbers)])
+    writer.close()
+    records = [data for _, data in events.iter_records(writer.path)][2:]  # after the file version and the first event
+    assert len(records) == len(steps)
+    for step, data in zip(steps, records):
+        event = event_pb2.Event.FromString(data)
+        expected = event_pb2.Event(wall_time=event.wall_time, step=step)
+        for i, number in enumerate(numbers):
+            value = expected.summary.value.add(tag=tags[i % 3])
+            internals.tensorboard_float_tensor(number, into=value.tensor)
+        assert data == expected.SerializeToString(), step
+    with pytest.warns(RuntimeWarning, match="overflow"):  # beyond float32: inf, as numpy's cast makes it
+        writer = events.EventFileWriter(tmp_path / "big")
+        writer.add_values(3, [("loss", "scalar", 1.0)])
+        writer.add_values(4, [("loss", "scalar", 1e39), ("loss", "scalar", -1e39)])
+        writer.close()
+    last = [data for _, data in events.iter_records(writer.path)][2]
+    assert [v.tensor.float_val[0] for v in event_pb2.Event.FromString(last).summary.value] == [
+        float("inf"), -float("inf")]
+
+
 def test_values_of_every_numeric_dtype_and_simple_value_are_read():
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.util import tensor_util

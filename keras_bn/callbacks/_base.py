@@ -4,7 +4,8 @@
 sits in variables updated inside the compiled step and is read by the host only every `every`
 optimizer steps (and at each epoch end), never on other steps: that is what keeps the
 callbacks cheap, since a host read of a device value costs a synchronization. The steps are
-counted in plain Python in ``on_train_batch_begin``. None of these callbacks overrides
+counted in plain Python in ``on_train_batch_begin``, which compares the batch with the next
+one that has work (`_due_batch`) and does nothing else on other steps. None of these callbacks overrides
 ``on_train_batch_end``: on the JAX and PyTorch backends that keeps Keras' asynchronous batch
 dispatch (callback_list.py turns it off for the whole ``fit`` when a callback overrides a
 batch-end hook). On TensorFlow, Keras >= 3.7 never dispatches asynchronously
@@ -124,6 +125,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
         self.writers = check_writers(writers, self.log_dir)
         self._steps_at_epoch_start = 0
         self._last_logged_step = None
+        self._due_batch = 0  # the next batch with work (`_schedule`)
         self._step_offset = 0  # added to optimizer.iterations in this fit (RunWriters.step_offset)
         self._last_figure = (None, -float("inf"))  # (step, time) of the last figure drawn
 
@@ -162,16 +164,34 @@ class DiagnosticCallback(keras.callbacks.Callback):
         self._last_figure = (None, time.monotonic())
         self._in_fit = True
         self._attach()
+        self._schedule()
 
     def on_train_batch_begin(self, batch, logs=None):
         self._taps.arm()
+        if batch >= self._due_batch:  # the whole per-step cost of a callback: one comparison
+            self._batch_due(batch)
+
+    def _batch_due(self, batch: int) -> None:
+        """The work of a batch at or after `_due_batch` (a logging step; subclasses add their
+        own, e.g. `UpdateRatio`'s comparison one batch after its snapshot)."""
         step = self._steps_at_epoch_start + batch  # steps finished so far
-        offset = self._step_offset  # the cadence follows the optimizer (same steps on every worker)
-        if (step - offset) // self.every > (self._last_logged_step - offset) // self.every:
+        if step >= self._next_log_step():
             self._last_logged_step = step
             if self._log_step_syncs:
                 self._sync_state()
             self._run_safely(self._log_step, step)
+        self._schedule()
+
+    def _next_log_step(self) -> int:
+        """The first step past the next multiple of `every` after the last logged one (the
+        cadence follows the optimizer, so every worker logs the same steps)."""
+        offset = self._step_offset
+        return offset + ((self._last_logged_step - offset) // self.every + 1) * self.every
+
+    def _schedule(self) -> None:
+        """Set `_due_batch`, the batch of this epoch whose ``on_train_batch_begin`` has work
+        next (a logging step): the steps between cost one comparison each."""
+        self._due_batch = self._next_log_step() - self._steps_at_epoch_start
 
     def on_epoch_end(self, epoch, logs=None):
         step = self._optimizer_step()
@@ -179,6 +199,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
         if step != self._last_logged_step:
             self._last_logged_step = step
             self._run_safely(self._log_step, step)
+        self._schedule()
         self._run_safely(self._log_epoch, epoch, step, dict(logs or {}))
         if time.monotonic() - self._last_figure[1] >= self.figure_secs:
             self._submit_figure(step)

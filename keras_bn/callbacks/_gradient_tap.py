@@ -262,17 +262,15 @@ class GradientTap:
     def read(self) -> dict:
         """The current statistics as NumPy values (a few small reads); resets ``peak_sumsq``.
         On JAX inside an epoch, from the trainer's state without a sync."""
-        stats, = self.state.read(self.stats)
         size, measured_clip, at = self._size, self.clipping != "none" and self.preclip_known, self._peak_index
+        stats = self.state.take(self.stats, zero_at=(at,))  # the peak starts again after a read
         sums, peak, device_counts = stats[:at], float(stats[at]), stats[at + 1:].astype(np.int64)
         counts = self._count_base + device_counts
-        rebase = int(device_counts.max()) >= COUNT_REBASE
-        if peak != 0.0 or rebase:
-            stats = stats.copy()
-            stats[at] = 0.0
-            if rebase:
-                self._count_base, stats[at + 1:] = counts, 0.0
-            self.state.set(self.stats, stats)
+        if int(device_counts.max()) >= COUNT_REBASE:  # rare: the counts move to the host
+            self._count_base = counts
+            rebased = np.zeros_like(stats)
+            rebased[:at] = sums
+            self.state.set(self.stats, rebased)
         preclip = sums[:size]
         return {
             "preclip_sumsq": preclip,

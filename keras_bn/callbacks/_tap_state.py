@@ -98,6 +98,25 @@ class TapState:
         # np.asarray per array: `jax.device_get` costs more Python than the copies themselves.
         return [np.asarray(self._pending.get(p, values[p])) for p in positions]
 
+    def take(self, variable, zero_at) -> np.ndarray:
+        """The NumPy value of `variable` after the latest step (as `read`), with its entries at
+        the indices `zero_at` set to 0 for the next step (an accumulator's reset after its read).
+        JAX inside an epoch: the reset is computed on the device from the current value (one
+        jitted call, placement kept), so no host value is sent back."""
+        live = self._live_positions([variable])
+        if live is None:
+            self._sync()
+            value = self.numpy(variable)
+            if np.any(value[list(zero_at)] != 0):
+                reset = value.copy()
+                reset[list(zero_at)] = 0
+                self.reset(variable, reset)
+            return value
+        values, (position,) = live
+        current = self._pending.get(position, values[position])
+        self._pending[position] = _zeroed(tuple(zero_at))(current)
+        return np.asarray(current)
+
     def set(self, variable, value) -> None:
         """Set a tap variable from the host (an accumulator after its read). JAX inside an
         epoch: the next step gets the value in its state (`with_pending`), nothing syncs."""
@@ -218,6 +237,15 @@ def _jax_like():
     import jax
 
     return jax.jit(lambda like, value: like * 0 + value)
+
+
+@functools.cache
+def _zeroed(indices: tuple):
+    """JAX: ``value`` with the entries at `indices` set to 0, jitted (the output keeps the
+    placement of the input, so the step's state stays the same jit argument)."""
+    import jax
+
+    return jax.jit(lambda value: value.at[np.asarray(indices)].set(0))
 
 
 def current_values(model, kind: str, variables) -> list:

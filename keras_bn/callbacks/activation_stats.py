@@ -177,13 +177,15 @@ class ActivationStats(DiagnosticCallback):
         self._unprepared = not self.model.built  # a model built only by its first batch
         if not self._unprepared:
             self._prepare()
+        else:
+            self._due_batch = 0  # prepared at the first batch (`_batch_due`)
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def _batch_due(self, batch):
         # No `self.model` here: on JAX each read of it syncs the whole training state.
         if self._unprepared:
             self._unprepared = False
             self._prepare()
-        super().on_train_batch_begin(batch, logs)
+        super()._batch_due(batch)
 
     def _prepare(self) -> None:
         """Check the probe and layers against the model and trace the probe function (once

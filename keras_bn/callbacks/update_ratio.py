@@ -37,11 +37,12 @@ GUIDE_LINE = 1e-3  # CS231n: update / weight magnitude should be around this
 
 
 def _update_sumsq(before, after):
-    """Per variable ``sum((after - before)**2)`` and ``sum(before**2)`` (float32)."""
+    """``[[sum((after - before)**2)], [sum(before**2)]]`` per variable (float32, one array:
+    one host transfer)."""
     after = [ops.stop_gradient(a) for a in after]  # PyTorch: no autograd graph for a read
     diff = [ops.sum(ops.square(ops.cast(a - b, "float32"))) for a, b in zip(after, before)]
     base = [ops.sum(ops.square(ops.cast(b, "float32"))) for b in before]
-    return ops.stack(diff), ops.stack(base)
+    return ops.stack([ops.stack(diff), ops.stack(base)])
 
 
 def _copies(values):
@@ -115,9 +116,9 @@ class UpdateRatio(DiagnosticCallback):
         """Log the ratio of the step since the snapshot, if one is pending."""
         if self._before is None:
             return
-        diff, base = self._reduce(self._before, self._current_weights())
+        diff, base = ops.convert_to_numpy(self._reduce(self._before, self._current_weights()))
         self._before = None
-        self._write(step, ops.convert_to_numpy(diff), ops.convert_to_numpy(base))
+        self._write(step, diff, base)
 
     def _write(self, step, diff, base):
         count = len(self._layer_names)
@@ -128,10 +129,12 @@ class UpdateRatio(DiagnosticCallback):
         with self.writers.writing("train", step) as write:
             write.scalars({f"update_ratio/{n}": r for n, r in zip(self._layer_names, ratios)})
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def _batch_due(self, batch):
         if self._before is not None:
             self._run_safely(self._finish, self._steps_at_epoch_start + batch)
-        super().on_train_batch_begin(batch, logs)
+        super()._batch_due(batch)
+        if self._before is not None:  # a snapshot was just taken: compare at the next batch
+            self._due_batch = batch + 1
 
     def on_epoch_end(self, epoch, logs=None):
         if self._before is not None:
