@@ -13,15 +13,18 @@ Usage::
     python benchmarks/bench_jax.py                 # 5 alternating repeats: 4-8 minutes
     python benchmarks/bench_jax.py --quick         # smoke run
     python benchmarks/bench_jax.py --probe         # the preset with a 256-sample probe too
-    python benchmarks/bench_jax.py --windows 8     # 8 rounds of 1800-step windows (below): 3 minutes
+    python benchmarks/bench_jax.py --windows 20    # 20 rounds of 1800-step windows (below): 2-3 minutes
 
-``--windows N``: one model per configuration, N rounds of fits of `--window-steps` + 200 steps
+``--windows N``: N rounds of fits of `--window-steps` + 400 steps, a new model for every fit
 (the configurations alternating within a round, in a rotating order, so a load change of the
 shared machine hits the neighbours alike; the preset without figures); each fit times its
-batches 100 to 100 + `--window-steps` (default 1800: 18 reads of every callback at
+batches 300 to 300 + `--window-steps` (default 1800: 18 reads of every callback at
 ``every=100``; 100-step windows, one read each, vary by +-20% from fit to fit on this machine);
 the ratios are medians of the per-round ratios to ``bare``. No epoch end and no compilation in
-the window: the steady per-step cost of a long epoch.
+the window (the step compiles at batch 0, the callbacks' read functions at the reads of
+batches 100 and 101): the steady per-step cost of a long epoch. A new model per fit, because
+one model kept for every round carries a speed of its own, +-3-5% between two models of the
+same configuration (where its buffers landed); new ones average that out.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 
 CONFIGS = ("bare", "bare_again", "preset", "grad_norms_every_100")
+WINDOW_START = 300  # the first timed batch of a window (`--windows`)
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -84,7 +88,7 @@ def epoch_time(x, y, config: str, probe, batch_size: int = 32) -> tuple:
 
 
 class Window(keras.callbacks.Callback):
-    """The three clocks over batches [100, 100 + steps) of each fit."""
+    """The three clocks over batches [WINDOW_START, WINDOW_START + steps) of each fit."""
 
     def __init__(self, steps: int):
         super().__init__()
@@ -92,33 +96,31 @@ class Window(keras.callbacks.Callback):
         self.times = []
 
     def on_train_batch_begin(self, batch, logs=None):
-        if batch == 100:
+        if batch == WINDOW_START:
             self._start = [clock() for clock in EpochTimer.clocks]
-        elif batch == 100 + self.steps:
+        elif batch == WINDOW_START + self.steps:
             self.times.append(tuple(clock() - start for clock, start in zip(EpochTimer.clocks, self._start)))
 
 
 def window_times(rounds: int, probe, steps: int) -> dict:
     rng = np.random.default_rng(0)
-    n = (steps + 200) * 32
+    n = (WINDOW_START + steps + 100) * 32
     x, y = rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)
-    runs = {}
+    times = {config: [] for config in CONFIGS}
     with tempfile.TemporaryDirectory() as log_dir:
-        for config in CONFIGS:
-            keras.utils.set_random_seed(0)
-            model = keras_bn.build_dense((784,), [32, 32], 10)
-            model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-            # No figures: drawn at train end on a background thread, they would land in the next
-            # fit's window (in a long epoch they are drawn at most once a minute, at an epoch end).
-            callbacks = make_callbacks(config, os.path.join(log_dir, config), probe, figures=False)
-            runs[config] = (model, callbacks + [Window(steps)])
-        for repeat in range(rounds + 1):  # round 0 compiles
+        for repeat in range(rounds):
             for config in CONFIGS[repeat % len(CONFIGS):] + CONFIGS[: repeat % len(CONFIGS)]:
-                model, callbacks = runs[config]
-                model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=callbacks)
-                if repeat == 0:
-                    callbacks[-1].times.clear()
-    return {config: callbacks[-1].times for config, (_, callbacks) in runs.items()}
+                # A new model for every fit (see --windows above).
+                keras.utils.set_random_seed(repeat)
+                model = keras_bn.build_dense((784,), [32, 32], 10)
+                model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+                # No figures: drawn at train end on a background thread, they would land in the next
+                # fit's window (in a long epoch they are drawn at most once a minute, at an epoch end).
+                callbacks = make_callbacks(config, os.path.join(log_dir, f"{config}_{repeat}"), probe, figures=False)
+                window = Window(steps)
+                model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=callbacks + [window])
+                times[config] += window.times
+    return times
 
 
 def report(times: dict, steps: int) -> None:
