@@ -76,10 +76,16 @@ def make_callbacks(config: str, log_dir: str, probe, figures: bool = True) -> li
     raise ValueError(f"`config` must be one of: {', '.join(map(repr, CONFIGS))}. Received: config={config!r}")
 
 
-def epoch_time(x, y, config: str, probe, batch_size: int = 32) -> tuple:
-    keras.utils.set_random_seed(0)
+def compiled_mlp(seed: int):
+    """The benchmark's 784-32-32-10 MLP, compiled with Adam(1e-3), from weights of `seed`."""
+    keras.utils.set_random_seed(seed)
     model = keras_bn.build_dense((784,), [32, 32], 10)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def epoch_time(x, y, config: str, probe, batch_size: int = 32) -> tuple:
+    model = compiled_mlp(seed=0)
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as log_dir:
         model.fit(x, y, batch_size=batch_size, epochs=2, verbose=0,
@@ -111,9 +117,7 @@ def window_times(rounds: int, probe, steps: int) -> dict:
         for repeat in range(rounds):
             for config in CONFIGS[repeat % len(CONFIGS):] + CONFIGS[: repeat % len(CONFIGS)]:
                 # A new model for every fit (see --windows above).
-                keras.utils.set_random_seed(repeat)
-                model = keras_bn.build_dense((784,), [32, 32], 10)
-                model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+                model = compiled_mlp(seed=repeat)
                 # No figures: drawn at train end on a background thread, they would land in the next
                 # fit's window (in a long epoch they are drawn at most once a minute, at an epoch end).
                 callbacks = make_callbacks(config, os.path.join(log_dir, f"{config}_{repeat}"), probe, figures=False)

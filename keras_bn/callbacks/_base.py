@@ -5,8 +5,8 @@ sits in variables updated inside the compiled step and is read by the host only 
 optimizer steps (and at each epoch end), never on other steps: that is what keeps the
 callbacks cheap, since a host read of a device value costs a synchronization. The steps are
 counted in plain Python in ``on_train_batch_begin``, which compares the batch with the next
-one that has work (`_due_batch`) and does nothing else on other steps. None of these callbacks overrides
-``on_train_batch_end``: on the JAX and PyTorch backends that keeps Keras' asynchronous batch
+one that has work (`_due_batch`) and does nothing else on other steps. None of these
+callbacks overrides ``on_train_batch_end``: on the JAX and PyTorch backends that keeps Keras' asynchronous batch
 dispatch (callback_list.py turns it off for the whole ``fit`` when a callback overrides a
 batch-end hook). On TensorFlow, Keras >= 3.7 never dispatches asynchronously
 (``IS_THREAD_SAFE = False``), so there the saving is the host reads alone.

@@ -37,8 +37,8 @@ GUIDE_LINE = 1e-3  # CS231n: update / weight magnitude should be around this
 
 
 def _update_sumsq(before, after):
-    """``[[sum((after - before)**2)], [sum(before**2)]]`` per variable (float32, one array:
-    one host transfer)."""
+    """One float32 array of shape ``[2, variables]`` (one host transfer): row 0 each variable's
+    ``sum((after - before)**2)``, row 1 its ``sum(before**2)``."""
     after = [ops.stop_gradient(a) for a in after]  # PyTorch: no autograd graph for a read
     diff = [ops.sum(ops.square(ops.cast(a - b, "float32"))) for a, b in zip(after, before)]
     base = [ops.sum(ops.square(ops.cast(b, "float32"))) for b in before]
