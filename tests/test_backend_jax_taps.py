@@ -178,15 +178,16 @@ def test_loss_scale_optimizer_norms_are_of_the_unscaled_gradients(tmp_path):
 
 def test_observing_leaves_a_learning_rate_schedule_and_the_weights_unchanged(tmp_path):
     run = fit_observed_and_plain_on_a_schedule(tmp_path)
-    assert sorted(scalar_series(run, "update_ratio/logits")) == [3, 7]  # the step after each log, as on TensorFlow
+    assert sorted(scalar_series(run, "update_ratio/logits")) == [2, 4, 6, 8]  # each logged step's own update, as on TensorFlow
     assert scalar_series(run, "epoch_learning_rate") == pytest.approx({0: 0.2 * 0.5 ** 4, 1: 0.2 * 0.5 ** 8})
 
 
-def test_update_ratio_is_the_weight_change_of_the_step_after_the_log(tmp_path):
+def test_update_ratio_is_the_weight_change_of_the_logged_step(tmp_path):
     x, y = data(8)
     model = mlp(keras.optimizers.SGD(0.3))
     first = weights_of(model)
-    after_first = [w - 0.3 * g for w, g in zip(first, jax_grads(model, first, x, y))]
+    first_grads = jax_grads(model, first, x, y)
+    after_first = [w - 0.3 * g for w, g in zip(first, first_grads)]
     grads = jax_grads(model, after_first, x, y)
     state = []  # nothing of the update ratio rides in the jitted step's state
 
@@ -198,11 +199,12 @@ def test_update_ratio_is_the_weight_change_of_the_step_after_the_log(tmp_path):
               callbacks=[kbc.UpdateRatio(str(tmp_path), every=1), OptimizerState()])
     assert state == [[], []]
     series = scalar_series(str(tmp_path / "train"), "update_ratio/logits")
-    assert sorted(series) == [2]  # logged at step 1, measured over step 2 (no step after the last one)
+    assert sorted(series) == [1, 2]  # each step's own update, logged at that step
     kernel, bias = [i for i, v in enumerate(model.trainable_variables) if v.path.startswith("logits")]
-    update = np.sqrt(sum(np.sum((0.3 * grads[i]) ** 2) for i in (kernel, bias)))
-    weight = np.sqrt(sum(np.sum(after_first[i].astype(np.float64) ** 2) for i in (kernel, bias)))
-    assert series[2] == pytest.approx(update / weight, rel=1e-4)
+    for step, step_grads, before in ((1, first_grads, first), (2, grads, after_first)):
+        update = np.sqrt(sum(np.sum((0.3 * step_grads[i]) ** 2) for i in (kernel, bias)))
+        weight = np.sqrt(sum(np.sum(before[i].astype(np.float64) ** 2) for i in (kernel, bias)))
+        assert series[step] == pytest.approx(update / weight, rel=1e-4)
 
 
 def test_record_gradients_in_a_jitted_jax_grad_loop(tmp_path):
@@ -482,7 +484,7 @@ def test_the_presets_reads_take_the_trainer_state_without_syncing_and_match_a_ha
         assert norm[step] == pytest.approx(norms[step - 1], rel=1e-5)
         assert norm_max[step] == pytest.approx(max(norms[step - 2:step]), rel=1e-5)
         assert loss[step] == pytest.approx(np.mean(losses[:step]), rel=1e-5)
-        assert ratio[step + 1] == pytest.approx(ratios[step], rel=1e-4)  # the step after the read
+        assert ratio[step] == pytest.approx(ratios[step - 1], rel=1e-4)  # the update of the logged step
     for got, want in zip(weights_of(model), weights):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 

@@ -261,13 +261,14 @@ def test_update_ratio_is_the_measured_steps_weight_change(tmp_path):
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
               callbacks=[kbc.UpdateRatio(str(tmp_path), every=1)])
     series = scalar_series(str(tmp_path / "train"), "update_ratio/logits")
-    assert sorted(series) == [2]  # the snapshot after step 1, compared after step 2
+    assert sorted(series) == [1, 2]  # each step's own update: snapshot one batch before, compared after it
     kernel, bias = [i for i, v in enumerate(model.trainable_variables) if v.path.startswith("logits")]
-    before, after = history[1], history[2]
-    update = np.sqrt(sum(np.sum((after[i] - before[i]) ** 2) for i in (kernel, bias)))
-    weight = np.sqrt(sum(np.sum(before[i] ** 2) for i in (kernel, bias)))
-    assert series[2] == pytest.approx(update / weight, rel=1e-4)
-    for got, want in zip(weights_of(model), after):
+    for step in (1, 2):
+        before, after = history[step - 1], history[step]
+        update = np.sqrt(sum(np.sum((after[i] - before[i]) ** 2) for i in (kernel, bias)))
+        weight = np.sqrt(sum(np.sum(before[i] ** 2) for i in (kernel, bias)))
+        assert series[step] == pytest.approx(update / weight, rel=1e-4)
+    for got, want in zip(weights_of(model), history[2]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 

@@ -222,28 +222,59 @@ def test_update_ratio_is_the_true_ratio_of_one_step(tmp_path):
     model.compile(keras.optimizers.SGD(lr), LOSS)
     rng = np.random.default_rng(4)
     xb, yb = rng.normal(size=(8, 5)).astype("float32"), np.arange(8) % 3
-    # Replay the two SGD steps by hand: the callback measures the second one.
+    # Replay the two SGD steps by hand: the callback logs each step's own update at that step.
     reference = keras_bn.build_dense((5,), [4], 3, norm=None)
     reference.set_weights(model.get_weights())
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     ratios = {}
-    for step in range(2):
+    for step in (1, 2):
         with tf.GradientTape() as tape:
             loss = loss_fn(yb, reference(xb, training=True))
         grads = tape.gradient(loss, reference.trainable_variables)
-        if step == 1:
-            for layer in ("block1_dense", "logits"):
-                owned = {id(v) for v in reference.get_layer(layer).trainable_variables}
-                pairs = [(g, v) for g, v in zip(grads, reference.trainable_variables) if id(v) in owned]
-                update = np.sqrt(sum(float(tf.reduce_sum(tf.square(lr * g))) for g, _ in pairs))
-                weight = np.sqrt(sum(float(tf.reduce_sum(tf.square(v))) for _, v in pairs))
-                ratios[layer] = update / weight
+        for layer in ("block1_dense", "logits"):
+            owned = {id(v) for v in reference.get_layer(layer).trainable_variables}
+            pairs = [(g, v) for g, v in zip(grads, reference.trainable_variables) if id(v) in owned]
+            update = np.sqrt(sum(float(tf.reduce_sum(tf.square(lr * g))) for g, _ in pairs))
+            weight = np.sqrt(sum(float(tf.reduce_sum(tf.square(v))) for _, v in pairs))
+            ratios[step, layer] = update / weight
         for g, v in zip(grads, reference.trainable_variables):
             v.assign_sub(lr * g)
     fit(model, np.concatenate([xb, xb]), np.concatenate([yb, yb]), [kbc.UpdateRatio(str(tmp_path), every=1)], batch_size=8)
     values, _ = read_run(str(tmp_path / "train"))
-    for layer, expected in ratios.items():
-        assert scalar(values, f"update_ratio/{layer}", 2) == pytest.approx(expected, rel=1e-4)
+    assert [s for s, _ in values["update_ratio/logits"]] == [1, 2]
+    for (step, layer), expected in ratios.items():
+        assert scalar(values, f"update_ratio/{layer}", step) == pytest.approx(expected, rel=1e-4)
+
+
+def test_update_ratio_with_steps_per_execution_spans_one_train_function_call(tmp_path):
+    """With 2 steps per call, the snapshot is kept one call (2 steps) before each logging step,
+    so the ratio logged there spans those 2 steps: checked against an SGD replayed by hand."""
+    keras.utils.set_random_seed(5)
+    model = keras_bn.build_dense((5,), [4], 3, norm=None)
+    lr = 0.2
+    model.compile(keras.optimizers.SGD(lr), LOSS, steps_per_execution=2)
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(8, 5)).astype("float32"), np.arange(8) % 3
+    reference = keras_bn.build_dense((5,), [4], 3, norm=None)
+    reference.set_weights(model.get_weights())
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    logits = reference.get_layer("logits").trainable_variables
+    history = [[v.numpy().astype(np.float64) for v in logits]]
+    for step in range(8):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y[step:step + 1], reference(x[step:step + 1], training=True))
+        for g, v in zip(tape.gradient(loss, reference.trainable_variables), reference.trainable_variables):
+            v.assign_sub(lr * g)
+        history.append([v.numpy().astype(np.float64) for v in logits])
+    fit(model, x, y, [kbc.UpdateRatio(str(tmp_path), every=4)], batch_size=1)
+    values, _ = read_run(str(tmp_path / "train"))
+    series = dict(values["update_ratio/logits"])
+    assert sorted(series) == [4, 8]
+    for step in (4, 8):
+        before, after = history[step - 2], history[step]
+        update = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before)))
+        weight = np.sqrt(sum(np.sum(b ** 2) for b in before))
+        assert series[step] == pytest.approx(update / weight, rel=1e-4)
 
 
 # --- non-finite values -----------------------------------------------------------------------
@@ -381,8 +412,9 @@ def test_preset_keeps_its_traced_reads_across_fits_of_one_model(tmp_path):
         seen.append(traced())
     assert seen == [seen[0]] * 3
     values, _ = read_run(str(tmp_path / "train"))
-    # Each fit still logs as a first fit does: ratios of its second step, a histogram a step.
-    assert [s for s, _ in values["update_ratio/block1_dense"]] == [2, 4, 6]
+    # Each fit still logs as a first fit does: the ratio of every step (its first one included),
+    # a histogram a step.
+    assert [s for s, _ in values["update_ratio/block1_dense"]] == [1, 2, 3, 4, 5, 6]
     assert [s for s, _ in values["activation_hist/block1_relu"]] == [1, 2, 3, 4, 5, 6]
     # A new probe of the same layout is an input of the same trace; new callbacks on the same
     # model reuse it too (the trace is kept with the model, keras_bn.callbacks._taps).

@@ -5,10 +5,15 @@ should be **around 1e-3**; much lower means the learning rate is too small, much
 (1e-1 and up) that it is too large. The ratio is measured on the weights themselves, so it is
 the true ratio for any optimizer (Adam's step is not ``lr * grad``).
 
-How: when a multiple of `every` steps is reached, the callback keeps a device copy of the
-trainable weights; at the next batch (one ``train_function`` call later, i.e. one step, or
-``steps_per_execution`` steps) or at the epoch end it compares them with the current weights in
-one compiled reduction and logs only per-layer numbers. No other step is touched.
+How: one batch before each logging step (a multiple of `every`; one ``train_function`` call,
+i.e. one step or ``steps_per_execution`` steps), the callback keeps a device copy of the
+trainable weights; at the logging batch or at the epoch end it compares them with the current
+weights in one compiled reduction and logs only per-layer numbers, at that step. So
+``update_ratio/*`` at step s is the update of the steps just before s (step s itself with one
+step per call), the step whose gradients ``grad_norm/*`` logs at s, and the comparison's host
+read falls in the batch where the other callbacks read anyway. If no copy was kept before a
+logging step (the copy failed), one is kept there and compared at the next batch, and that
+ratio is logged at the later step. No other step is touched.
 
 The same on every backend, with the same tags and the same steps. On JAX the weights live in
 the jitted step's state inside an epoch: the snapshot copies them from there (Keras donates the
@@ -70,7 +75,7 @@ class UpdateRatio(DiagnosticCallback):
 
     Args:
         log_dir: the TensorBoard run directory (``<log_dir>/train`` is written).
-        every: measure the step after every this many optimizer steps.
+        every: measure every this many optimizer steps (the update of that step).
         writers: shared `RunWriters` (the `diagnostics` preset passes one).
 
     Example::
@@ -84,9 +89,12 @@ class UpdateRatio(DiagnosticCallback):
         super().__init__(log_dir, every, writers=writers)
         self._before = None
         self._reduce = None
+        self._batch_steps = 1
 
     def _attach(self):
         self._before = None
+        # Steps per batch (Keras' batch index counts steps): read without JAX's state sync.
+        self._batch_steps = max(1, int(getattr(self._taps.model(), "steps_per_execution", 1) or 1))
         self.writers.add_charts({"update / weight ratio per layer (guide line 1e-3)": r"update_ratio/.*"})
         self._weights = list(self.model.trainable_variables)
         self._layer_names, self._groups = variable_groups(self.model)
@@ -114,10 +122,10 @@ class UpdateRatio(DiagnosticCallback):
 
     def _finish(self, step):
         """Log the ratio of the step since the snapshot, if one is pending."""
-        if self._before is None:
+        before, self._before = self._before, None  # a failed comparison leaves no stale snapshot
+        if before is None:
             return
-        diff, base = ops.convert_to_numpy(self._reduce(self._before, self._current_weights()))
-        self._before = None
+        diff, base = ops.convert_to_numpy(self._reduce(before, self._current_weights()))
         self._write(step, diff, base)
 
     def _write(self, step, diff, base):
@@ -129,19 +137,32 @@ class UpdateRatio(DiagnosticCallback):
         with self.writers.writing("train", step) as write:
             write.scalars({f"update_ratio/{n}": r for n, r in zip(self._layer_names, ratios)})
 
+    def _schedule(self):
+        """Wake one batch (``steps_per_execution`` steps) before the next logging step for the
+        snapshot, or, with a snapshot pending, at the next batch (set in `_batch_due`)."""
+        super()._schedule()
+        if self._before is None:
+            self._due_batch -= self._batch_steps
+
     def _batch_due(self, batch):
-        if self._before is not None:
-            self._run_safely(self._finish, self._steps_at_epoch_start + batch)
-        super()._batch_due(batch)
-        if self._before is not None:  # a snapshot was just taken: compare at the next batch
-            self._due_batch = batch + 1
+        step = self._steps_at_epoch_start + batch
+        measured = self._before is not None
+        if measured:  # the step(s) since the snapshot: this batch's logging step
+            self._run_safely(self._finish, step)
+        logging = step >= self._next_log_step()
+        super()._batch_due(batch)  # the logging step's bookkeeping, then `_schedule`
+        # Snapshot one batch before the next logging step, or now if a logging step was
+        # reached with nothing measured.
+        if self._reduce is not None and (self._due_batch <= batch or (logging and not measured)):
+            self._run_safely(self._take_snapshot)
+            if self._before is not None:
+                self._due_batch = batch + 1
+
+    def _take_snapshot(self):
+        self._before = self._snapshot()
 
     def on_epoch_end(self, epoch, logs=None):
         if self._before is not None:
             self._run_safely(self._finish, self._optimizer_step())
         super().on_epoch_end(epoch, logs)
-        self._before = None  # a snapshot taken at the epoch end would span the next epoch's start
-
-    def _log_step(self, step):
-        if self._reduce is not None:
-            self._before = self._snapshot()
+        self._before = None  # a snapshot kept over the epoch end would span the next epoch's start
