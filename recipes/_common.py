@@ -161,13 +161,15 @@ def full_mode_probe(args: argparse.Namespace, data, samples: int = 256):
     return None if args.quick else data.x_test[:samples]
 
 
-def training_callbacks(path: Path, probe=None, every: int | None = None, *, fit_steps: int | None = None) -> list:
+def training_callbacks(path: Path, probe=None, every: int | None = None, *, fit_steps: int | None = None,
+                       update_ratio: bool = True) -> list:
     """The TensorBoard logging of every recipe's training runs, chosen in this one place:
     ``keras_bn.callbacks.diagnostics`` (loss/metrics, gradient norms, update ratios and,
     given a `probe`, activation statistics).
 
     `every` defaults to a third of `fit_steps` (the steps of each ``fit`` call; at most 100),
-    so that even a short fit crosses a multiple of `every` and logs its update ratios.
+    so that even a short fit crosses a multiple of `every` and logs its update ratios
+    (`update_ratio=False` leaves them out).
     Its per-epoch figures are off: recipes often make each "epoch" a short evaluation
     period (`train_for_steps`) and draw their own PNGs.
 
@@ -179,7 +181,7 @@ def training_callbacks(path: Path, probe=None, every: int | None = None, *, fit_
 
     if every is None:
         every = min(100, max(1, fit_steps // 3)) if fit_steps else 100
-    return diagnostics(str(path), probe=probe, every=every, figures=False)
+    return diagnostics(str(path), probe=probe, every=every, figures=False, update_ratio=update_ratio)
 
 
 def train_for_steps(model: keras.Model, data, *, steps: int, batch_size: int, eval_every: int,

@@ -74,12 +74,14 @@ def _scaled(initializer, width: int):
 
 
 def _log_one_step(model, x: np.ndarray, path, seed: int) -> None:
-    """One SGD step on random labels with the diagnostics on: gradient norms, update ratios and
-    activation statistics (probe: `x`) of the freshly initialized net, in a TensorBoard run."""
+    """One SGD step on random labels with the diagnostics on: gradient norms and activation
+    statistics (probe: `x`) of the freshly initialized net, in a TensorBoard run. No update
+    ratios: the ratio of one step at this arbitrary learning rate would judge the rate, not
+    the initialization (the training runs log theirs)."""
     labels = np.random.default_rng(seed).integers(0, 10, len(x))
     _common.ready_to_fit(model, x, labels)
     model.fit(x, labels, batch_size=len(x), epochs=1, verbose=0,
-              callbacks=_common.training_callbacks(path, probe=x, every=1))
+              callbacks=_common.training_callbacks(path, probe=x, every=1, update_ratio=False))
 
 
 def _compile_sgd(model, learning_rate: float, momentum: float = 0.0, metrics=None) -> None:
