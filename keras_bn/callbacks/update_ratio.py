@@ -93,8 +93,7 @@ class UpdateRatio(DiagnosticCallback):
 
     def _attach(self):
         self._before = None
-        # Steps per batch (Keras' batch index counts steps): read without JAX's state sync.
-        self._batch_steps = max(1, int(getattr(self._taps.model(), "steps_per_execution", 1) or 1))
+        self._batch_steps = int(self.model.steps_per_execution)  # Keras' batch index counts steps
         self.writers.add_charts({"update / weight ratio per layer (guide line 1e-3)": r"update_ratio/.*"})
         self._weights = list(self.model.trainable_variables)
         self._layer_names, self._groups = variable_groups(self.model)
