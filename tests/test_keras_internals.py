@@ -101,3 +101,35 @@ def test_the_private_name_check_sees_each_kind_of_use():
     assert found.count("._nodes_by_depth") == 1
     assert "from keras.src" in found and "import tensorboard.compat.proto" in found
     assert "getattr(..., '_clip_gradients')" in found and len(found) == 4
+
+
+def test_a_train_function_made_by_make_train_function_is_told_from_one_the_user_assigned():
+    """Keras' own (this backend's, with and without steps_per_execution) and a subclass'
+    ``make_train_function`` override are remade by ``make_train_function(force=True)``; a
+    function assigned from outside is not, even dressed by functools.wraps as Keras' own."""
+    import functools
+
+    import keras
+
+    class OwnMaker(keras.Sequential):
+        def make_train_function(self, force=False):
+            super().make_train_function(force)
+            inner = self.train_function
+
+            def counted(*args, **kwargs):
+                return inner(*args, **kwargs)
+
+            self.train_function = counted
+
+    for kind, spe in ((keras.Sequential, 1), (keras.Sequential, 2), (OwnMaker, 1)):
+        if spe > 1 and keras.backend.backend() == "torch":
+            continue  # PyTorch's trainer allows steps_per_execution=1 only
+        model = kind([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile("sgd", "mse", steps_per_execution=spe)
+        model.make_train_function()
+        assert internals.made_by_make_train_function(model.train_function), (kind, spe)
+    keras_function = model.train_function
+    users = lambda *args: keras_function(*args)  # noqa: E731
+    assert not internals.made_by_make_train_function(users)
+    assert not internals.made_by_make_train_function(functools.wraps(keras_function)(lambda *a: keras_function(*a)))
+    assert not internals.made_by_make_train_function(print)  # no code object

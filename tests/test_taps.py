@@ -124,6 +124,51 @@ class _RaiseAt(keras.callbacks.Callback):
             raise RuntimeError("user callback failed")
 
 
+def _users_train_function(model, wraps: bool):
+    """A train function of the user's own: a wrapper counting its calls around one Keras made."""
+    import functools
+
+    model.make_train_function()
+    keras_function, calls = model.train_function, []
+
+    def train_function(*args, **kwargs):
+        calls.append(1)
+        return keras_function(*args, **kwargs)
+
+    model.train_function = functools.wraps(keras_function)(train_function) if wraps else train_function
+    return model.train_function, calls
+
+
+@pytest.mark.parametrize("wraps", [False, True], ids=["plain", "functools_wraps"])
+def test_a_train_function_of_the_users_own_is_kept_and_its_steps_are_measured(tmp_path, wraps):
+    """keras-bn calls the function the user assigned at every step (never Keras' own in its
+    place, even when functools.wraps made it look like Keras'), and the norms are of its steps."""
+    model = mlp()
+    x, y = data(32)
+    expected = tape_global_norm(model, x[:8], y[:8])
+    function, calls = _users_train_function(model, wraps)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False)])
+    assert len(calls) == 4
+    assert model.train_function is function
+    logged = scalar_series(tmp_path / "train", "grad_global/norm")
+    assert sorted(logged) == [1, 2, 3, 4]
+    assert logged[1] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_users_train_function_traced_before_the_taps_runs_unmeasured_and_says_why(tmp_path):
+    model = mlp()
+    x, y = data(32)
+    function, calls = _users_train_function(model, wraps=False)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # traces Keras' step inside it, without taps
+    callback = kbc.GradientNorms(str(tmp_path), every=1, figures=False)
+    with pytest.warns(RuntimeWarning, match=r"no gradient was recorded in step 5,.*a function of your own"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert len(calls) == 8 and model.train_function is function
+    counts = tag_step_counts(tmp_path / "train") if (tmp_path / "train").exists() else {}
+    assert not [tag for tag, _ in counts if tag.startswith("grad_")]
+
+
 def test_a_user_callback_raising_mid_epoch_leaves_nothing_patched(tmp_path):
     model = mlp(norm="batch")
     x, y = data(64)

@@ -349,6 +349,27 @@ def optimizer_variable_list(optimizer) -> list:
     return own
 
 
+# --- whose train function it is (owner: keras_bn.callbacks._taps) ---
+# Keras' trainers make ``model.train_function`` as a local function of ``_make_function``
+# (JAX, TensorFlow) or of ``make_train_function`` (PyTorch), and a model subclass that
+# overrides ``make_train_function`` makes its own there too; a function the user assigned to
+# ``model.train_function`` is made anywhere else. The code object's qualified name says where
+# (``functools.wraps`` copies a function's ``__qualname__``, not its code's).
+_MADE_IN = ("._make_function.<locals>.", "make_train_function.<locals>.")
+
+
+def made_by_make_train_function(function) -> bool:
+    """Whether `function` (a model's ``train_function``) is one ``make_train_function`` makes,
+    so that ``model.make_train_function(force=True)`` makes its equivalent again."""
+    for attribute in ("python_function", "_torchdynamo_orig_callable"):  # tf.function, torch.compile
+        function = getattr(function, attribute, function)
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return False
+    name = getattr(code, "co_qualname", None) or getattr(function, "__qualname__", "")  # Python 3.10: no co_qualname
+    return any(part in name for part in _MADE_IN)
+
+
 # --- the JAX trainer's training state (owner: keras_bn.callbacks._tap_state) ---
 # Inside an epoch Keras' JAX ``fit`` keeps the last step's state in ``_jax_state`` (lists in the
 # order of the model's variable lists) until a ``jax_state_sync`` assigns every variable. Both

@@ -6,7 +6,9 @@ themselves: each registers its taps with the model's `StepTaps` at train begin, 
 
 - makes one instrumented train function per (Keras train function, set of taps): Keras' own
   ``make_train_function(force=True)``, traced on its first call with every tap's patches in
-  place, and kept, so later fits of the same model with the same taps trace nothing again;
+  place, and kept, so later fits of the same model with the same taps trace nothing again.
+  A function the user assigned to ``model.train_function`` is never replaced: it is called as
+  it is, with the patches around each call (so its step records if it traces while patched);
 - puts a thin wrapper on ``model.train_function`` for the fit (Keras' ``fit`` looks the
   attribute up at every step, and calls ``make_train_function()`` before ``on_train_begin``);
 - applies each tap's patches (``optimizer.apply`` on the instance, a layer's ``call``) only
@@ -43,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 
+from keras_bn import _keras_internals as internals
 from keras_bn import _warnings
 import keras
 
@@ -86,6 +89,7 @@ class StepTaps:
         self._armed = False
         self._starting = False
         self.calls = 0  # instrumented train-function calls so far (a tap that did not fire: why)
+        self.users_function = False  # the fit's train function is one the user assigned
         self._build_checked = False  # `_build_before_first_trace` ran in this fit
         self.failure_handlers: list = []  # run once when a step raises (other callbacks' needs)
         self._attached: list = []  # taps whose state is in the optimizer's state now (JAX)
@@ -211,7 +215,10 @@ class StepTaps:
         self._keras_function = keras_function
         self._build_checked = False
         instrumented, per_call = keras_function, True
-        if self.taps:
+        # A train function the user assigned is theirs to keep: the taps are patched around each
+        # call of it (they record if its step traces while patched; a callback warns if not).
+        self.users_function = not internals.made_by_make_train_function(keras_function)
+        if self.taps and not self.users_function:
             key = tuple(id(t) for t in self.taps)
             cached = self._traced.get(key)
             if cached is not None and cached[0] is keras_function:
@@ -260,8 +267,6 @@ class StepTaps:
         optimizer = getattr(model, "optimizer", None)
         if not is_tensorflow() or optimizer is None or optimizer.built or not args:
             return
-        from keras_bn import _keras_internals as internals
-
         try:
             internals.build_from_dataset_spec(model, args[0])
         except Exception:  # noqa: BLE001  Keras builds them in the first trace, as without keras-bn

@@ -37,6 +37,10 @@ def _base_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", None) or optimizer
 
 
+def _steps(first: int, last: int) -> str:
+    return f"step {last}" if first >= last else f"steps {first}-{last}"
+
+
 class GradientNorms(DiagnosticCallback):
     """Logs per-layer and global L2 norms of the applied gradients every `every` steps.
 
@@ -120,13 +124,18 @@ class GradientNorms(DiagnosticCallback):
             reason = ("the steps did not run through model.fit's train function (a custom training "
                       "loop, or a step traced before the callback attached): call "
                       "keras_bn.callbacks.record_gradients(model, grads, variables) inside the step")
+        elif self._taps.users_function:
+            reason = ("model.train_function is a function of your own, kept as it is, and its step was "
+                      "traced before the taps were in place (they record in a step traced during the "
+                      "fit): wrap a function made in on_train_begin (model.make_train_function(force=True)), "
+                      "or call keras_bn.callbacks.record_gradients(model, grads, variables) inside the step")
         else:
             reason = ("the model's train step does not call optimizer.apply with its gradients (a "
                       "custom train_step?): call keras_bn.callbacks.record_gradients(model, grads, "
                       "variables) inside it")
         _warnings.warn(
-            f"keras_bn GradientNorms: no gradient was recorded in steps {first + 1}-{last}, so no "
-            f"grad_* scalar was written for them: {reason}.",
+            f"keras_bn GradientNorms: no gradient was recorded in {_steps(first + 1, last)}, so no "
+            f"grad_* scalar was written: {reason}.",
             RuntimeWarning,
         )
 
