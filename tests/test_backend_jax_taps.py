@@ -89,6 +89,40 @@ def test_a_train_function_of_the_users_own_is_kept_and_its_norms_equal_jax_grad(
     assert logged[1] == pytest.approx(float(np.sqrt(sum(np.sum(g ** 2) for g in expected))), rel=1e-5)
 
 
+def test_a_users_callback_wrapping_the_train_function_each_batch_traces_the_step_once(tmp_path):
+    """Before, keras-bn saw a function not its own at every batch and made its train function
+    anew: a new XLA compilation per step, until LLVM ran out of memory."""
+    from keras_bn.callbacks._taps import StepTaps
+
+    class Wraps(keras.callbacks.Callback):
+        calls = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            inner = self.model.train_function
+            if getattr(inner, "wrapped_by", None) is self:
+                return
+
+            def timed(*args, **kwargs):
+                self.calls += 1
+                return inner(*args, **kwargs)
+
+            timed.wrapped_by = self
+            self.model.train_function = timed
+
+    x, y = data()
+    model = mlp(keras.optimizers.SGD(0.1))
+    expected = jax_grads(model, weights_of(model), x[:8], y[:8])
+    user = Wraps()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False), user])
+    steps = len(x) // 8
+    assert user.calls == steps
+    assert StepTaps.of(model).gradient_tap(model.optimizer).traced_records == 1
+    logged = scalar_series(str(tmp_path / "train"), "grad_global/norm")
+    assert sorted(logged) == list(range(1, steps + 1))
+    assert logged[1] == pytest.approx(float(np.sqrt(sum(np.sum(g ** 2) for g in expected))), rel=1e-5)
+
+
 def sgd_steps(model, x, y, batch, lr, clip):
     """A hand-written SGD with global-norm clipping: each step's pre-clip global norm."""
     weights = weights_of(model)

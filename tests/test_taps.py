@@ -169,6 +169,51 @@ def test_a_users_train_function_traced_before_the_taps_runs_unmeasured_and_says_
     assert not [tag for tag, _ in counts if tag.startswith("grad_")]
 
 
+class WrapsTheTrainFunction(keras.callbacks.Callback):
+    """A user's callback that puts its own wrapper over whatever train function is installed
+    (unless its wrapper is on top already), as a timing or profiling callback does."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        inner = self.model.train_function
+        if getattr(inner, "wrapped_by", None) is self:
+            return
+
+        def timed(*args, **kwargs):
+            self.calls += 1
+            return inner(*args, **kwargs)
+
+        timed.wrapped_by = self
+        self.model.train_function = timed
+
+
+@pytest.mark.parametrize("order", ["after", "before"])
+def test_a_users_callback_wrapping_the_train_function_each_batch_keeps_both_and_traces_once(tmp_path, order):
+    """Before, keras-bn saw a function not its own at every batch and made its train function
+    anew: a new trace per step (XLA's compiler ran out of memory on JAX)."""
+    model = mlp()
+    x, y = data(32)
+    expected = tape_global_norm(model, x[:8], y[:8])
+    for run in range(2):
+        user = WrapsTheTrainFunction()
+        norms = kbc.GradientNorms(str(tmp_path / f"run{run}"), every=1, figures=False)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[norms, user] if order == "after" else [user, norms])
+        assert int(model.optimizer.iterations.numpy()) == 4 * (run + 1)  # each step ran once
+        # Under keras-bn's wrapper (order "before"), the user's callback finds that wrapper on top
+        # at the next batch and wraps it too, as its code says: its first wrapper then runs inside.
+        assert user.calls == 4 if order == "after" else 4 <= user.calls <= 8
+        logged = scalar_series(tmp_path / f"run{run}" / "train", "grad_global/norm")
+        assert sorted(logged) == [4 * run + s for s in (1, 2, 3, 4)]
+        if run == 0:
+            assert logged[1] == pytest.approx(expected, rel=1e-5)
+    assert StepTaps.of(model).gradient_tap(model.optimizer).traced_records == 1
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # a bare fit after them works
+
+
 def test_a_user_callback_raising_mid_epoch_leaves_nothing_patched(tmp_path):
     model = mlp(norm="batch")
     x, y = data(64)

@@ -86,6 +86,9 @@ class StepTaps:
         self._shared: dict = {}  # key -> tap, kept across fits so their traced step is reused
         self._keras_function = None
         self._wrapper = None
+        self._outer = None  # a user's function that calls the wrapper (`arm`)
+        self._in_call = False  # a wrapper's call is running
+        self._calls_at_arm = 0
         self._armed = False
         self._starting = False
         self.calls = 0  # instrumented train-function calls so far (a tap that did not fire: why)
@@ -205,14 +208,20 @@ class StepTaps:
             return
         self._armed = True
         self._starting = False
+        ran, self._calls_at_arm = self.calls != self._calls_at_arm, self.calls  # the wrapper ran in the last step
         model = self._model()
         function = getattr(model, "train_function", None)
         if function is None or function is self._wrapper:
             return
+        if self._wrapper is not None and ran and (function is self._outer or self._outer is None):
+            # A function of the user's that calls the wrapper (installed over it, e.g. by a
+            # callback at the first batch): kept as it is, the wrapper still runs inside it.
+            self._outer = function
+            return
         self._install(model, function)
 
     def _install(self, model, keras_function) -> None:
-        self._keras_function = keras_function
+        self._keras_function, self._outer = keras_function, None
         self._build_checked = False
         instrumented, per_call = keras_function, True
         # A train function the user assigned is theirs to keep: the taps are patched around each
@@ -235,6 +244,8 @@ class StepTaps:
     def _wrap(self, keras_function, instrumented, taps):
         """`taps`: those to patch around each call (none when they patch inside the trace)."""
         def train_function(*args, **kwargs):
+            if self._in_call:  # inside a newer wrapper, through a user's function that wraps this one
+                return instrumented(*args, **kwargs)
             if not self._armed:  # a fit without keras-bn callbacks: be Keras' function again
                 args = self._without_tap_state(args)
                 self._release()
@@ -246,6 +257,7 @@ class StepTaps:
                 self._build_before_first_trace(args)
             if self._attached:
                 args = with_pending_state(args, self._attached)
+            self._in_call = True
             try:
                 if not taps:  # JAX: patched inside the trace
                     return instrumented(*args, **kwargs)
@@ -255,6 +267,8 @@ class StepTaps:
                 if not _is_end_of_data(error):
                     self._fail()
                 raise
+            finally:
+                self._in_call = False
 
         return train_function
 
@@ -276,7 +290,7 @@ class StepTaps:
         model = self._model()
         if model is not None and self._wrapper is not None and getattr(model, "train_function", None) is self._wrapper:
             model.train_function = self._keras_function
-        self._wrapper = None
+        self._wrapper = self._outer = None
         self._armed = False
         attached, self._attached = self._attached, []
         for tap in attached:
