@@ -1,4 +1,4 @@
-"""The small MLP, data and NumPy helpers the backend tap tests share (tests/test_backend_*_taps.py)."""
+"""The small MLP, data and NumPy helpers the tap tests share (tests/test_taps.py, tests/test_backend_*_taps.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import numpy as np
 
 import keras_bn
 
-__all__ = ["LAYERS", "LOSS", "data", "fit_observed_and_plain_on_a_schedule", "layer_norms", "mlp", "weights_of"]
+__all__ = ["LAYERS", "LOSS", "WrapsTheTrainFunction", "data", "fit_observed_and_plain_on_a_schedule", "layer_norms", "mlp",
+           "users_train_function", "weights_of"]
 
 LOSS = keras.losses.SparseCategoricalCrossentropy()
 LAYERS = ["block1_dense", "block2_dense", "logits"]
@@ -60,3 +61,41 @@ def fit_observed_and_plain_on_a_schedule(log_dir, label_dtype="int32") -> str:
         np.testing.assert_array_equal(got, want)
     assert float(keras.ops.convert_to_numpy(observed.optimizer.learning_rate)) == pytest.approx(0.2 * 0.5 ** 8)
     return str(log_dir / "train")
+
+
+def users_train_function(model, wraps: bool = False):
+    """A train function of the user's own on `model`: a wrapper counting its calls around one
+    Keras made (dressed as Keras' own by ``functools.wraps`` with `wraps`). Returns it and its
+    list of calls."""
+    import functools
+
+    model.make_train_function()
+    keras_function, calls = model.train_function, []
+
+    def train_function(*args, **kwargs):
+        calls.append(1)
+        return keras_function(*args, **kwargs)
+
+    model.train_function = functools.wraps(keras_function)(train_function) if wraps else train_function
+    return model.train_function, calls
+
+
+class WrapsTheTrainFunction(keras.callbacks.Callback):
+    """A user's callback that puts its own wrapper over whatever train function is installed
+    (unless its wrapper is on top already), as a timing or profiling callback does."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        inner = self.model.train_function
+        if getattr(inner, "wrapped_by", None) is self:
+            return
+
+        def timed(*args, **kwargs):
+            self.calls += 1
+            return inner(*args, **kwargs)
+
+        timed.wrapped_by = self
+        self.model.train_function = timed

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 from tests._events import scalar_series, tag_step_counts  # noqa: E402
-from tests._tap_mlp import LAYERS, LOSS, data, fit_observed_and_plain_on_a_schedule, layer_norms, mlp, weights_of  # noqa: E402
+from tests._tap_mlp import LAYERS, LOSS, WrapsTheTrainFunction, users_train_function, data, fit_observed_and_plain_on_a_schedule, layer_norms, mlp, weights_of  # noqa: E402
 
 
 def jax_grads(model, weights, x, y):
@@ -72,14 +72,7 @@ def test_a_train_function_of_the_users_own_is_kept_and_its_norms_equal_jax_grad(
     x, y = data()
     model = mlp(keras.optimizers.SGD(0.1))
     expected = jax_grads(model, weights_of(model), x[:16], y[:16])
-    model.make_train_function()
-    keras_function, calls = model.train_function, []
-
-    def train_function(*args, **kwargs):
-        calls.append(1)
-        return keras_function(*args, **kwargs)
-
-    model.train_function = train_function
+    train_function, calls = users_train_function(model)
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
               callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False)])
     steps = len(x) // 16
@@ -94,25 +87,10 @@ def test_a_users_callback_wrapping_the_train_function_each_batch_traces_the_step
     anew: a new XLA compilation per step, until LLVM ran out of memory."""
     from keras_bn.callbacks._taps import StepTaps
 
-    class Wraps(keras.callbacks.Callback):
-        calls = 0
-
-        def on_train_batch_begin(self, batch, logs=None):
-            inner = self.model.train_function
-            if getattr(inner, "wrapped_by", None) is self:
-                return
-
-            def timed(*args, **kwargs):
-                self.calls += 1
-                return inner(*args, **kwargs)
-
-            timed.wrapped_by = self
-            self.model.train_function = timed
-
     x, y = data()
     model = mlp(keras.optimizers.SGD(0.1))
     expected = jax_grads(model, weights_of(model), x[:8], y[:8])
-    user = Wraps()
+    user = WrapsTheTrainFunction()
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
               callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False), user])
     steps = len(x) // 8

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch",
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 from tests._events import scalar_series, tag_step_counts  # noqa: E402
-from tests._tap_mlp import LAYERS, LOSS, data as _data, fit_observed_and_plain_on_a_schedule, layer_norms, mlp, weights_of  # noqa: E402
+from tests._tap_mlp import LAYERS, LOSS, users_train_function, data as _data, fit_observed_and_plain_on_a_schedule, layer_norms, mlp, weights_of  # noqa: E402
 
 
 def data(n=16, seed=0):
@@ -90,14 +90,7 @@ def test_a_train_function_of_the_users_own_is_kept_and_its_norms_equal_torch_aut
     x, y = data(32)
     model = mlp(keras.optimizers.SGD(0.1))
     expected = torch_grads(weights_of(model), x[:16], y[:16])
-    model.make_train_function()
-    keras_function, calls = model.train_function, []
-
-    def train_function(*args, **kwargs):
-        calls.append(1)
-        return keras_function(*args, **kwargs)
-
-    model.train_function = train_function
+    train_function, calls = users_train_function(model)
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
               callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False)])
     assert len(calls) == 2 and model.train_function is train_function

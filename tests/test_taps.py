@@ -18,6 +18,7 @@ import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 from keras_bn.callbacks._taps import StepTaps  # noqa: E402
 from tests._events import scalar_series, tag_step_counts  # noqa: E402
+from tests._tap_mlp import WrapsTheTrainFunction, users_train_function  # noqa: E402
 
 LOSS = "sparse_categorical_crossentropy"
 
@@ -124,21 +125,6 @@ class _RaiseAt(keras.callbacks.Callback):
             raise RuntimeError("user callback failed")
 
 
-def _users_train_function(model, wraps: bool):
-    """A train function of the user's own: a wrapper counting its calls around one Keras made."""
-    import functools
-
-    model.make_train_function()
-    keras_function, calls = model.train_function, []
-
-    def train_function(*args, **kwargs):
-        calls.append(1)
-        return keras_function(*args, **kwargs)
-
-    model.train_function = functools.wraps(keras_function)(train_function) if wraps else train_function
-    return model.train_function, calls
-
-
 @pytest.mark.parametrize("wraps", [False, True], ids=["plain", "functools_wraps"])
 def test_a_train_function_of_the_users_own_is_kept_and_its_steps_are_measured(tmp_path, wraps):
     """keras-bn calls the function the user assigned at every step (never Keras' own in its
@@ -146,7 +132,7 @@ def test_a_train_function_of_the_users_own_is_kept_and_its_steps_are_measured(tm
     model = mlp()
     x, y = data(32)
     expected = tape_global_norm(model, x[:8], y[:8])
-    function, calls = _users_train_function(model, wraps)
+    function, calls = users_train_function(model, wraps)
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
               callbacks=[kbc.GradientNorms(str(tmp_path), every=1, figures=False)])
     assert len(calls) == 4
@@ -159,7 +145,7 @@ def test_a_train_function_of_the_users_own_is_kept_and_its_steps_are_measured(tm
 def test_a_users_train_function_traced_before_the_taps_runs_unmeasured_and_says_why(tmp_path):
     model = mlp()
     x, y = data(32)
-    function, calls = _users_train_function(model, wraps=False)
+    function, calls = users_train_function(model, wraps=False)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # traces Keras' step inside it, without taps
     callback = kbc.GradientNorms(str(tmp_path), every=1, figures=False)
     with pytest.warns(RuntimeWarning, match=r"no gradient was recorded in step 5,.*a function of your own"):
@@ -167,27 +153,6 @@ def test_a_users_train_function_traced_before_the_taps_runs_unmeasured_and_says_
     assert len(calls) == 8 and model.train_function is function
     counts = tag_step_counts(tmp_path / "train") if (tmp_path / "train").exists() else {}
     assert not [tag for tag, _ in counts if tag.startswith("grad_")]
-
-
-class WrapsTheTrainFunction(keras.callbacks.Callback):
-    """A user's callback that puts its own wrapper over whatever train function is installed
-    (unless its wrapper is on top already), as a timing or profiling callback does."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        inner = self.model.train_function
-        if getattr(inner, "wrapped_by", None) is self:
-            return
-
-        def timed(*args, **kwargs):
-            self.calls += 1
-            return inner(*args, **kwargs)
-
-        timed.wrapped_by = self
-        self.model.train_function = timed
 
 
 @pytest.mark.parametrize("order", ["after", "before"])
