@@ -82,8 +82,8 @@ def make_step(sums):
     total in `stats` (``bare`` carries no `stats`, as Keras' own step carries no tap array)."""
     def step(params, m, v, t, stats, x, y):
         loss, grads = jax.value_and_grad(_loss)(params, x, y)
-        if sums is not None and sums(grads) is not None:
-            s = sums(grads)
+        s = sums(grads) if sums is not None else None
+        if s is not None:
             total = jnp.sum(s)
             peak = jnp.where(jnp.isfinite(total), jnp.maximum(stats[-1], total), stats[-1])
             stats = jnp.concatenate([s, peak[None]])

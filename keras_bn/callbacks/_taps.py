@@ -88,7 +88,6 @@ class StepTaps:
         self._wrapper = None
         self._outer = None  # a user's function that calls the wrapper (`arm`)
         self._in_call = False  # a wrapper's call is running
-        self._calls_at_arm = 0
         self._armed = False
         self._starting = False
         self.calls = 0  # instrumented train-function calls so far (a tap that did not fire: why)
@@ -208,14 +207,14 @@ class StepTaps:
             return
         self._armed = True
         self._starting = False
-        ran, self._calls_at_arm = self.calls != self._calls_at_arm, self.calls  # the wrapper ran in the last step
         model = self._model()
         function = getattr(model, "train_function", None)
         if function is None or function is self._wrapper:
             return
-        if self._wrapper is not None and ran and (function is self._outer or self._outer is None):
-            # A function of the user's that calls the wrapper (installed over it, e.g. by a
-            # callback at the first batch): kept as it is, the wrapper still runs inside it.
+        if self._wrapper is not None and (function is self._outer or self._outer is None):
+            # The wrapper ran in the last step (it disarmed; a step without it leaves the flag
+            # set and returns above), under a function of the user's installed over it, e.g. by
+            # a callback at the first batch: kept as it is, the wrapper still runs inside it.
             self._outer = function
             return
         self._install(model, function)
