@@ -219,8 +219,10 @@ def test_resnet20_folds_exactly_post_activation(shortcut):
     _randomize_bn(model, x)
     folded, report = keras_bn.fold_batchnorm(model, return_report=True)
     before, after = model.predict(x, verbose=0), folded.predict(x, verbose=0)
-    assert 0.3 < np.abs(before).std() < 5  # outputs of order 1, so 1e-5 is a tight bound
-    np.testing.assert_allclose(after, before, atol=1e-5, rtol=0)
+    assert 0.3 < np.abs(before).std() < 5  # outputs of order 1: a folding error shows at 1e-3 and more
+    # float32 rounding through 20 layers, in another order: about 1e-6 of the largest output
+    # (1.7e-6 seen on an AMD CPU with oneDNN off, where a fixed 1e-5 failed by 1e-8).
+    np.testing.assert_allclose(after, before, atol=4e-6 * np.abs(before).max(), rtol=0)
     assert report.skipped == []
     assert len(report.folded) == 19 + (2 if shortcut == "projection" else 0)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
