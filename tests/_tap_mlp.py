@@ -7,8 +7,8 @@ import numpy as np
 
 import keras_bn
 
-__all__ = ["LAYERS", "LOSS", "WrapsTheTrainFunction", "data", "fit_observed_and_plain_on_a_schedule", "layer_norms", "mlp",
-           "users_train_function", "weights_of"]
+__all__ = ["LAYERS", "LOSS", "WrapsTheTrainFunction", "batch_logs_written_and_passed", "data",
+           "fit_observed_and_plain_on_a_schedule", "layer_norms", "mlp", "users_train_function", "weights_of"]
 
 LOSS = keras.losses.SparseCategoricalCrossentropy()
 LAYERS = ["block1_dense", "block2_dense", "logits"]
@@ -99,3 +99,38 @@ class WrapsTheTrainFunction(keras.callbacks.Callback):
 
         timed.wrapped_by = self
         self.model.train_function = timed
+
+
+class _LogsPassed(keras.callbacks.Callback):
+    """What ``fit`` passes to ``on_train_batch_end``, by optimizer step (what Keras' TensorBoard logs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_step = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.by_step[len(self.by_step) + 1] = dict(logs)
+
+
+def batch_logs_written_and_passed(log_dir, every=2):
+    """Fit the MLP 2 epochs of 4 batches with `MetricsLogger` (every `every` steps) and a
+    ``compute_metrics`` that adds an entry of its own (``pred_max``, not a metric: only the
+    step's logs hold it). Returns ``({tag: {step: value}} written, {step: logs}`` fit passed``)."""
+    from keras_bn import callbacks as kbc
+    from tests._events import scalar_series
+
+    class ExtraLogs(keras.Model):
+        def compute_metrics(self, x, y, y_pred, sample_weight=None):
+            return {**super().compute_metrics(x, y, y_pred, sample_weight), "pred_max": keras.ops.max(y_pred)}
+
+    keras.utils.set_random_seed(3)
+    base = keras_bn.build_dense((6,), [8], 3, norm=None)
+    model = ExtraLogs(base.input, base.output)
+    model.compile(keras.optimizers.SGD(0.1), LOSS, metrics=["accuracy"])
+    x, y = data(32)
+    passed = _LogsPassed()
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+              callbacks=[kbc.MetricsLogger(str(log_dir), every=every), passed])
+    run = str(log_dir / "train")
+    written = {name: scalar_series(run, f"batch_{name}") for name in ("loss", "accuracy", "pred_max")}
+    return written, passed.by_step

@@ -19,6 +19,7 @@ from tensorboard.util import tensor_util  # noqa: E402
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 from tests._events import run_values  # noqa: E402
+from tests._tap_mlp import batch_logs_written_and_passed  # noqa: E402
 
 # A diagnostic that fails only warns ("keras_bn ..."): in these tests that is an error.
 pytestmark = pytest.mark.filterwarnings("error:keras_bn:RuntimeWarning")
@@ -426,7 +427,7 @@ def test_preset_keeps_its_traced_reads_across_fits_of_one_model(tmp_path):
     assert fresh["ActivationStats"]._compute is seen[0][0] and fresh["UpdateRatio"]._reduce is seen[0][1]
 
 
-def test_metrics_logger_traces_its_read_once_across_fits_and_again_after_recompile(tmp_path):
+def test_metrics_logger_writes_the_steps_logs_across_fits_and_after_recompile_and_traces_nothing(tmp_path):
     x, y = np.random.default_rng(0).normal(size=(8, 4)).astype("float32"), np.arange(8) % 2
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     model.compile("sgd", LOSS)
@@ -436,7 +437,9 @@ def test_metrics_logger_traces_its_read_once_across_fits_and_again_after_recompi
         fit(model, x, y, [logger], batch_size=4, epochs=epoch + 1, initial_epoch=epoch)
         reads.append(logger._metrics_result)
     first_read = reads[0]
-    assert reads == [first_read] * 3 and first_read.experimental_get_tracing_count() == 1
+    # The batch values are the logs fit's steps returned: the read of the metric variables (for
+    # callbacks driven by hand) is kept once per model and never traced inside a fit.
+    assert reads == [first_read] * 3 and first_read.experimental_get_tracing_count() == 0
     model.compile("sgd", LOSS, metrics=["accuracy"])  # new metric variables (and optimizer)
     with pytest.warns(UserWarning, match="already holds steps up to 6"):
         fit(model, x, y, [logger], batch_size=4)
@@ -445,6 +448,43 @@ def test_metrics_logger_traces_its_read_once_across_fits_and_again_after_recompi
     assert [s for s, _ in values["batch_loss"]] == [1, 2, 3, 4, 5, 6, 7, 8]  # new optimizer: after the log's steps
     assert [s for s, _ in values["batch_accuracy"]] == [7, 8]
     assert 0.0 <= scalar(values, "batch_accuracy") <= 1.0
+
+
+def test_batch_metrics_are_the_logs_fit_passes_to_on_train_batch_end(tmp_path):
+    written, passed = batch_logs_written_and_passed(tmp_path, every=2)
+    for name, series in written.items():  # pred_max: only in the step's logs, not a metric
+        assert sorted(series) == [2, 4, 6, 8], name
+        for step, value in series.items():
+            assert value == np.float32(passed[step][name]), (name, step)
+    assert len({written["loss"][2], written["loss"][6]}) == 2
+
+
+
+def test_metrics_logger_driven_by_hand_reads_the_metric_variables(tmp_path):
+    x, y = np.random.default_rng(0).normal(size=(12, 4)).astype("float32"), np.arange(12) % 2
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", LOSS, metrics=["accuracy"])
+    # A fit before: the logs of its last step must not stand in for the loop's values.
+    model.fit(x, y, batch_size=4, verbose=0, callbacks=[kbc.MetricsLogger(str(tmp_path / "fit"), every=1)])
+    model.reset_metrics()
+
+    @tf.function
+    def step(xb, yb):  # a custom loop: no train function of fit's, only the compiled metrics
+        model.compute_metrics(xb, yb, model(xb), None)
+
+    callbacks = keras.callbacks.CallbackList([kbc.MetricsLogger(str(tmp_path), every=1)], model=model)
+    callbacks.on_train_begin()
+    callbacks.on_epoch_begin(0)
+    for batch in range(3):
+        callbacks.on_train_batch_begin(batch)
+        step(x[batch * 4:(batch + 1) * 4], y[batch * 4:(batch + 1) * 4])
+        callbacks.on_train_batch_end(batch)
+    callbacks.on_train_end()
+    values, _ = read_run(str(tmp_path / "train"))
+    right = np.argmax(model.predict(x, verbose=0), axis=1) == y
+    done = int(model.optimizer.iterations)  # the fit's steps: the loop's batches are counted after them
+    assert [s for s, _ in values["batch_accuracy"]] == [done + 1, done + 2]  # read at the next batch's start
+    assert scalar(values, "batch_accuracy", done + 2) == pytest.approx(right[:8].mean())
 
 
 # --- argument errors ---------------------------------------------------------------------------

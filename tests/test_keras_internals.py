@@ -133,3 +133,40 @@ def test_a_train_function_made_by_make_train_function_is_told_from_one_the_user_
     assert not internals.made_by_make_train_function(users)
     assert not internals.made_by_make_train_function(functools.wraps(keras_function)(lambda *a: keras_function(*a)))
     assert not internals.made_by_make_train_function(print)  # no code object
+
+
+def test_the_logs_a_train_function_returns_are_those_fit_passes_to_its_callbacks():
+    """The logs in the train function's return value are what ``on_train_batch_end`` gets;
+    other values hold none. (This file runs on TensorFlow; JAX's trainer, which returns the
+    logs with the state, and PyTorch's: ``test_batch_metrics_are_the_logs_fit_passes_...`` in
+    tests/test_backend_jax_taps.py and tests/test_backend_torch_taps.py.)"""
+    import keras
+    import numpy as np
+
+    returned, passed = [], []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.model.make_train_function()
+            inner = self.model.train_function
+
+            def train_function(*args, **kwargs):
+                result = inner(*args, **kwargs)
+                returned.append(internals.train_function_logs(result))
+                return result
+
+            self.model.train_function = train_function
+
+        def on_train_batch_end(self, batch, logs=None):
+            passed.append(dict(logs))
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse", metrics=["mae"])
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    model.fit(x, x[:, :2], batch_size=4, verbose=0, callbacks=[Watch()])
+    assert len(returned) == len(passed) == 2
+    for logs, seen in zip(returned, passed):
+        assert sorted(logs) == sorted(seen) == ["loss", "mae"]
+        assert all(float(np.asarray(keras.ops.convert_to_numpy(logs[k]))) == seen[k] for k in seen)
+    assert internals.train_function_logs(None) is None
+    assert internals.train_function_logs((1, 2)) is None

@@ -370,5 +370,6 @@ from keras_bn._keras_internals._trainer import (  # noqa: E402  (after `require`
     build_for_fit,
     build_from_dataset_spec,
     made_by_make_train_function,
+    train_function_logs,
     unsynced_jax_state,
 )

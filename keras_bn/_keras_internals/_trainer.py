@@ -1,5 +1,5 @@
 """What keras-bn knows of Keras' trainers: which train function ``make_train_function`` made,
-the JAX trainer's unsynced state, building before the first traced step. Part of
+what a train function returns, the JAX trainer's unsynced state, building before the first traced step. Part of
 `keras_bn._keras_internals`: each private name is registered with its `require`, and callers
 import them from there.
 """
@@ -28,6 +28,20 @@ def made_by_make_train_function(function) -> bool:
         return False
     name = getattr(code, "co_qualname", None) or getattr(function, "__qualname__", "")  # Python 3.10: no co_qualname
     return any(part in name for part in _MADE_IN)
+
+
+# --- what a train function returns (owner: keras_bn.callbacks._taps) ---
+# Keras' JAX trainer calls ``logs, state = self.train_function(state, data)``; the TensorFlow
+# and PyTorch trainers ``logs = self.train_function(data)``. Those logs (the metrics' results
+# after the step, or what a custom ``train_step`` returns) are what ``fit`` passes to
+# ``on_train_batch_end``, before ``pythonify_logs``.
+def train_function_logs(result):
+    """The logs dict in a train function's return value `result`, or None if it holds none."""
+    if isinstance(result, dict):
+        return result
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], dict):
+        return result[0]
+    return None
 
 
 # --- the JAX trainer's training state (owner: keras_bn.callbacks._tap_state) ---

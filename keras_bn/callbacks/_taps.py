@@ -91,6 +91,8 @@ class StepTaps:
         self._armed = False
         self._starting = False
         self.calls = 0  # instrumented train-function calls so far (a tap that did not fire: why)
+        self.latest_logs = None  # the logs the latest call returned (`internals.train_function_logs`)
+        self.logs_call = 0  # the `calls` count of the call that returned `latest_logs`
         self.users_function = False  # the fit's train function is one the user assigned
         self._build_checked = False  # `_build_before_first_trace` ran in this fit
         self.failure_handlers: list = []  # run once when a step raises (other callbacks' needs)
@@ -259,9 +261,13 @@ class StepTaps:
             self._in_call = True
             try:
                 if not taps:  # JAX: patched inside the trace
-                    return instrumented(*args, **kwargs)
-                with _patched(taps):
-                    return instrumented(*args, **kwargs)
+                    result = instrumented(*args, **kwargs)
+                else:
+                    with _patched(taps):
+                        result = instrumented(*args, **kwargs)
+                # Kept by reference (no host read): `MetricsLogger` writes them at its reads.
+                self.latest_logs, self.logs_call = internals.train_function_logs(result), self.calls
+                return result
             except BaseException as error:
                 if not _is_end_of_data(error):
                     self._fail()
@@ -291,6 +297,7 @@ class StepTaps:
             model.train_function = self._keras_function
         self._wrapper = self._outer = None
         self._armed = False
+        self.latest_logs = None
         attached, self._attached = self._attached, []
         for tap in attached:
             tap.state.detach()

@@ -6,6 +6,12 @@ every `every` optimizer steps. It never overrides ``on_train_batch_end``, so unl
 callback it keeps asynchronous dispatch (and costs nothing between logs); with it the
 diagnostics preset replaces Keras' TensorBoard callback.
 
+The ``batch_*`` values are the logs the latest step's train function returned, the very
+values ``fit`` passes to ``on_train_batch_end`` (kept by `keras_bn.callbacks._taps.StepTaps`
+without a host read; a custom ``train_step``'s own entries included, scalars only). Where no
+step has run through keras-bn's train function since the last write (the callbacks driven by
+hand, outside ``fit``), they are computed from the metric variables (``get_metrics_result``).
+
 Usage::
 
     model.fit(x, y, validation_data=(xv, yv), callbacks=[keras_bn.callbacks.MetricsLogger("logs/run1")])
@@ -53,6 +59,7 @@ class MetricsLogger(DiagnosticCallback):
     _needs_built_model = False  # reads only the metrics
 
     def _attach(self):
+        self._logs_call = self._taps.logs_call  # logs of an earlier fit are not this fit's
         if is_jax():  # one jitted call on the metric values of the trainer's state: no sync
             model, variables = self.model, list(self.model.metrics_variables)
             result = self._taps.cached("metrics_result", variables, lambda: _stateless_metrics_result(model, variables))
@@ -94,15 +101,34 @@ class MetricsLogger(DiagnosticCallback):
                 write.scalars({f"batch_{name}": value for name, value in train_logs.items()
                                if name != "learning_rate"})
             return
-        try:
-            metrics = self._metrics_result()
-        except Exception:  # noqa: BLE001  a get_metrics_result that cannot be traced: read eagerly
-            self._metrics_result = self.model.get_metrics_result
-            self._taps.forget("metrics_result")
-            metrics = self._metrics_result()
+        metrics = self._step_logs()
+        if metrics is None:
+            try:
+                metrics = self._metrics_result()
+            except Exception:  # noqa: BLE001  a get_metrics_result that cannot be traced: read eagerly
+                self._metrics_result = self.model.get_metrics_result
+                self._taps.forget("metrics_result")
+                metrics = self._metrics_result()
         if metrics:
             with self.writers.writing("train", step) as write:
                 write.scalars({f"batch_{name}": value for name, value in metrics.items()})
+
+    def _step_logs(self):
+        """The scalar entries of the logs the latest train-function call returned, as host
+        floats; None when no call has returned logs since the last write."""
+        taps = self._taps
+        if taps.latest_logs is None or taps.logs_call == self._logs_call:
+            return None
+        self._logs_call = taps.logs_call
+        values = {}
+        for name, value in taps.latest_logs.items():
+            try:
+                value = np.asarray(value) if is_jax() else keras.ops.convert_to_numpy(value)
+            except (TypeError, ValueError):  # a nested entry of a custom train_step: not a scalar
+                continue
+            if value.size == 1 and value.dtype.kind in "fiub":
+                values[name] = float(value.reshape(()))
+        return values
 
     def _log_epoch(self, epoch, step, logs):
         train = {k: v for k, v in logs.items() if not k.startswith("val_")}
