@@ -7,7 +7,7 @@ import numpy as np
 
 import keras_bn
 
-__all__ = ["LAYERS", "LOSS", "WrapsTheTrainFunction", "batch_logs_written_and_passed", "data",
+__all__ = ["LAYERS", "LOSS", "WrapsTheTrainFunction", "assert_batch_logs_are_those_fit_passes", "data",
            "fit_observed_and_plain_on_a_schedule", "layer_norms", "mlp", "users_train_function", "weights_of"]
 
 LOSS = keras.losses.SparseCategoricalCrossentropy()
@@ -112,10 +112,12 @@ class _LogsPassed(keras.callbacks.Callback):
         self.by_step[len(self.by_step) + 1] = dict(logs)
 
 
-def batch_logs_written_and_passed(log_dir, every=2):
-    """Fit the MLP 2 epochs of 4 batches with `MetricsLogger` (every `every` steps) and a
+def assert_batch_logs_are_those_fit_passes(log_dir):
+    """Fit the MLP 2 epochs of 4 batches with `MetricsLogger` (every 2 steps) and a
     ``compute_metrics`` that adds an entry of its own (``pred_max``, not a metric: only the
-    step's logs hold it). Returns ``({tag: {step: value}} written, {step: logs}`` fit passed``)."""
+    step's logs hold it); assert that every ``batch_*`` value written is the one ``fit`` passed
+    to ``on_train_batch_end`` at that step (steps 2 and 6 from the step's logs, 4 and 8 from the
+    epoch's)."""
     from keras_bn import callbacks as kbc
     from tests._events import scalar_series
 
@@ -130,7 +132,11 @@ def batch_logs_written_and_passed(log_dir, every=2):
     x, y = data(32)
     passed = _LogsPassed()
     model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
-              callbacks=[kbc.MetricsLogger(str(log_dir), every=every), passed])
+              callbacks=[kbc.MetricsLogger(str(log_dir), every=2), passed])
     run = str(log_dir / "train")
     written = {name: scalar_series(run, f"batch_{name}") for name in ("loss", "accuracy", "pred_max")}
-    return written, passed.by_step
+    for name, series in written.items():
+        assert sorted(series) == [2, 4, 6, 8], name
+        for step, value in series.items():
+            assert value == np.float32(passed.by_step[step][name]), (name, step)
+    assert written["loss"][2] != written["loss"][6]

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch",
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 from tests._events import scalar_series, tag_step_counts  # noqa: E402
-from tests._tap_mlp import LAYERS, LOSS, batch_logs_written_and_passed, users_train_function, data as _data, fit_observed_and_plain_on_a_schedule, layer_norms, mlp, weights_of  # noqa: E402
+from tests._tap_mlp import LAYERS, LOSS, assert_batch_logs_are_those_fit_passes, users_train_function, data as _data, fit_observed_and_plain_on_a_schedule, layer_norms, mlp, weights_of  # noqa: E402
 
 
 def data(n=16, seed=0):
@@ -329,9 +329,4 @@ def test_the_preset_writes_the_tensorflow_tags_and_the_doctor_sees_the_batch(tmp
 
 
 def test_batch_metrics_are_the_logs_fit_passes_to_on_train_batch_end(tmp_path):
-    written, passed = batch_logs_written_and_passed(tmp_path, every=2)
-    for name, series in written.items():  # pred_max: only in the step's logs, not a metric
-        assert sorted(series) == [2, 4, 6, 8], name
-        for step, value in series.items():
-            assert value == np.float32(passed[step][name]), (name, step)
-    assert len({written["loss"][2], written["loss"][6]}) == 2
+    assert_batch_logs_are_those_fit_passes(tmp_path)

@@ -19,7 +19,7 @@ from tensorboard.util import tensor_util  # noqa: E402
 import keras_bn  # noqa: E402
 from keras_bn import callbacks as kbc  # noqa: E402
 from tests._events import run_values  # noqa: E402
-from tests._tap_mlp import batch_logs_written_and_passed  # noqa: E402
+from tests._tap_mlp import assert_batch_logs_are_those_fit_passes  # noqa: E402
 
 # A diagnostic that fails only warns ("keras_bn ..."): in these tests that is an error.
 pytestmark = pytest.mark.filterwarnings("error:keras_bn:RuntimeWarning")
@@ -451,12 +451,7 @@ def test_metrics_logger_writes_the_steps_logs_across_fits_and_after_recompile_an
 
 
 def test_batch_metrics_are_the_logs_fit_passes_to_on_train_batch_end(tmp_path):
-    written, passed = batch_logs_written_and_passed(tmp_path, every=2)
-    for name, series in written.items():  # pred_max: only in the step's logs, not a metric
-        assert sorted(series) == [2, 4, 6, 8], name
-        for step, value in series.items():
-            assert value == np.float32(passed[step][name]), (name, step)
-    assert len({written["loss"][2], written["loss"][6]}) == 2
+    assert_batch_logs_are_those_fit_passes(tmp_path)
 
 
 
