@@ -1,7 +1,7 @@
 """What keras-bn knows of Keras' trainers: which train function ``make_train_function`` made,
-what a train function returns, the JAX trainer's unsynced state, building before the first traced step. Part of
-`keras_bn._keras_internals`: each private name is registered with its `require`, and callers
-import them from there.
+what a train function returns, the JAX trainer's unsynced state, building before the first
+traced step. Part of `keras_bn._keras_internals`: each private name is registered with its
+`require`, and callers import them from there.
 """
 
 from __future__ import annotations
