@@ -158,16 +158,18 @@ def report(times: dict, steps: int) -> None:
         f"{config} " + "/".join(f"{1000 * statistics.median(t[i] for t in times[config]) / steps:.3f}" for i in range(3))
         for config in times) + "  (wall/process CPU/main-thread CPU)")
     configs = [config for config in times if config != "bare"]
+    wall_ratios = {}
     for config in configs:
         row = []
         for kind, index in (("wall", 0), ("cpu", 1), ("main", 2)):
             per_repeat = [t[index] / b[index] for t, b in zip(times[config], times["bare"])]
+            if kind == "wall":
+                wall_ratios[config] = per_repeat
             row.append(f"{kind} {statistics.median(per_repeat):.3f}x ({' '.join(f'{r:.2f}' for r in per_repeat[:10])}"
                        f"{' ...' if len(per_repeat) > 10 else ''})")
         print(f"  {config:22s} " + "   ".join(row))
     if len(times["bare"]) > 1:
-        for config in configs:
-            ratios = [t[0] / b[0] for t, b in zip(times[config], times["bare"])]
+        for config, ratios in wall_ratios.items():
             # The fastest windows: the least disturbed by the machine's other load (which only adds).
             fastest = min(t[0] for t in times[config]) / min(t[0] for t in times["bare"])
             print(f"  {config:22s} wall {verdict(ratios, judge=config == 'preset')}; fastest windows {fastest:.3f}x")

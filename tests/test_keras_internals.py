@@ -167,6 +167,6 @@ def test_the_logs_a_train_function_returns_are_those_fit_passes_to_its_callbacks
     assert len(returned) == len(passed) == 2
     for logs, seen in zip(returned, passed):
         assert sorted(logs) == sorted(seen) == ["loss", "mae"]
-        assert all(float(np.asarray(keras.ops.convert_to_numpy(logs[k]))) == seen[k] for k in seen)
+        assert all(float(keras.ops.convert_to_numpy(logs[k])) == seen[k] for k in seen)
     assert internals.train_function_logs(None) is None
     assert internals.train_function_logs((1, 2)) is None

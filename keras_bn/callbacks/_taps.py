@@ -91,8 +91,8 @@ class StepTaps:
         self._armed = False
         self._starting = False
         self.calls = 0  # instrumented train-function calls so far (a tap that did not fire: why)
-        self.latest_logs = None  # the logs the latest call returned (`internals.train_function_logs`)
-        self.logs_call = 0  # the `calls` count of the call that returned `latest_logs`
+        self._latest_result = None  # what the latest call returned (its logs: `latest_logs`)
+        self.logs_call = 0  # the `calls` count of that call
         self.users_function = False  # the fit's train function is one the user assigned
         self._build_checked = False  # `_build_before_first_trace` ran in this fit
         self.failure_handlers: list = []  # run once when a step raises (other callbacks' needs)
@@ -265,8 +265,8 @@ class StepTaps:
                 else:
                     with _patched(taps):
                         result = instrumented(*args, **kwargs)
-                # Kept by reference (no host read): `MetricsLogger` writes them at its reads.
-                self.latest_logs, self.logs_call = internals.train_function_logs(result), self.calls
+                # Kept by reference (no host read, no parsing in the step): see `latest_logs`.
+                self._latest_result, self.logs_call = result, self.calls
                 return result
             except BaseException as error:
                 if not _is_end_of_data(error):
@@ -276,6 +276,12 @@ class StepTaps:
                 self._in_call = False
 
         return train_function
+
+    @property
+    def latest_logs(self):
+        """The logs the latest instrumented call returned (what ``fit`` passes to
+        ``on_train_batch_end``; `MetricsLogger` writes them at its reads), or None."""
+        return internals.train_function_logs(self._latest_result)
 
     def _build_before_first_trace(self, args) -> None:
         """TensorFlow without a strategy: Keras creates the optimizer's and compiled metrics'
@@ -297,7 +303,7 @@ class StepTaps:
             model.train_function = self._keras_function
         self._wrapper = self._outer = None
         self._armed = False
-        self.latest_logs = None
+        self._latest_result = None
         attached, self._attached = self._attached, []
         for tap in attached:
             tap.state.detach()

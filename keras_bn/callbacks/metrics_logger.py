@@ -117,11 +117,12 @@ class MetricsLogger(DiagnosticCallback):
         """The scalar entries of the logs the latest train-function call returned, as host
         floats; None when no call has returned logs since the last write."""
         taps = self._taps
-        if taps.latest_logs is None or taps.logs_call == self._logs_call:
+        logs = taps.latest_logs
+        if logs is None or taps.logs_call == self._logs_call:
             return None
         self._logs_call = taps.logs_call
         values = {}
-        for name, value in taps.latest_logs.items():
+        for name, value in logs.items():
             try:
                 value = np.asarray(value) if is_jax() else keras.ops.convert_to_numpy(value)
             except (TypeError, ValueError):  # a nested entry of a custom train_step: not a scalar
