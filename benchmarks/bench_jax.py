@@ -145,10 +145,16 @@ def median_interval(ratios, level: float = 0.95, resamples: int = 4000) -> tuple
     return float(low), float(high)
 
 
+MIN_ROUNDS_FOR_VERDICT = 10  # below, a bootstrap of the median is degenerate (2 rounds: 3 possible medians)
+
+
 def verdict(ratios, judge: bool = True) -> str:
     """The median of the wall ratios with its 95% interval, and (`judge`) whether it meets `TARGET`."""
     low, high = median_interval(ratios)
-    judged = "met" if high <= TARGET else "not met" if low > TARGET else "undecided (the interval spans it)"
+    if len(ratios) < MIN_ROUNDS_FOR_VERDICT:
+        judged = f"no verdict from {len(ratios)} rounds (needs {MIN_ROUNDS_FOR_VERDICT})"
+    else:
+        judged = "met" if high <= TARGET else "not met" if low > TARGET else "undecided (the interval spans it)"
     return f"{statistics.median(ratios):.3f}x, 95% interval [{low:.3f}, {high:.3f}]" + (
         f": target {TARGET}x {judged}" if judge else "")
 
