@@ -101,17 +101,17 @@ def epoch_time(x, y, config: str, probe, batch_size: int = 32) -> tuple:
 
 
 class Window(keras.callbacks.Callback):
-    """The three clocks over batches [WINDOW_START, WINDOW_START + steps) of each fit."""
+    """The three clocks over batches [start, start + steps) of each fit."""
 
-    def __init__(self, steps: int):
+    def __init__(self, steps: int, start: int = WINDOW_START):
         super().__init__()
-        self.steps = steps
+        self.steps, self.start = steps, start
         self.times = []
 
     def on_train_batch_begin(self, batch, logs=None):
-        if batch == WINDOW_START:
+        if batch == self.start:
             self._start = [clock() for clock in EpochTimer.clocks]
-        elif batch == WINDOW_START + self.steps:
+        elif batch == self.start + self.steps:
             self.times.append(tuple(clock() - start for clock, start in zip(EpochTimer.clocks, self._start)))
 
 
@@ -131,6 +131,58 @@ def window_times(rounds: int, probe, steps: int, configs=CONFIGS) -> dict:
                 window = Window(steps)
                 model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=callbacks + [window])
                 times[config] += window.times
+    return times
+
+
+class FitClock(keras.callbacks.Callback):
+    """Wall time spent inside the fits of one model only: given to the preset's `ReadBudget`,
+    it sees the short interleaved fits of `--interleave` as one long training."""
+
+    def __init__(self):
+        super().__init__()
+        self._total, self._start = 0.0, None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self._total += time.perf_counter() - self._start
+        self._start = None
+
+    def __call__(self) -> float:
+        return self._total + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+
+def interleaved_times(rounds: int, fit_steps: int, configs=CONFIGS, models_per_config: int = 4) -> dict:
+    """Wall times of batches [50, fit_steps - 1) of short fits, the configurations alternating
+    every fit (about 0.3 s), so that the machine's load changes, which last seconds, hit them
+    alike. Each configuration keeps `models_per_config` models and their callbacks for the whole
+    run (round r fits model r % models_per_config, continuing its optimizer steps and logs), so
+    the cadence and the read budget run as in one long training."""
+    rng = np.random.default_rng(0)
+    n = fit_steps * 32
+    x, y = rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)
+    times = {config: [] for config in configs}
+    with tempfile.TemporaryDirectory() as log_dir:
+        runs = {}
+        for config in configs:
+            for k in range(models_per_config):
+                model = compiled_mlp(seed=k)
+                clock = FitClock()
+                callbacks = make_callbacks(config, os.path.join(log_dir, f"{config}_{k}"), None, figures=False)
+                for callback in callbacks:
+                    if getattr(callback, "read_budget", None) is not None:
+                        callback.read_budget.clock = clock
+                runs[config, k] = (model, [clock] + callbacks)
+                model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=runs[config, k][1])  # compiles
+        for repeat in range(rounds):
+            for config in configs[repeat % len(configs):] + configs[: repeat % len(configs)]:
+                model, callbacks = runs[config, repeat % models_per_config]
+                window = Window(fit_steps - 51, start=50)
+                model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=callbacks + [window])
+                times[config] += window.times
+            if (repeat + 1) % 50 == 0:
+                print(f"  round {repeat + 1}/{rounds}", flush=True)
     return times
 
 
@@ -233,11 +285,21 @@ def main(argv=None) -> None:
                         help="steps per window (default 1800)")
     parser.add_argument("--split", action="store_true",
                         help="with --windows: also GradientNorms without reads (the tap's per-step cost alone)")
+    parser.add_argument("--interleave", type=int, default=0, metavar="N",
+                        help="N rounds of short fits of persistent models, alternating every fit")
+    parser.add_argument("--fit-steps", type=int, default=500, metavar="S",
+                        help="with --interleave: steps per fit (default 500; batches 50 to S-1 are timed)")
     parser.add_argument("--reads", type=int, default=0, metavar="F",
                         help="F fits timing each preset callback's batch hook, reads included (share of the step time)")
     args = parser.parse_args(argv)
     if args.reads:
         read_times(args.reads)
+        return
+    if args.interleave:
+        print(f"keras {keras.__version__} on {keras.backend.backend()}, random data, batch 32, "
+              f"{args.interleave} rounds of {args.fit_steps}-step fits", flush=True)
+        configs = SPLIT_CONFIGS if args.split else CONFIGS
+        report(interleaved_times(args.interleave, args.fit_steps, configs), args.fit_steps - 51)
         return
     if args.windows:
         probe = np.random.default_rng(1).random((256, 784), dtype=np.float32) if args.probe else None

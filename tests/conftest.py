@@ -13,7 +13,7 @@ SHARED_FASHION_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "
 
 @pytest.fixture(autouse=True)
 def _exact_activation_cadence(monkeypatch):
-    """The preset's activation reads on every schedule, as tests of per-step logging expect.
+    """The preset reads on every schedule, as tests of per-step logging expect.
 
     Its time budget (``max_overhead=0.02``) makes the cadence depend on the machine's speed;
     test_callbacks.py::test_max_overhead_skips_scheduled_reads_not_epoch_ends tests it with
@@ -22,6 +22,8 @@ def _exact_activation_cadence(monkeypatch):
     from keras_bn.callbacks import preset
 
     monkeypatch.setattr(preset, "ACTIVATION_OVERHEAD", None)
+    # Likewise the budget of the step reads (`max_read_overhead`), tested in test_preset.py.
+    monkeypatch.setitem(preset.diagnostics.__kwdefaults__, "max_read_overhead", None)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -34,6 +34,7 @@ _LAZY = {
     "Doctor": "keras_bn.callbacks.doctor",
     "GradientNorms": "keras_bn.callbacks.gradient_norms",
     "MetricsLogger": "keras_bn.callbacks.metrics_logger",
+    "ReadBudget": "keras_bn.callbacks._base",
     "RunWriters": "keras_bn.callbacks._writer",
     "TimeGradients": "keras_bn.callbacks.time_gradients",
     "UpdateRatio": "keras_bn.callbacks.update_ratio",

@@ -77,6 +77,65 @@ def check_log_dir(log_dir) -> str:
     return check_log_dir_now(log_dir)
 
 
+class ReadBudget:
+    """The share of wall time the scheduled reads of the callbacks sharing it may take.
+
+    A scheduled logging step is read by all of them or by none: it is skipped while the reads of
+    the last step read took more than `max_overhead` x the wall time since that step (the
+    cheaper of the last two read steps is taken, so a one-off cost, the read functions' first
+    compilation or a disk flush, does not silence the next ones). The first two scheduled steps
+    of a budget always read. What a skipped step would have shown is not lost: the gradient
+    tap's counts and peak cover every step since the previous read, and the next read's
+    ``batch_*`` are the running epoch means. Epoch-end reads always happen and are not counted.
+    The `diagnostics` preset shares one (``max_read_overhead``) among `MetricsLogger`,
+    `GradientNorms` and `UpdateRatio`.
+
+    Usage::
+
+        budget = ReadBudget(0.01)
+        if budget.allows(step):
+            start = budget.clock()
+            ...  # the reads of `step`
+            budget.spend(budget.clock() - start)
+    """
+
+    def __init__(self, max_overhead: float, clock=time.perf_counter):
+        self.max_overhead = check_float("max_overhead", max_overhead, low=0.0, high=1.0, low_inclusive=False)
+        self.clock = clock  # wall time in seconds (tests and benchmarks give another)
+        self.read_steps = 0
+        self.skipped_steps = 0
+        self._decided = (None, True)  # (step, whether it is read): every caller gets one answer
+        self._costs: list[float] = []  # what the reads of the last two read steps took, in s
+        self._spent = 0.0  # the reads of the latest read step so far
+        self._since = None  # when the latest read step was decided
+
+    def allows(self, step: int) -> bool:
+        """Whether the scheduled logging `step` is read (the same answer for every caller)."""
+        if self._decided[0] == step:
+            return self._decided[1]
+        now = self.clock()
+        if self._since is not None and self._decided[1]:
+            self._costs = (self._costs + [self._spent])[-2:]
+        allowed = len(self._costs) < 2 or min(self._costs) <= self.max_overhead * (now - self._since)
+        if allowed:
+            self.read_steps += 1
+            self._spent, self._since = 0.0, now
+        else:
+            self.skipped_steps += 1
+        self._decided = (step, allowed)
+        return allowed
+
+    def spend(self, seconds: float) -> None:
+        """Count `seconds` of reading against the latest read step."""
+        self._spent += seconds
+
+
+def check_read_budget(read_budget) -> "ReadBudget | None":
+    if read_budget is not None and not isinstance(read_budget, ReadBudget):
+        raise TypeError(f"`read_budget` must be a ReadBudget or None. Received: read_budget={read_budget!r}")
+    return read_budget
+
+
 def check_writers(writers, log_dir: str) -> RunWriters:
     """`writers` if given (shared by a preset), else fresh writers for `log_dir`."""
     if writers is None:
@@ -113,6 +172,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
         figures: bool = False,
         figure_secs: float = 60.0,
         writers: RunWriters | None = None,
+        read_budget: ReadBudget | None = None,
     ):
         super().__init__()
         # Shared writers (a preset's) come with a log_dir already checked for writing: check it once.
@@ -123,8 +183,9 @@ class DiagnosticCallback(keras.callbacks.Callback):
         self.figures = figures
         self.figure_secs = check_float("figure_secs", figure_secs, low=0.0)
         self.writers = check_writers(writers, self.log_dir)
+        self.read_budget = check_read_budget(read_budget)
         self._steps_at_epoch_start = 0
-        self._last_logged_step = None
+        self._last_scheduled_step = None  # the last logging step handled (read, or skipped by the budget)
         self._due_batch = 0  # the next batch with work (`_schedule`)
         self._step_offset = 0  # added to optimizer.iterations in this fit (RunWriters.step_offset)
         self._last_figure = (None, -float("inf"))  # (step, time) of the last figure drawn
@@ -160,7 +221,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
         iterations = self._optimizer_step()  # one device read
         self._step_offset = self.writers.step_offset(iterations)  # > 0: the log is ahead of the optimizer
         self._steps_at_epoch_start = iterations + self._step_offset
-        self._last_logged_step = self._steps_at_epoch_start
+        self._last_scheduled_step = self._steps_at_epoch_start
         self._last_figure = (None, time.monotonic())
         self._in_fit = True
         self._attach()
@@ -171,22 +232,46 @@ class DiagnosticCallback(keras.callbacks.Callback):
         if batch >= self._due_batch:  # the whole per-step cost of a callback: one comparison
             self._batch_due(batch)
 
-    def _batch_due(self, batch: int) -> None:
+    def _batch_due(self, batch: int):
         """The work of a batch at or after `_due_batch` (a logging step; subclasses add their
-        own, e.g. `UpdateRatio`'s comparison one batch after its snapshot)."""
+        own, e.g. `UpdateRatio`'s comparison one batch after its snapshot). Returns whether a
+        logging step was read (False: skipped by the `read_budget`; None: none was due)."""
         step = self._steps_at_epoch_start + batch  # steps finished so far
+        read = None
         if step >= self._next_log_step():
-            self._last_logged_step = step
-            if self._log_step_syncs:
-                self._sync_state()
-            self._run_safely(self._log_step, step)
+            self._last_scheduled_step = step
+            read = self._read_allowed(step)
+            if read:
+                self._run_budgeted(self._read_step, step)
         self._schedule()
+        return read
+
+    def _read_step(self, step: int) -> None:
+        if self._log_step_syncs:
+            self._sync_state()
+        self._log_step(step)
+
+    def _read_allowed(self, step: int) -> bool:
+        """Whether the scheduled logging `step` is read (always, without a `read_budget`)."""
+        return self.read_budget is None or self.read_budget.allows(step)
+
+    def _run_budgeted(self, function, *args) -> None:
+        """`_run_safely`, its wall time counted against the `read_budget`."""
+        if self.read_budget is None:
+            self._run_safely(function, *args)
+            return
+        clock = self.read_budget.clock
+        start = clock()
+        try:
+            self._run_safely(function, *args)
+        finally:
+            self.read_budget.spend(clock() - start)
 
     def _next_log_step(self) -> int:
-        """The first step past the next multiple of `every` after the last logged one (the
+        """The first step past the next multiple of `every` after the last scheduled one (the
         cadence follows the optimizer, so every worker logs the same steps)."""
         offset = self._step_offset
-        return offset + ((self._last_logged_step - offset) // self.every + 1) * self.every
+        return offset + ((self._last_scheduled_step - offset) // self.every + 1) * self.every
 
     def _schedule(self) -> None:
         """Set `_due_batch`, the batch of this epoch whose ``on_train_batch_begin`` has work
@@ -196,8 +281,8 @@ class DiagnosticCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         step = self._optimizer_step()
         self._steps_at_epoch_start = step
-        if step != self._last_logged_step:
-            self._last_logged_step = step
+        if step != self._last_scheduled_step:
+            self._last_scheduled_step = step
             self._run_safely(self._log_step, step)
         self._schedule()
         self._run_safely(self._log_epoch, epoch, step, dict(logs or {}))
@@ -225,7 +310,7 @@ class DiagnosticCallback(keras.callbacks.Callback):
         self._in_fit = False
         self._run_safely(self._detach)
         self.writers.flush()  # now: once a figure draws, its thread holds the GIL against the disk writes
-        step = self._last_logged_step
+        step = self._last_scheduled_step
 
         def finish():
             if final_figure:

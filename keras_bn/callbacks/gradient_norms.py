@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_bn import _warnings
-from keras_bn.callbacks._base import DiagnosticCallback
+from keras_bn.callbacks._base import DiagnosticCallback, ReadBudget
 from keras_bn.callbacks._layers import group_norms, variable_groups
 from keras_bn.callbacks._writer import RunWriters
 
@@ -61,6 +61,8 @@ class GradientNorms(DiagnosticCallback):
             and at train end).
         figure_secs: least wall time between two figures.
         writers: shared `RunWriters` (the `diagnostics` preset passes one).
+        read_budget: shared `ReadBudget`: the logging steps it skips are not read (the
+            `diagnostics` preset passes one; None: every logging step is read).
 
     Example::
 
@@ -78,8 +80,10 @@ class GradientNorms(DiagnosticCallback):
         figures: bool = True,
         figure_secs: float = 60.0,
         writers: RunWriters | None = None,
+        read_budget: ReadBudget | None = None,
     ):
-        super().__init__(log_dir, every, figures=figures, figure_secs=figure_secs, writers=writers)
+        super().__init__(log_dir, every, figures=figures, figure_secs=figure_secs, writers=writers,
+                         read_budget=read_budget)
         self._tap = None
         self._last = {"step": 0, "clipped_steps": 0, "nonfinite_steps": 0, "fired_steps": 0}
         self.latest_norms: dict[str, float] = {}
@@ -103,7 +107,7 @@ class GradientNorms(DiagnosticCallback):
         self._tap = self._taps.gradient_tap(_base_optimizer(optimizer))
         self._taps.register(self._tap)
         stats = self._tap.read()
-        self._last = {"step": self._last_logged_step, "clipped_steps": stats["clipped_steps"],
+        self._last = {"step": self._last_scheduled_step, "clipped_steps": stats["clipped_steps"],
                       "nonfinite_steps": stats["nonfinite_steps"], "fired_steps": stats["fired_steps"]}
         charts = {"gradient norm per layer": r"grad_norm/.*"}
         if self._tap.clipping != "none" and self._tap.preclip_known:

@@ -48,6 +48,8 @@ class MetricsLogger(DiagnosticCallback):
         log_dir: the TensorBoard run directory.
         every: batch-level cadence in optimizer steps.
         writers: shared `RunWriters` (the `diagnostics` preset passes one).
+        read_budget: shared `ReadBudget`: the logging steps it skips are not read (the
+            `diagnostics` preset passes one; None: every logging step is read).
 
     Example::
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from keras_bn.callbacks._base import DiagnosticCallback
+from keras_bn.callbacks._base import DiagnosticCallback, ReadBudget
 from keras_bn.callbacks._layers import group_norms, variable_groups
 from keras_bn.callbacks._tap_state import current_values, is_jax, is_tensorflow
 from keras_bn.callbacks._writer import RunWriters
@@ -77,6 +77,8 @@ class UpdateRatio(DiagnosticCallback):
         log_dir: the TensorBoard run directory (``<log_dir>/train`` is written).
         every: measure every this many optimizer steps (the update of that step).
         writers: shared `RunWriters` (the `diagnostics` preset passes one).
+        read_budget: shared `ReadBudget`: the logging steps it skips are not read (the
+            `diagnostics` preset passes one; None: every logging step is read).
 
     Example::
 
@@ -85,8 +87,9 @@ class UpdateRatio(DiagnosticCallback):
 
     _log_step_syncs = False  # the weights of the trainer's state (`_current_weights`)
 
-    def __init__(self, log_dir, every: int = 100, *, writers: RunWriters | None = None):
-        super().__init__(log_dir, every, writers=writers)
+    def __init__(self, log_dir, every: int = 100, *, writers: RunWriters | None = None,
+                 read_budget: ReadBudget | None = None):
+        super().__init__(log_dir, every, writers=writers, read_budget=read_budget)
         self._before = None
         self._reduce = None
         self._batch_steps = 1
@@ -147,15 +150,26 @@ class UpdateRatio(DiagnosticCallback):
         step = self._steps_at_epoch_start + batch
         measured = self._before is not None
         if measured:  # the step(s) since the snapshot: this batch's logging step
-            self._run_safely(self._finish, step)
-        logging = step >= self._next_log_step()
-        super()._batch_due(batch)  # the logging step's bookkeeping, then `_schedule`
-        # Snapshot one batch before the next logging step, or now if a logging step was
-        # reached with nothing measured.
-        if self._reduce is not None and (self._due_batch <= batch or (logging and not measured)):
-            self._run_safely(self._take_snapshot)
+            self._run_budgeted(self._finish, step)
+        read = super()._batch_due(batch)  # the logging step's bookkeeping, then `_schedule`
+        if self._reduce is None:
+            return read
+        # Snapshot one batch before the next logging step (unless the read budget skips that
+        # step), or now if a logging step was read with nothing measured.
+        if read and not measured:
+            snapshot = True
+        elif self._due_batch <= batch:
+            snapshot = self._read_allowed(self._next_log_step())
+            if not snapshot:  # skipped: wake one batch before the logging step after it
+                self._last_scheduled_step = self._next_log_step()
+                self._schedule()
+        else:
+            snapshot = False
+        if snapshot:
+            self._run_budgeted(self._take_snapshot)
             if self._before is not None:
                 self._due_batch = batch + 1
+        return read
 
     def _take_snapshot(self):
         self._before = self._snapshot()
