@@ -16,6 +16,14 @@ Usage::
     python benchmarks/bench_jax.py --windows 20    # 20 rounds of 1800-step windows (below): 2-3 minutes
     python benchmarks/bench_jax.py --windows 20 --split   # also GradientNorms without reads: the tap alone
     python benchmarks/bench_jax.py --reads 3       # what each callback's batch hook costs: 20 s
+    python benchmarks/bench_jax.py --interleave 150   # short fits alternating (below): 4-5 minutes
+
+``--interleave N`` (the tightest): N rounds of 500-step fits of persistent models (4 per
+configuration, each continuing its optimizer steps, logs and the preset's read budget, whose
+clock counts only that model's fits, so the budget runs as in one long training), timing
+batches 50 to 499. The configurations alternate every fit (about 0.3 s), faster than this
+machine's load changes (+-20% over a few seconds): the A/A interval is about +-2-3% from 150
+rounds, where `--windows` gives +-5-10% from 16-30.
 
 ``--windows N``: N rounds of fits of `--window-steps` + 400 steps, a new model for every fit
 (the configurations alternating within a round, in a rotating order, so a load change of the

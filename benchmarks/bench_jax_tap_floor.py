@@ -57,6 +57,25 @@ def _big_kernel_only(grads):
     return jnp.stack([jnp.sum(jnp.square(grads[0]))] * len(grads))
 
 
+def _rows(g, width=128):
+    flat = g.reshape(-1)
+    count = -(-flat.shape[0] // width)
+    return jnp.pad(flat, (0, count * width - flat.shape[0])).reshape(count, width)
+
+
+def _lanes_per_variable(grads):
+    """Each gradient as rows of 128 summed down its rows first (128 lanes, SIMD), then across."""
+    return jnp.stack([jnp.sum(jnp.sum(jnp.square(_rows(g)), axis=0)) for g in grads])
+
+
+def _lanes_segment_sum(grads):
+    """All rows concatenated, summed per variable down the rows (segment_sum of whole rows)."""
+    rows = [_rows(g) for g in grads]
+    segments = np.concatenate([np.full(r.shape[0], i, np.int32) for i, r in enumerate(rows)])
+    lanes = jax.ops.segment_sum(jnp.square(jnp.concatenate(rows)), segments, num_segments=len(grads))
+    return jnp.sum(lanes, axis=1)
+
+
 def _state_only(grads):
     return jnp.ones(len(grads), jnp.float32)
 
@@ -66,6 +85,7 @@ def _passed_through(grads):
 
 
 VARIANTS = {"bare": None, "keras_bn": _keras_bn, "one_sum_per_variable": _one_sum_per_variable, "vdot": _vdot,
+            "lanes_per_variable": _lanes_per_variable, "lanes_segment_sum": _lanes_segment_sum,
             "global_only": _global_only, "big_kernel_only": _big_kernel_only, "state_only": _state_only,
             "passed_through": _passed_through}
 
