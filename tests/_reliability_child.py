@@ -49,7 +49,7 @@ def main():
     else:
         log_dir, epochs = args.log, 10_000
     callbacks = kbc.diagnostics(log_dir, probe=x[:16], every=1, figures=False, flush_secs=args.flush_secs,
-                                max_overhead=None)  # every step, whatever the machine's speed
+                                max_overhead=None, max_read_overhead=None)  # every step, whatever the machine's speed
     model.fit(x, y, batch_size=8 if args.mode == "short" else 4, epochs=epochs, verbose=0,
               callbacks=callbacks + ([Report()] if args.mode == "forever" else []))
     return 0

@@ -112,3 +112,6 @@ def test_max_read_overhead_is_checked_by_name(tmp_path, monkeypatch):
     callbacks = kbc.diagnostics(str(tmp_path / "b"))
     assert callbacks[0].read_budget.max_overhead == 0.01
     assert kbc.diagnostics(str(tmp_path / "c"), max_read_overhead=None)[0].read_budget is None
+    # Multi-worker training: the workers' reads must not depend on their speed.
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}')
+    assert kbc.diagnostics(str(tmp_path / "d"))[0].read_budget is None

@@ -3,7 +3,9 @@
 **Cadence: statistics stay on the device between reads.** Every quantity of the training step
 sits in variables updated inside the compiled step and is read by the host only every `every`
 optimizer steps (and at each epoch end), never on other steps: that is what keeps the
-callbacks cheap, since a host read of a device value costs a synchronization. The steps are
+callbacks cheap, since a host read of a device value costs a synchronization. Callbacks
+given one `ReadBudget` (the preset's) read a logging step together or skip it together, so
+that their reads stay within a share of the wall time (`ReadBudget`). The steps are
 counted in plain Python in ``on_train_batch_begin``, which compares the batch with the next
 one that has work (`_due_batch`) and does nothing else on other steps. None of these
 callbacks overrides ``on_train_batch_end``: on the JAX and PyTorch backends that keeps Keras' asynchronous batch
@@ -130,7 +132,8 @@ class ReadBudget:
         self._spent += seconds
 
 
-def check_read_budget(read_budget) -> "ReadBudget | None":
+def check_read_budget(read_budget) -> ReadBudget | None:
+    """`read_budget` if it is a `ReadBudget` or None; anything else raises TypeError."""
     if read_budget is not None and not isinstance(read_budget, ReadBudget):
         raise TypeError(f"`read_budget` must be a ReadBudget or None. Received: read_budget={read_budget!r}")
     return read_budget

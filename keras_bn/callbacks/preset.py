@@ -8,6 +8,8 @@ Usage::
 
 from __future__ import annotations
 
+import os
+
 from keras_bn._validation import check_positive_int
 from keras_bn._validation import check_float
 from keras_bn.callbacks._base import ReadBudget, check_log_dir
@@ -74,7 +76,8 @@ def diagnostics(
             on a model whose steps take a few ms or more every multiple of `every` is read;
             on a tiny one (the 784-32-32-10 MLP, 0.4 ms a step on a CPU) about every 5th.
             The gradient counts and peak still cover every step. None: every multiple of
-            `every` is read. Epoch ends always read; the probe has its own budget.
+            `every` is read, as under multi-worker training (``TF_CONFIG`` set), where every
+            worker must read the same steps. Epoch ends always read; the probe has its own budget.
         **activation_options: passed to `ActivationStats` (``bins``, ``tanh_threshold``,
             ``sigmoid_band``, ``max_probe_samples``, ``max_probe_mb``, ``max_overhead``:
             here 0.02 unless given, so the probe takes at most about 2% of training time;
@@ -93,7 +96,8 @@ def diagnostics(
     flush_secs = check_float("flush_secs", flush_secs, low=0.0, low_inclusive=False)
     if max_read_overhead is not None:
         max_read_overhead = check_float("max_read_overhead", max_read_overhead, low=0.0, high=1.0, low_inclusive=False)
-    budget = None if max_read_overhead is None else ReadBudget(max_read_overhead)
+    # Multi-worker training (TF_CONFIG): every worker must read the same steps, whatever its speed.
+    budget = None if max_read_overhead is None or os.environ.get("TF_CONFIG") else ReadBudget(max_read_overhead)
     writers = RunWriters(log_dir, flush_secs=flush_secs)
     callbacks = []
     if metrics:
