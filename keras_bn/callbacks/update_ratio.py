@@ -159,9 +159,10 @@ class UpdateRatio(DiagnosticCallback):
         if read and not measured:
             snapshot = True
         elif self._due_batch <= batch:
-            snapshot = self._read_allowed(self._next_log_step())
+            upcoming = self._next_log_step()
+            snapshot = self._read_allowed(upcoming)
             if not snapshot:  # skipped: wake one batch before the logging step after it
-                self._last_scheduled_step = self._next_log_step()
+                self._last_scheduled_step = upcoming
                 self._schedule()
         else:
             snapshot = False
