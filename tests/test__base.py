@@ -61,6 +61,21 @@ def test_a_one_off_expensive_read_does_not_silence_the_next_ones():
     assert not budget.allows(4)
 
 
+def test_a_new_fit_decides_its_steps_afresh_and_keeps_the_costs():
+    budget, clock = _budget(0.5)
+    for step in (100, 200):
+        assert budget.allows(step)
+        budget.spend(1.0)
+    assert not budget.allows(300)  # the fit ends here
+    budget._new_fit()  # a new model's fit with the same callbacks: its steps count from 0 again
+    budget._new_fit()  # every callback of the budget calls it at train begin
+    assert not budget.allows(300)  # t=0 still: the costs of the last fit's reads still count
+    budget._new_fit()
+    clock.now = 2.0  # 1 s of reads fits half of the 2 s since step 200's decision
+    assert budget.allows(300)  # the last fit's answer for step 300 is not reused
+    assert (budget.read_steps, budget.skipped_steps) == (3, 2)
+
+
 @pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan"), "0.1", True])
 def test_a_share_outside_zero_to_one_is_refused_by_name(bad):
     with pytest.raises((TypeError, ValueError), match="max_overhead"):

@@ -279,6 +279,31 @@ def test_update_ratio_with_steps_per_execution_spans_one_train_function_call(tmp
 
 
 # --- non-finite values -----------------------------------------------------------------------
+def test_a_finite_gradient_beyond_float32s_norm_range_counts_as_nonfinite_with_an_inf_norm(tmp_path):
+    """The sums of squares are float32: a layer whose gradient norm passes about 1.8e19 overflows,
+    so its norm is written as inf and the step counted in nonfinite/grad_steps (documented)."""
+    model = keras_bn.build_dense((4,), [6], 2, norm=None)
+    scale = 1e22
+
+    def huge_loss(y_true, y_pred):
+        return scale * keras.ops.mean(keras.ops.square(y_pred - keras.ops.cast(y_true, y_pred.dtype)))
+
+    model.compile(keras.optimizers.SGD(0.0), huge_loss)
+    x, y = np.ones((4, 4), "float32"), np.zeros((4, 2), "float32")
+    model(x[:1])
+    with tf.GradientTape() as tape:  # the gradients themselves, independently: finite, norm > 1.8e19
+        loss = huge_loss(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    logits_kernel = next(g for g, v in zip(grads, model.trainable_variables) if v.path == "logits/kernel")
+    assert np.isfinite(logits_kernel.numpy()).all()
+    assert np.sqrt(np.sum(np.square(logits_kernel.numpy().astype(np.float64)))) > np.sqrt(np.finfo(np.float32).max)
+    fit(model, x, y, [kbc.GradientNorms(str(tmp_path), every=1)], batch_size=4)
+    values, _ = read_run(str(tmp_path / "train"))
+    assert scalar(values, "nonfinite/grad_steps", 1) == 1
+    assert scalar(values, "grad_norm/logits", 1) == np.inf
+    assert "grad_global/norm_max" not in values  # no finite step: no maximum
+
+
 def test_nonfinite_gradients_and_activations_are_counted_not_fatal(tmp_path):
     model = keras_bn.build_dense((4,), [6], 2, norm=None)
     model.compile(keras.optimizers.SGD(0.1), LOSS)

@@ -131,6 +131,15 @@ class ReadBudget:
         """Count `seconds` of reading against the latest read step."""
         self._spent += seconds
 
+    def _new_fit(self) -> None:
+        """A fit begins: its steps get answers of their own (a new model's step numbers start
+        again at 0, so the last fit's last answer must not carry over); the costs stay."""
+        if self._decided[0] is not None:
+            if self._decided[1]:
+                self._costs = (self._costs + [self._spent])[-2:]
+                self._spent = 0.0
+            self._decided = (None, False)
+
 
 def check_read_budget(read_budget) -> ReadBudget | None:
     """`read_budget` if it is a `ReadBudget` or None; anything else raises TypeError."""
@@ -220,6 +229,8 @@ class DiagnosticCallback(keras.callbacks.Callback):
                 f"(a subclassed model before its first call). Build it before fit, e.g. "
                 f"`model(x[:1])` or `model.build(input_shape)`."
             )
+        if self.read_budget is not None:
+            self.read_budget._new_fit()
         self._step_offset = 0
         iterations = self._optimizer_step()  # one device read
         self._step_offset = self.writers.step_offset(iterations)  # > 0: the log is ahead of the optimizer
