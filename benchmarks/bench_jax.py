@@ -16,7 +16,8 @@ Usage::
     python benchmarks/bench_jax.py --windows 20    # 20 rounds of 1800-step windows (below): 2-3 minutes
     python benchmarks/bench_jax.py --windows 20 --split   # also GradientNorms without reads: the tap alone
     python benchmarks/bench_jax.py --reads 3       # what each callback's batch hook costs: 20 s
-    python benchmarks/bench_jax.py --interleave 150   # short fits alternating (below): 4-5 minutes
+    python benchmarks/bench_jax.py --interleave 150   # short fits alternating (below): 3-5 minutes
+    python benchmarks/bench_jax.py --interleave 150 --batch-size 64   # at the MLP recipes' batch size
 
 ``--interleave N`` (the tightest): N rounds of 500-step fits of persistent models (4 per
 configuration, each continuing its optimizer steps, logs and the preset's read budget, whose
@@ -161,14 +162,15 @@ class FitClock(keras.callbacks.Callback):
         return self._total + (time.perf_counter() - self._start if self._start is not None else 0.0)
 
 
-def interleaved_times(rounds: int, fit_steps: int, configs=CONFIGS, models_per_config: int = 4) -> dict:
+def interleaved_times(rounds: int, fit_steps: int, configs=CONFIGS, models_per_config: int = 4,
+                      batch_size: int = 32) -> dict:
     """Wall times of batches [50, fit_steps - 1) of short fits, the configurations alternating
     every fit (about 0.3 s), so that the machine's load changes, which last seconds, hit them
     alike. Each configuration keeps `models_per_config` models and their callbacks for the whole
     run (round r fits model r % models_per_config, continuing its optimizer steps and logs), so
     the cadence and the read budget run as in one long training."""
     rng = np.random.default_rng(0)
-    n = fit_steps * 32
+    n = fit_steps * batch_size
     x, y = rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)
     times = {config: [] for config in configs}
     with tempfile.TemporaryDirectory() as log_dir:
@@ -182,12 +184,12 @@ def interleaved_times(rounds: int, fit_steps: int, configs=CONFIGS, models_per_c
                     if getattr(callback, "read_budget", None) is not None:
                         callback.read_budget.clock = clock
                 runs[config, k] = (model, [clock] + callbacks)
-                model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=runs[config, k][1])  # compiles
+                model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=runs[config, k][1])  # compiles
         for repeat in range(rounds):
             for config in configs[repeat % len(configs):] + configs[: repeat % len(configs)]:
                 model, callbacks = runs[config, repeat % models_per_config]
                 window = Window(fit_steps - 51, start=50)
-                model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=callbacks + [window])
+                model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks + [window])
                 times[config] += window.times
             if (repeat + 1) % 50 == 0:
                 print(f"  round {repeat + 1}/{rounds}", flush=True)
@@ -297,17 +299,22 @@ def main(argv=None) -> None:
                         help="N rounds of short fits of persistent models, alternating every fit")
     parser.add_argument("--fit-steps", type=int, default=500, metavar="S",
                         help="with --interleave: steps per fit (default 500; batches 50 to S-1 are timed)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="B",
+                        help="with --interleave: the fits' batch size (default 32, Keras' default; the MLP recipes use 64)")
     parser.add_argument("--reads", type=int, default=0, metavar="F",
                         help="F fits timing each preset callback's batch hook, reads included (share of the step time)")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be a positive integer. Received: {args.batch_size}")
     if args.reads:
         read_times(args.reads)
         return
     if args.interleave:
-        print(f"keras {keras.__version__} on {keras.backend.backend()}, random data, batch 32, "
+        print(f"keras {keras.__version__} on {keras.backend.backend()}, random data, batch {args.batch_size}, "
               f"{args.interleave} rounds of {args.fit_steps}-step fits", flush=True)
         configs = SPLIT_CONFIGS if args.split else CONFIGS
-        report(interleaved_times(args.interleave, args.fit_steps, configs), args.fit_steps - 51)
+        times = interleaved_times(args.interleave, args.fit_steps, configs, batch_size=args.batch_size)
+        report(times, args.fit_steps - 51)
         return
     if args.windows:
         probe = np.random.default_rng(1).random((256, 784), dtype=np.float32) if args.probe else None
