@@ -49,8 +49,8 @@ class GradientNorms(DiagnosticCallback):
     and ``grad_global/clip_fraction`` (share of the steps since the last log where clipping
     engaged); ``nonfinite/grad_steps`` (steps since the last log whose gradients held NaN or
     Inf, or a layer's norm above float32's range, about 1.8e19: its sum of squares overflows
-    and its norm reads inf); ``grad_global/norm_max`` (the largest applied global norm of the finite steps since
-    the last log); at epoch end the image ``figures/grad_norms``. The per-layer and global
+    and its norm reads inf); ``grad_global/norm_max`` (the largest applied global norm of the
+    finite steps since the last log); at epoch end the image ``figures/grad_norms``. The per-layer and global
     norms are those of the last step before the log (a sample, not a mean); the counts and
     the maximum cover every step since the last log, with ``steps_per_execution > 1`` too.
     Works on TensorFlow, JAX and PyTorch (same tags, same numbers).
