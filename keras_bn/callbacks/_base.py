@@ -133,12 +133,9 @@ class ReadBudget:
 
     def _new_fit(self) -> None:
         """A fit begins: its steps get answers of their own (a new model's step numbers start
-        again at 0, so the last fit's last answer must not carry over); the costs stay."""
-        if self._decided[0] is not None:
-            if self._decided[1]:
-                self._costs = (self._costs + [self._spent])[-2:]
-                self._spent = 0.0
-            self._decided = (None, False)
+        again at 0, so the last fit's last answer must not carry over); whether that step was
+        read stays, so `allows` still counts its cost."""
+        self._decided = (None, self._decided[1])
 
 
 def check_read_budget(read_budget) -> ReadBudget | None:
